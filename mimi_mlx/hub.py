@@ -1,0 +1,38 @@
+"""Resolve a checkpoint argument (hub repo id, local folder or file) to local files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, read or matched to the model. The message says why."""
+
+
+def looks_like_repo_id(name: str) -> bool:
+    parts = str(name).split("/")
+    return len(parts) == 2 and all(parts) and not str(name).startswith((".", "/", "~"))
+
+
+def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """Download (or find in the local cache) one file of a hub repo; None if the repo lacks it.
+
+    Raises CheckpointError when the hub cannot be reached and the file is not cached.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except EntryNotFoundError:
+        return None
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"cannot fetch {filename!r} from the hub repo {repo_id!r} (no network, and it is not "
+            f"in the local cache). Download it once with `huggingface-cli download {repo_id}` "
+            "or pass a local folder or file instead."
+        ) from e
+    except Exception as e:  # repository not found, gated, HTTP errors
+        raise CheckpointError(
+            f"cannot fetch {filename!r} from the hub repo {repo_id!r}: {e}"
+        ) from e
