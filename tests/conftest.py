@@ -1,0 +1,49 @@
+"""Shared fixtures: reference Mimi models with bug-catching random weights, saved in both layouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mimi_reference as R
+
+
+@dataclass
+class MimiRefs:
+    """One set of random weights in Kyutai's model, transformers' model and ours (both loaders)."""
+
+    config: dict
+    kyutai: object  # moshi.models.compression.MimiModel
+    hf: object  # transformers.MimiModel
+    kyutai_dir: Path
+    hf_dir: Path
+    speech: np.ndarray  # float32 at 24 kHz
+
+
+def _build(tmp: Path, config: dict, seed: int, seconds: float) -> MimiRefs:
+    audio = R.speech(seconds, tmp / "speech.wav")
+    kyutai = R.make_kyutai_mimi(config, seed, audio)
+    kyutai_dir = tmp / "kyutai"
+    R.save_kyutai(kyutai, config, kyutai_dir, with_config=config is not R.full_config())
+    hf = R.make_hf_mimi(kyutai, config, tmp / "hf")
+    return MimiRefs(config, kyutai, hf, kyutai_dir, tmp / "hf", audio)
+
+
+@pytest.fixture(scope="session")
+def tiny_refs(tmp_path_factory) -> MimiRefs:
+    return _build(tmp_path_factory.mktemp("tiny_mimi"), R.TINY, seed=0, seconds=4.0)
+
+
+@pytest.fixture(scope="session")
+def full_refs(tmp_path_factory) -> MimiRefs:
+    return _build(tmp_path_factory.mktemp("full_mimi"), R.full_config(), seed=1, seconds=4.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mimi(tiny_refs):
+    from mimi_mlx import load_mimi
+
+    return load_mimi(tiny_refs.kyutai_dir)
