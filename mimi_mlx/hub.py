@@ -24,14 +24,14 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path |
 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError as e:
+    except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError: catch it first
         raise CheckpointError(
             f"cannot fetch {filename!r} from the hub repo {repo_id!r} (no network, and it is not "
             f"in the local cache). Download it once with `huggingface-cli download {repo_id}` "
             "or pass a local folder or file instead."
         ) from e
+    except EntryNotFoundError:
+        return None
     except Exception as e:  # repository not found, gated, HTTP errors
         raise CheckpointError(
             f"cannot fetch {filename!r} from the hub repo {repo_id!r}: {e}"
