@@ -1,4 +1,4 @@
-"""Shared fixtures: reference Mimi models with bug-catching random weights, saved in both layouts."""
+"""Shared fixtures: reference Mimi models with bug-catching random weights, in both layouts."""
 
 from __future__ import annotations
 

@@ -24,18 +24,45 @@ TINY = {
     "channels": 1,
     "frame_rate": 12.5,
     "seanet": {
-        "channels": 1, "dimension": 32, "causal": True, "n_filters": 4, "n_residual_layers": 1,
-        "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
-        "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
-        "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True,
+        "channels": 1,
+        "dimension": 32,
+        "causal": True,
+        "n_filters": 4,
+        "n_residual_layers": 1,
+        "activation": "ELU",
+        "compress": 2,
+        "dilation_base": 2,
+        "disable_norm_outer_blocks": 0,
+        "kernel_size": 7,
+        "residual_kernel_size": 3,
+        "last_kernel_size": 3,
+        "norm": "none",
+        "pad_mode": "constant",
+        "ratios": [8, 6, 5, 4],
+        "true_skip": True,
     },
-    "quantizer": {"dimension": 16, "n_q": 32, "bins": 64, "input_dimension": 32,
-                  "output_dimension": 32},
+    "quantizer": {
+        "dimension": 16,
+        "n_q": 32,
+        "bins": 64,
+        "input_dimension": 32,
+        "output_dimension": 32,
+    },
     "transformer": {
-        "d_model": 32, "num_heads": 4, "num_layers": 2, "causal": True, "layer_scale": 0.01,
-        "context": 6, "conv_layout": True, "max_period": 10000, "gating": "none",
-        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 64,
-        "input_dimension": 32, "output_dimensions": [32],
+        "d_model": 32,
+        "num_heads": 4,
+        "num_layers": 2,
+        "causal": True,
+        "layer_scale": 0.01,
+        "context": 6,
+        "conv_layout": True,
+        "max_period": 10000,
+        "gating": "none",
+        "norm": "layer_norm",
+        "positional_embedding": "rope",
+        "dim_feedforward": 64,
+        "input_dimension": 32,
+        "output_dimensions": [32],
     },
 }
 
@@ -51,16 +78,28 @@ def hf_config(cfg: dict):
 
     s, q, t = cfg["seanet"], cfg["quantizer"], cfg["transformer"]
     return MimiConfig(
-        sampling_rate=cfg["sample_rate"], frame_rate=cfg["frame_rate"], audio_channels=1,
-        hidden_size=s["dimension"], num_filters=s["n_filters"],
-        num_residual_layers=s["n_residual_layers"], upsampling_ratios=list(s["ratios"]),
-        kernel_size=s["kernel_size"], last_kernel_size=s["last_kernel_size"],
-        residual_kernel_size=s["residual_kernel_size"], dilation_growth_rate=s["dilation_base"],
-        compress=s["compress"], num_attention_heads=t["num_heads"],
-        num_key_value_heads=t["num_heads"], head_dim=t["d_model"] // t["num_heads"],
-        num_hidden_layers=t["num_layers"], intermediate_size=t["dim_feedforward"],
-        sliding_window=t["context"], codebook_size=q["bins"], codebook_dim=q["dimension"],
-        vector_quantization_hidden_dimension=q["dimension"], num_quantizers=q["n_q"],
+        sampling_rate=cfg["sample_rate"],
+        frame_rate=cfg["frame_rate"],
+        audio_channels=1,
+        hidden_size=s["dimension"],
+        num_filters=s["n_filters"],
+        num_residual_layers=s["n_residual_layers"],
+        upsampling_ratios=list(s["ratios"]),
+        kernel_size=s["kernel_size"],
+        last_kernel_size=s["last_kernel_size"],
+        residual_kernel_size=s["residual_kernel_size"],
+        dilation_growth_rate=s["dilation_base"],
+        compress=s["compress"],
+        num_attention_heads=t["num_heads"],
+        num_key_value_heads=t["num_heads"],
+        head_dim=t["d_model"] // t["num_heads"],
+        num_hidden_layers=t["num_layers"],
+        intermediate_size=t["dim_feedforward"],
+        sliding_window=t["context"],
+        codebook_size=q["bins"],
+        codebook_dim=q["dimension"],
+        vector_quantization_hidden_dimension=q["dimension"],
+        num_quantizers=q["n_q"],
         upsample_groups=s["dimension"],
     )
 
@@ -178,8 +217,9 @@ def make_hf_mimi(kyutai_model, cfg: dict, folder: Path):
         if k.endswith("_codebook._initialized"):
             hf_state[k.replace("_codebook._initialized", "codebook.initialized")] = state[k]
     hf_state = {
-        k.replace("quantizer.rvq_first.vq.", "quantizer.semantic_residual_vector_quantizer.")
-        .replace("quantizer.rvq_rest.vq.", "quantizer.acoustic_residual_vector_quantizer."): v
+        k.replace(
+            "quantizer.rvq_first.vq.", "quantizer.semantic_residual_vector_quantizer."
+        ).replace("quantizer.rvq_rest.vq.", "quantizer.acoustic_residual_vector_quantizer."): v
         for k, v in hf_state.items()
     }
     model = MimiModel(hf_config(cfg))
