@@ -278,8 +278,17 @@ class Transformer(StreamingModule):
         outs = [self._run(x[:, s : s + chunk], caches) for s in range(0, T, chunk)]
         return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
 
-    def step(self, x: mx.array) -> mx.array:
-        """Stream the next tokens x (B, T, d_model), attending to everything streamed before."""
+    def step(self, x: mx.array, caches: list[RingKVCache] | None = None) -> mx.array:
+        """Stream the next tokens x (B, T, d_model), attending to everything streamed before.
+
+        Args:
+            x: (B, T, d_model) new tokens.
+            caches: caches to use instead of this module's own (one a layer, from
+                `make_caches()`), for example one set shared by several transformers that each
+                hold the weights of one step (Moshi's depth decoder).
+        """
+        if caches is not None:
+            return self._run(x, caches)
         if self._caches is None:
             self._caches = self.make_caches()
         return self._run(x, self._caches)

@@ -1,0 +1,191 @@
+"""Find and load Moshi checkpoints: a hub repo id, a local folder, or a weights file.
+
+Kyutai's repos carry a `config.json` that names the files (`moshi_name`, `mimi_name`,
+`tokenizer_name`) and, in recent repos, the model's hyper-parameters; repos without one hold the 7B
+model. transformers' repos (`kmhf/hf-moshiko`) carry their own `config.json` and possibly sharded
+weights. The weights' layout and quantization always come from the tensors themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from mimi_mlx.backend import lm_compute_dtype
+from mimi_mlx.hub import CheckpointError, hub_file, looks_like_repo_id
+from mimi_mlx.weights import read_safetensors
+
+from .config import LmConfig
+from .lm import Lm
+from .tokenizer import TOKENIZER_FILE, TextTokenizer
+from .weights import load_weights
+
+# Kyutai's weight files, in the order a repo without config.json is searched.
+MOSHI_FILES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors")
+HF_INDEX = "model.safetensors.index.json"
+MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+
+
+@dataclass
+class CheckpointFiles:
+    """Where the pieces of a checkpoint are."""
+
+    weights: list[Path]  # one file, or transformers' shards
+    config: dict | None  # the raw config.json, None if absent
+    layout: str  # "kyutai" or "hf" (from config.json; the tensors decide the rest)
+    root: str  # the folder or repo id, for Mimi and the tokenizer
+    get: Callable[[str], Path | None]  # fetch another file of the same folder or repo
+
+
+def _getter(checkpoint: str | Path, revision: str | None) -> tuple[Callable, str, Path | None]:
+    path = Path(checkpoint).expanduser()
+    if path.is_file():
+        folder = path.parent
+        return (
+            (lambda name: (folder / name) if (folder / name).is_file() else None),
+            str(folder),
+            path,
+        )
+    if path.is_dir():
+        return (lambda name: (path / name) if (path / name).is_file() else None), str(path), None
+    if looks_like_repo_id(str(checkpoint)):
+        return (lambda name: hub_file(str(checkpoint), name, revision)), str(checkpoint), None
+    raise CheckpointError(
+        f"no such file or folder: {checkpoint} (and it is not a hub repo id like "
+        "'kyutai/moshiko-mlx-q4')"
+    )
+
+
+def resolve(checkpoint: str | Path, revision: str | None = None) -> CheckpointFiles:
+    """Locate the language model's weights and config of a repo id, folder or file."""
+    get, root, file = _getter(checkpoint, revision)
+    config_path = get("config.json")
+    raw = json.loads(config_path.read_text()) if config_path is not None else None
+    layout = "hf" if raw is not None and raw.get("model_type") == "moshi" else "kyutai"
+    if file is not None:
+        return CheckpointFiles([file], raw, layout, root, get)
+    if layout == "hf":
+        index = get(HF_INDEX)
+        if index is not None:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = [get(s) for s in shards]
+            missing = [s for s, f in zip(shards, files, strict=True) if f is None]
+            if missing:
+                raise CheckpointError(f"{root} lacks the shards {missing} listed in {HF_INDEX}")
+            return CheckpointFiles(files, raw, layout, root, get)
+        names = ("model.safetensors",)
+    elif raw is not None and "moshi_name" in raw:
+        names = (raw["moshi_name"],)
+    else:
+        names = MOSHI_FILES
+    for name in names:
+        weights = get(name)
+        if weights is not None:
+            return CheckpointFiles([weights], raw, layout, root, get)
+    raise CheckpointError(f"{root} holds no Moshi weights: looked for {' or '.join(names)}")
+
+
+def config_from(files: CheckpointFiles) -> LmConfig:
+    """The model configuration a checkpoint describes (7B when it says nothing)."""
+    raw = files.config
+    if raw is None:
+        return LmConfig()
+    if files.layout == "hf":
+        return LmConfig.from_hf_config(raw)
+    if "dim" not in raw:  # a Kyutai repo config that only names files: their 7B model
+        return LmConfig()
+    return LmConfig.from_dict(raw)
+
+
+def read_tensors(files: list[Path]) -> dict[str, mx.array]:
+    tensors: dict[str, mx.array] = {}
+    for f in files:
+        tensors.update(read_safetensors(Path(f)))
+    return tensors
+
+
+def load_model(
+    checkpoint: str | Path,
+    config: LmConfig | None = None,
+    dtype: mx.Dtype | None = None,
+    revision: str | None = None,
+) -> Lm:
+    """Build Moshi's language model and load a checkpoint into it.
+
+    Args:
+        checkpoint: hub repo id (`kyutai/moshiko-mlx-q4`), local folder (config.json + weights),
+            or a `.safetensors` file. Kyutai MLX (bf16, q8, q4), Kyutai PyTorch and transformers
+            layouts are recognised from the tensors; quantized layers from their shapes.
+        config: overrides the checkpoint's config.json (default: read it, else the 7B config).
+        dtype: activation and weight dtype (default: `lm_compute_dtype()`, float32 on CPU).
+        revision: hub revision.
+
+    Returns:
+        The model, evaluated and ready; `model.checkpoint_id` records where it came from.
+    """
+    return _load_lm(resolve(checkpoint, revision), config, dtype, str(checkpoint))
+
+
+def _load_lm(files: CheckpointFiles, config: LmConfig | None, dtype, name: str) -> Lm:
+    model = Lm(config or config_from(files), dtype=dtype or lm_compute_dtype())
+    source = str(files.weights[0]) if len(files.weights) == 1 else files.root
+    model.checkpoint_format = load_weights(model, read_tensors(files.weights), source)
+    model.checkpoint_id = name
+    return model
+
+
+@dataclass
+class Checkpoint:
+    """Everything a chat needs: the language model, Mimi, the text tokenizer, the config."""
+
+    lm: Lm
+    mimi: object  # mimi_mlx.Mimi
+    tokenizer: TextTokenizer | None
+    config: LmConfig
+    raw_config: dict | None
+
+
+def _load_mimi(files: CheckpointFiles):
+    from mimi_mlx import load_mimi
+    from mimi_mlx.config import MimiConfig
+    from mimi_mlx.model import Mimi
+    from mimi_mlx.weights import load_weights as load_mimi_weights
+
+    if files.layout == "hf":  # transformers bundles Mimi under `audio_encoder.`
+        tensors = read_tensors(files.weights)
+        prefix = "audio_encoder."
+        mimi_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not mimi_tensors:
+            raise CheckpointError(f"{files.root} holds no Mimi weights (audio_encoder.*)")
+        mimi = Mimi(MimiConfig.from_hf_config(files.config.get("audio_encoder_config") or {}))
+        load_mimi_weights(mimi, mimi_tensors, source=files.root)
+    else:
+        name = (files.config or {}).get("mimi_name", MIMI_FILE)
+        path = files.get(name)
+        if path is None:
+            raise CheckpointError(f"{files.root} holds no Mimi checkpoint ({name})")
+        mimi = load_mimi(path.parent if files.config else path)
+    return mimi
+
+
+def load_checkpoint(
+    checkpoint: str | Path, revision: str | None = None, dtype: mx.Dtype | None = None
+) -> Checkpoint:
+    """Load the language model, Mimi and the text tokenizer of one repo, folder or file.
+
+    Mimi comes from the same place (`mimi_name` of config.json, Kyutai's
+    `tokenizer-e351c8d8-checkpoint125.safetensors` by default, or transformers' bundled audio
+    encoder); the SentencePiece model from `tokenizer_name` (`tokenizer_spm_32k_3.model`).
+    The tokenizer is None where the checkpoint has none (transformers' repos).
+    """
+    files = resolve(checkpoint, revision)
+    lm = _load_lm(files, None, dtype, str(checkpoint))
+    mimi = _load_mimi(files)
+    tokenizer_name = (files.config or {}).get("tokenizer_name", TOKENIZER_FILE)
+    tokenizer_path = files.get(tokenizer_name) if files.layout == "kyutai" else None
+    tokenizer = TextTokenizer(tokenizer_path) if tokenizer_path is not None else None
+    return Checkpoint(lm, mimi, tokenizer, lm.cfg, files.config)

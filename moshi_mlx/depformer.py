@@ -1,0 +1,97 @@
+"""The depth decoder ("depformer"): the audio codebooks of one time step, one after the other.
+
+Slice `k` holds the weights for generated codebook `k` (Kyutai's MLX layout
+`depformer.slices.{k}`): an input projection of the temporal transformer's output, an embedding of
+the previous token (the text token for slice 0), a transformer and an output head. The slices'
+transformers share one key/value cache within a time step, so codebook `k` attends to the
+positions of codebooks `0..k`, each computed with its own slice's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mimi_mlx.transformer import Transformer, make_norm
+
+from .config import LmConfig
+from .embedding import ScaledEmbedding
+
+
+class DepFormerSlice(nn.Module):
+    def __init__(self, cfg: LmConfig, codebook: int):
+        super().__init__()
+        num = cfg.text_card + 1 if codebook == 0 else cfg.card + 1
+        dim = cfg.depformer_dim
+        self.emb = ScaledEmbedding(
+            num, dim, low_rank=cfg.depformer_low_rank_embeddings, norm=cfg.norm_emb
+        )
+        self.linear_in = nn.Linear(cfg.dim, dim, bias=False)
+        self.transformer = Transformer(cfg.depformer_config(codebook))
+        if cfg.depformer_norm is not None:
+            self.norm = make_norm(cfg.depformer_norm, dim)
+        self.linear_out = nn.Linear(dim, cfg.card, bias=cfg.bias_proj)
+
+    def head(self, x: mx.array) -> mx.array:
+        return self.linear_out(self.norm(x) if "norm" in self else x)
+
+
+class DepFormer(nn.Module):
+    def __init__(self, cfg: LmConfig):
+        super().__init__()
+        self.slices = [DepFormerSlice(cfg, k) for k in range(cfg.dep_q)]
+
+    def _caches(self):
+        return self.slices[0].transformer.make_caches()
+
+    def __call__(self, transformer_out: mx.array, tokens: mx.array) -> mx.array:
+        """Teacher-forced logits of every codebook at every time step.
+
+        Args:
+            transformer_out: (B, T, dim) output of the temporal transformer (after `out_norm`).
+            tokens: (B, dep_q, T) input token of each slice: the text token, then the audio
+                tokens of codebooks 0 .. dep_q - 2.
+
+        Returns:
+            (B, dep_q, T, card) logits.
+        """
+        B, T, _ = transformer_out.shape
+        caches = self._caches()  # one time step per batch row: (B * T) rows, dep_q positions
+        logits = []
+        for k, part in enumerate(self.slices):
+            x = part.linear_in(transformer_out) + part.emb(tokens[:, k]).astype(
+                transformer_out.dtype
+            )
+            y = part.transformer.step(x.reshape(B * T, 1, -1), caches=caches)
+            logits.append(part.head(y).reshape(B, T, -1))
+        return mx.stack(logits, axis=1)
+
+    def sample(
+        self,
+        transformer_out: mx.array,
+        text_token: mx.array,
+        sample_fn: Callable[[mx.array], mx.array],
+    ) -> mx.array:
+        """Generate the audio tokens of one time step.
+
+        Args:
+            transformer_out: (B, 1, dim) temporal transformer output for this step.
+            text_token: (B,) the text token sampled for this step.
+            sample_fn: (B, card) logits -> (B,) tokens.
+
+        Returns:
+            (B, dep_q) int32 tokens.
+        """
+        caches = self._caches()
+        token = text_token
+        tokens = []
+        for part in self.slices:
+            x = part.linear_in(transformer_out) + part.emb(token[:, None]).astype(
+                transformer_out.dtype
+            )
+            y = part.transformer.step(x, caches=caches)  # (B, 1, depformer_dim)
+            token = sample_fn(part.head(y)[:, 0])
+            tokens.append(token)
+        return mx.stack(tokens, axis=1)

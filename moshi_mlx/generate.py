@@ -1,0 +1,148 @@
+"""The streaming generator: one 80 ms step in (the user's codes), Moshi's text and audio out.
+
+User-stream alignment. Kyutai's generators differ by one step: their PyTorch `LMGen.step(codes)`
+feeds the user's frame k to the model at step k (and replaces the very first frame by start
+tokens), while their MLX and Rust generators feed it at step k + 1. We follow MLX/Rust: the frame
+given to `step` number k is consumed at step k + 1, which is exactly the alignment of the
+teacher-forced `Lm.forward` (Moshi's text and audio at time t are predicted from the user's frames
+up to t - 1). Kyutai's PyTorch `LMGen` gives the same tokens when its first frame is fed twice
+(as their offline script does): feed it `u0, u0, u1, u2, ...`.
+
+Delays. With Moshi's delays (text and semantic codebooks 0, acoustic codebooks 1), each step
+samples the text token for time t and, in the depth decoder, each audio codebook k for time
+t - delay_k. Complete audio frames therefore lag the text by the largest delay: `step` returns
+`None` for the audio during the first `max_delay` steps, then the frame for time t - max_delay.
+
+Every cache is bounded (the temporal transformer's ring holds its 3000-step context, the delay
+buffers hold `max_delay + 1` steps): a session can run for hours.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from .lm import Lm
+from .sampling import Rng, Sampler
+
+
+class MoshiGenerator:
+    """Streams Moshi one time step at a time.
+
+    Args:
+        model: the language model.
+        text_temperature, text_top_k: text sampling (Kyutai's defaults 0.7 and 25).
+        audio_temperature, audio_top_k: audio sampling (Kyutai's defaults 0.8 and 250).
+        top_p: nucleus sampling threshold for both, None to disable.
+        seed: seed of the generator's own random stream (None: a random seed).
+        batch_size: number of independent streams.
+
+    A temperature of 0 means greedy decoding.
+    """
+
+    def __init__(
+        self,
+        model: Lm,
+        *,
+        text_temperature: float = 0.7,
+        text_top_k: int | None = 25,
+        audio_temperature: float = 0.8,
+        audio_top_k: int | None = 250,
+        top_p: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 1,
+    ):
+        self.model = model
+        self.cfg = model.cfg
+        self.text_sampler = Sampler(text_temperature, text_top_k, top_p)
+        self.audio_sampler = Sampler(audio_temperature, audio_top_k, top_p)
+        self.rng = Rng(seed)
+        self.batch_size = batch_size
+        cfg = self.cfg
+        self._gen_delays = cfg.delays[1 : 1 + cfg.dep_q]
+        self._user_delays = cfg.delays[1 + cfg.dep_q :]
+        self.reset()
+
+    @property
+    def max_delay(self) -> int:
+        return self.cfg.max_delay
+
+    @property
+    def step_index(self) -> int:
+        """Steps taken since the last reset."""
+        return self._step
+
+    def reset(self) -> None:
+        """Start a new session: clear the model's caches, the delay buffers and the RNG."""
+        self.model.reset()
+        self.rng.reset()
+        self._step = 0
+        self._text: mx.array | None = None  # (B,) text sampled at the previous step
+        self._audio: list[mx.array] = []  # depth-decoder outputs (B, dep_q) of the last steps
+        self._user: list[mx.array] = []  # user frames (B, n_user) of the last steps
+
+    def _user_frame(self, user_codes) -> mx.array:
+        codes = mx.array(user_codes) if not isinstance(user_codes, mx.array) else user_codes
+        if codes.ndim == 3:
+            codes = codes[:, :, 0]
+        n = self.cfg.num_user_codebooks
+        if codes.ndim != 2 or codes.shape[0] != self.batch_size or codes.shape[1] < n:
+            raise ValueError(
+                f"user codes must be ({self.batch_size}, {n}) or ({self.batch_size}, {n}, 1), "
+                f"got shape {tuple(codes.shape)}"
+            )
+        return codes[:, :n].astype(mx.int32)
+
+    def _inputs(self) -> mx.array:
+        """(B, K, 1) input tokens of this step from the stored history."""
+        B, s = self.batch_size, self._step
+        initial = self.model.initial_tokens
+        text = self._text if self._text is not None else mx.full((B,), initial[0])
+        columns = [text]
+        for k, d in enumerate(self._gen_delays):
+            # the depth decoder's output of the previous step is already in the delayed domain
+            columns.append(self._audio[-1][:, k] if s > d else mx.full((B,), initial[1 + k]))
+        for j, d in enumerate(self._user_delays):
+            # user frame of step s - 1 - d (see the module docstring)
+            age = 2 + d  # _user[-1] is this step's frame
+            if s - 1 - d >= 0:
+                columns.append(self._user[-age][:, j])
+            else:
+                columns.append(mx.full((B,), initial[1 + self.cfg.dep_q + j]))
+        return mx.stack(columns, axis=1).astype(mx.int32)[:, :, None]
+
+    def step(self, user_codes) -> tuple[mx.array, mx.array | None]:
+        """Advance one 80 ms step.
+
+        Args:
+            user_codes: (B, n_user) or (B, n_user, 1) integer Mimi codes of the user's frame
+                (mx.array or NumPy), n_user = 8 for Moshi; extra codebooks are ignored.
+
+        Returns:
+            text_token: (B,) int32, the text token of this step.
+            audio_codes: (B, dep_q) int32 Moshi's codes for time `step - max_delay`, ready for
+                Mimi, or None during the first `max_delay` steps.
+
+        The results are lazy MLX arrays whose evaluation has been started (`mx.async_eval`);
+        nothing here waits for a value.
+        """
+        self._user = (self._user + [self._user_frame(user_codes)])[-(self.max_delay + 2) :]
+        tokens = self._inputs()
+        out, text_logits = self.model.step(tokens)
+        text = self.text_sampler(text_logits[:, 0], self.rng)
+        audio = self.model.depformer.sample(
+            out, text, lambda logits: self.audio_sampler(logits, self.rng)
+        )
+        self._text = text
+        self._audio = (self._audio + [audio])[-(self.max_delay + 1) :]
+        self._step += 1
+        frame = None
+        t = self._step - 1 - self.max_delay  # the time whose codebooks are all generated now
+        if t >= 0:
+            # codebook k of time t was generated at step t + delay_k
+            columns = [
+                self._audio[len(self._audio) - 1 - (self.max_delay - d)][:, k]
+                for k, d in enumerate(self._gen_delays)
+            ]
+            frame = mx.stack(columns, axis=1)
+        mx.async_eval(text, *(self._audio if frame is None else [frame, *self._audio]))
+        return text, frame

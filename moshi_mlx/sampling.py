@@ -1,0 +1,65 @@
+"""Token sampling: temperature, top-k, top-p, greedy at temperature 0, with an explicit RNG."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+
+class Rng:
+    """A seedable stream of MLX random keys (no global random state is touched)."""
+
+    def __init__(self, seed: int | None = None):
+        if seed is None:
+            import secrets
+
+            seed = secrets.randbits(63)
+        self.seed = seed
+        self._key = mx.random.key(seed)
+
+    def next_key(self) -> mx.array:
+        self._key, key = mx.random.split(self._key)
+        return key
+
+    def reset(self) -> None:
+        self._key = mx.random.key(self.seed)
+
+
+@dataclass
+class Sampler:
+    """Samples tokens from logits (..., V) -> (...) int32.
+
+    Args:
+        temperature: 0 (or less) means greedy (argmax).
+        top_k: keep the k most likely tokens (None or 0: all).
+        top_p: keep the smallest set of tokens whose probability reaches top_p (None: all).
+    """
+
+    temperature: float = 0.8
+    top_k: int | None = 250
+    top_p: float | None = None
+
+    def __call__(self, logits: mx.array, rng: Rng) -> mx.array:
+        logits = logits.astype(mx.float32)
+        if self.temperature <= 0:
+            return mx.argmax(logits, axis=-1).astype(mx.int32)
+        logits = logits / self.temperature
+        V = logits.shape[-1]
+        if self.top_k and self.top_k < V:
+            kth = mx.topk(logits, self.top_k, axis=-1).min(axis=-1, keepdims=True)
+            logits = mx.where(logits < kth, -mx.inf, logits)
+        if self.top_p is not None and self.top_p < 1.0:
+            logits = _top_p(logits, self.top_p)
+        return mx.random.categorical(logits, axis=-1, key=rng.next_key()).astype(mx.int32)
+
+
+def _top_p(logits: mx.array, top_p: float) -> mx.array:
+    """Mask the tokens outside the nucleus: the most likely ones whose mass first reaches top_p."""
+    order = mx.argsort(-logits, axis=-1)
+    sorted_logits = mx.take_along_axis(logits, order, axis=-1)
+    probs = mx.softmax(sorted_logits, axis=-1)
+    mass_before = mx.cumsum(probs, axis=-1) - probs
+    sorted_logits = mx.where(mass_before < top_p, sorted_logits, -mx.inf)
+    inverse = mx.argsort(order, axis=-1)
+    return mx.take_along_axis(sorted_logits, inverse, axis=-1)
