@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from mimi_reference import TINY, make_kyutai_mimi, noise, save_kyutai, speech
 from safetensors.numpy import save_file
 
 from mimi_mlx import Mimi, load_mimi, offline
 from mimi_mlx.cli import main
 from mimi_mlx.codes_file import CodesFileError, MimiCodes, load_codes, save_codes
 from mimi_mlx.model import to_numpy
+from mimi_reference import TINY, make_kyutai_mimi, noise, save_kyutai, speech
 
 SECONDS = 3.3  # not a whole number of frames, more than one streaming block
 PCM16 = 1 / 32768
@@ -108,6 +108,23 @@ def test_flac_in_flac_out(capsys, tmp_path, ckpt, model, speech_wav):
     assert (info.format, info.samplerate, info.frames) == ("FLAC", 24000, len(audio))
 
 
+@pytest.mark.parametrize("fmt", ["ogg", "mp3"])
+def test_compressed_formats(capsys, tmp_path, ckpt, speech_wav, fmt):
+    src = tmp_path / f"speech.{fmt}"
+    sf.write(src, sf.read(speech_wav)[0], 24000)
+    out = tmp_path / f"rt.{fmt}"
+    assert run(capsys, "roundtrip", src, out, "--checkpoint", ckpt) == (0, "")
+    assert sf.info(out).samplerate == 24000
+    assert abs(sf.info(out).frames - sf.info(src).frames) < 2000  # codec padding
+
+
+def test_one_sample_input(capsys, tmp_path, ckpt):
+    src, out = tmp_path / "one.wav", tmp_path / "one-rt.wav"
+    sf.write(src, np.array([0.5], np.float32), 16000)
+    assert run(capsys, "roundtrip", src, out, "--checkpoint", ckpt) == (0, "")
+    assert sf.info(out).frames in (1, 2)  # 1.5 samples at 24 kHz, rounded by soxr
+
+
 def test_stereo_44k_is_downmixed_and_resampled(capsys, tmp_path, ckpt, model, speech_wav):
     mono24 = sf.read(speech_wav, dtype="float32")[0]
     left = soxr.resample(mono24, 24000, 44100).astype(np.float32)
@@ -139,6 +156,8 @@ def test_stream_encode_equals_batch(capsys, tmp_path, ckpt, speech_wav):
 @pytest.mark.parametrize("block_frames", [1, 7])
 def test_stream_library_any_split(tmp_path, model, speech_wav, block_frames):
     batch = offline.encode_file(model, speech_wav, 8, stream=False)
+    model.encode_step(mx.array(noise(0.32))[None, None])  # a stream left mid-way: reset first
+    model.decode_step(batch.codes[None, :, :3])
     stream = offline.encode_file(model, speech_wav, 8, stream=True, block_frames=block_frames)
     np.testing.assert_array_equal(batch.codes, stream.codes)
     a, b = tmp_path / "a.wav", tmp_path / "b.wav"
@@ -216,6 +235,15 @@ def test_codes_file_keeps_metadata(tmp_path):
     assert back.metadata()["format"] == "mimi-codes" and back.metadata()["version"] == "1"
     with pytest.raises(CodesFileError, match="out of range"):
         MimiCodes(np.full((8, 42), 64), num_samples=79200, cardinality=64)
+
+
+def test_info_command(capsys, tmp_path):
+    save_codes(tmp_path / "c.safetensors", good_codes())
+    assert main(["info", str(tmp_path / "c.safetensors")]) == 0
+    text = capsys.readouterr().out
+    for line in ("codebooks:    8", "frames:       42", "cardinality:  64", "79200 (3.30 s",
+                 "source rate:  44100 Hz", "checkpoint:   somewhere"):  # fmt: skip
+        assert line in text, text
 
 
 def corrupt(tmp_path: Path, name: str, codes: np.ndarray | None = None, **meta: str | None) -> Path:
