@@ -125,6 +125,7 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
             action="store_false",
             help=f"process the whole file at once even if longer than {STREAM_ABOVE_SECONDS:g} s",
         )
+        sub.set_defaults(stream=None)  # None: stream files longer than STREAM_ABOVE_SECONDS
         sub.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for sub in (decode, roundtrip):
@@ -132,7 +133,7 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
             "--float",
             dest="float32",
             action="store_true",
-            help="write 32-bit float samples (default 16-bit PCM)",
+            help="write 32-bit float WAV samples (default 16-bit PCM)",
         )
     return parser
 

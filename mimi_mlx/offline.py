@@ -112,14 +112,13 @@ def decode_file(
             return
         model.reset_decoder()
         try:
-            bar = _bar(codes.duration, "decode", progress)
-            for start in range(0, codes.num_frames, block_frames):
-                step = mx.array(frames[:, start : start + block_frames])[None]
-                audio = to_numpy(model.decode_step(step))[0, 0]
-                audio = audio[: codes.num_samples - out.frames]
-                out.write(audio)
-                bar.update(len(audio) / model.sample_rate)
-            bar.close()
+            with _bar(codes.duration, "decode", progress) as bar:
+                for start in range(0, codes.num_frames, block_frames):
+                    step = mx.array(frames[:, start : start + block_frames])[None]
+                    audio = to_numpy(model.decode_step(step))[0, 0]
+                    audio = audio[: codes.num_samples - out.frames]
+                    out.write(audio)
+                    bar.update(len(audio) / model.sample_rate)
         finally:
             model.reset_decoder()
 
