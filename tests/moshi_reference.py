@@ -50,7 +50,7 @@ TINY = {
 }
 
 # Moshi's own architecture at tiny size (delays 0/1), the only one transformers can hold.
-TINY_MOSHI = {**TINY, "delays": [0, 0, 1, 1, 0, 1, 1]}
+TINY_MOSHI = {**TINY, "card": 32, "delays": [0, 0, 1, 1, 0, 1, 1]}
 
 # The other options: a weight-sharing schedule, low-rank embeddings, LayerNorm, plain MLP,
 # sinusoidal positions, LayerScale, biases on the heads, a depth-decoder norm, and defaults
@@ -78,7 +78,7 @@ VARIANT = {
     "depformer_weights_per_step": True,
     "depformer_weights_per_step_schedule": [0, 1, 1, 2],
     "depformer_low_rank_embeddings": 16,
-    "depformer_norm": "rms_norm",
+    "depformer_norm": "layer_norm",  # Kyutai's RMSNorm here only takes 3D inputs
     "delays": [0, 0, 1, 1, 2, 0, 0, 1, 1],
 }
 
