@@ -5,78 +5,88 @@ from __future__ import annotations
 import mlx.core as mx
 
 
+def ring_positions(end: int, capacity: int) -> mx.array:
+    """Absolute position held by each slot of a ring after positions [0, end) were written in order.
+
+    Position p lives in slot p % capacity, so slot s holds the newest p < end with that slot;
+    -1 marks a slot not written yet.
+    """
+    slots = mx.arange(capacity, dtype=mx.int32)
+    held = (end - 1) - ((end - 1 - slots) % capacity)
+    return mx.where(held >= 0, held, -1)
+
+
 class RingKVCache:
-    """Keys and values of the last `capacity` positions, kept in a ring buffer.
+    """Keys and values of the last `capacity` positions of one attention layer, in a ring buffer.
 
-    Each slot remembers the absolute position it holds (-1 while empty), so attention masks are
-    computed from positions and the order of the slots never matters. Memory is constant however
-    long the stream runs; `offset` is a Python int and never overflows.
+    Slot positions follow from `offset` alone (`ring_positions`), so the attention mask is computed
+    once per step for all layers (`key_positions`) and the order of the slots never matters. Memory
+    is constant however long the stream runs; `offset` is a Python int and never overflows.
 
-    `capacity` must be at least the attention context. One new position at a time is written into
-    the ring before attending (the common streaming case); several at once are attended as
-    `ring + new` before the newest are written, so no query loses a key it is entitled to.
+    A step of T tokens is written into the ring before attending when the ring has room for them
+    beyond the `context` every query needs (`T <= capacity - context + 1`); a longer step attends
+    `ring + new` before the newest are written, so no query ever loses a key it is entitled to.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, context: int | None = None):
         self.capacity = capacity
+        self.context = capacity if context is None else context
+        if self.context > capacity:
+            raise ValueError(f"capacity {capacity} is smaller than the context {self.context}")
         self.offset = 0  # absolute position of the next token
         self.keys: mx.array | None = None  # (B, H, capacity, D)
         self.values: mx.array | None = None
-        self.positions: mx.array | None = None  # (capacity,) int32, -1 for an empty slot
 
     def reset(self) -> None:
         """Forget everything: the next token is position 0."""
         self.offset = 0
-        self.keys = self.values = self.positions = None
+        self.keys = self.values = None
 
-    def _allocate(self, k: mx.array) -> None:
-        B, H, _, D = k.shape
-        self.keys = mx.zeros((B, H, self.capacity, D), dtype=k.dtype)
-        self.values = mx.zeros((B, H, self.capacity, D), dtype=k.dtype)
-        self.positions = mx.full((self.capacity,), -1, dtype=mx.int32)
+    def _writes_first(self, T: int) -> bool:
+        return T <= self.capacity - self.context + 1
+
+    def key_positions(self, T: int) -> mx.array:
+        """Positions (S,) of the keys `update_and_fetch` will return for T tokens (-1: empty)."""
+        new = mx.arange(self.offset, self.offset + T, dtype=mx.int32)
+        if self._writes_first(T):
+            return ring_positions(self.offset + T, self.capacity)
+        if self.offset == 0:
+            return new
+        return mx.concatenate([ring_positions(self.offset, self.capacity), new])
 
     def _write(self, k: mx.array, v: mx.array) -> None:
         """Store the last `min(T, capacity)` of `k, v` (B, H, T, D) at their ring slots."""
+        if self.keys is None:
+            B, H, _, D = k.shape
+            self.keys = mx.zeros((B, H, self.capacity, D), dtype=k.dtype)
+            self.values = mx.zeros((B, H, self.capacity, D), dtype=v.dtype)
         T = k.shape[2]
         n = min(T, self.capacity)
-        first = self.offset + T - n
-        start = first % self.capacity
-        positions = mx.arange(first, first + n, dtype=mx.int32)
         k, v = k[:, :, T - n :], v[:, :, T - n :]
+        start = (self.offset + T - n) % self.capacity
         if start + n <= self.capacity:
             self.keys[:, :, start : start + n] = k
             self.values[:, :, start : start + n] = v
-            self.positions[start : start + n] = positions
         else:
             slots = (mx.arange(n) + start) % self.capacity
             self.keys[:, :, slots] = k
             self.values[:, :, slots] = v
-            self.positions[slots] = positions
 
-    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """Add new keys/values (B, H, T, D); return the keys, values and key positions to attend.
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        """Add new keys/values (B, H, T, D); return all keys/values to attend, (B, H, S, D).
 
-        Returns:
-            keys, values of shape (B, H, S, D) and positions (S,), -1 marking empty slots.
+        Their positions are `key_positions(T)`, taken before this call.
         """
         T = k.shape[2]
-        if self.keys is None:
-            self._allocate(k)
-            fresh = True
-        else:
-            fresh = False
-        if T == 1:
+        if self._writes_first(T):
             self._write(k, v)
-            keys, values, positions = self.keys, self.values, self.positions
-        elif fresh:
+            keys, values = self.keys, self.values
+        elif self.offset == 0:
             keys, values = k, v
-            positions = mx.arange(self.offset, self.offset + T, dtype=mx.int32)
             self._write(k, v)
         else:
-            new_positions = mx.arange(self.offset, self.offset + T, dtype=mx.int32)
             keys = mx.concatenate([self.keys, k], axis=2)
             values = mx.concatenate([self.values, v], axis=2)
-            positions = mx.concatenate([self.positions, new_positions])
             self._write(k, v)
         self.offset += T
-        return keys, values, positions
+        return keys, values

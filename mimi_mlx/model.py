@@ -31,7 +31,7 @@ class Mimi(StreamingModule):
         dim = cfg.seanet.dimension
         stride = cfg.resample_stride
         self.encoder = SeanetEncoder(cfg.seanet)
-        self.encoder_transformer = Transformer(cfg.transformer)
+        self.encoder_transformer = Transformer(cfg.transformer, step_tokens=stride)
         self.downsample = StreamingConv1d(
             dim, dim, 2 * stride, stride=stride, bias=False, pad_mode="replicate"
         )
@@ -39,7 +39,7 @@ class Mimi(StreamingModule):
         self.upsample = StreamingConvTranspose1d(
             dim, dim, 2 * stride, stride=stride, groups=dim, bias=False
         )
-        self.decoder_transformer = Transformer(cfg.transformer)
+        self.decoder_transformer = Transformer(cfg.transformer, step_tokens=stride)
         self.decoder = SeanetDecoder(cfg.seanet)
 
     # -- facts ---------------------------------------------------------------------------------

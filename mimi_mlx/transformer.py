@@ -182,12 +182,11 @@ class Attention(nn.Module):
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_heads // cfg.kv_repeat
         self.head_dim = cfg.head_dim
-        self.context = cfg.context if cfg.causal else None
-        self.causal = cfg.causal
         self.rope = cfg.positional_embedding in ("rope", "sin_rope")
         self.max_period = cfg.max_period
 
-    def __call__(self, x: mx.array, cache: RingKVCache) -> mx.array:
+    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None) -> mx.array:
+        """x (B, T, d_model); `mask` (T, S) says which of the cache's keys each query sees."""
         B, T, _ = x.shape
         H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.in_proj(x)
@@ -199,11 +198,7 @@ class Attention(nn.Module):
             # Kyutai rotates interleaved pairs (x0, x1), (x2, x3), ...: MLX's "traditional" RoPE.
             q = mx.fast.rope(q, D, traditional=True, base=self.max_period, scale=1.0, offset=offset)
             k = mx.fast.rope(k, D, traditional=True, base=self.max_period, scale=1.0, offset=offset)
-        keys, values, key_positions = cache.update_and_fetch(k, v)
-        mask = None
-        if self.causal:
-            query_positions = mx.arange(offset, offset + T, dtype=mx.int32)
-            mask = attention_mask(query_positions, key_positions, self.context)
+        keys, values = cache.update_and_fetch(k, v)
         return self.out_proj(attend(q, keys, values, mask))
 
 
@@ -219,8 +214,8 @@ class TransformerLayer(nn.Module):
             self.layer_scale_2 = LayerScale(cfg.d_model)
         self.has_layer_scale = cfg.layer_scale is not None
 
-    def __call__(self, x: mx.array, cache: RingKVCache) -> mx.array:
-        update = self.self_attn(self.norm1(x), cache)
+    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None) -> mx.array:
+        update = self.self_attn(self.norm1(x), cache, mask)
         x = x + (self.layer_scale_1(update) if self.has_layer_scale else update)
         update = self.gating(self.norm2(x))
         return x + (self.layer_scale_2(update) if self.has_layer_scale else update)
@@ -242,27 +237,37 @@ class Transformer(StreamingModule):
     streaming the same tokens.
     """
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, step_tokens: int = 1):
+        """Args:
+        cfg: the hyper-parameters.
+        step_tokens: tokens a streaming step usually carries (2 for Mimi's 25 Hz transformers
+            at one 12.5 Hz frame a step); the rings get room for them beyond the context.
+        """
         super().__init__()
         self.cfg = cfg
+        self.step_tokens = step_tokens
         self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
         self._caches: list[RingKVCache] | None = None
 
     def make_caches(self) -> list[RingKVCache]:
         """Fresh caches, one a layer, each holding the attention context."""
-        capacity = self.cfg.context
-        if capacity is None:
+        context = self.cfg.context
+        if context is None:
             raise ValueError("streaming needs a transformer with a finite attention context")
-        return [RingKVCache(capacity) for _ in self.layers]
+        return [RingKVCache(context + self.step_tokens - 1, context) for _ in self.layers]
 
     def _run(self, x: mx.array, caches: list[RingKVCache]) -> mx.array:
+        T = x.shape[1]
+        offset = caches[0].offset  # every layer's cache is at the same position
         if self.cfg.positional_embedding in ("sin", "sin_rope"):
-            offset = caches[0].offset
-            positions = mx.arange(offset, offset + x.shape[1])
-            pos = sin_embedding(positions, x.shape[-1], self.cfg.max_period)
+            pos = sin_embedding(mx.arange(offset, offset + T), x.shape[-1], self.cfg.max_period)
             x = x + self.cfg.positional_scale * pos.astype(x.dtype)
+        mask = None
+        if self.cfg.causal:  # one mask for all layers
+            queries = mx.arange(offset, offset + T, dtype=mx.int32)
+            mask = attention_mask(queries, caches[0].key_positions(T), self.cfg.context)
         for layer, cache in zip(self.layers, caches, strict=True):
-            x = layer(x, cache)
+            x = layer(x, cache, mask)
         return x
 
     def __call__(self, x: mx.array, chunk: int | None = None) -> mx.array:

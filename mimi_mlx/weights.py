@@ -18,6 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from .backend import codec_compute_dtype
 from .config import MimiConfig
 from .hub import CheckpointError, hub_file, looks_like_repo_id
 from .model import Mimi
@@ -257,8 +258,9 @@ def load_weights(model: Mimi, tensors: dict[str, mx.array], source: str = "check
             f"{source} has tensors of the wrong shape for this Mimi configuration "
             f"(a different model size?):\n  " + "\n  ".join(wrong[:12])
         )
-    dtype = mx.float32
-    model.update(tree_unflatten([(k, v.astype(dtype)) for k, v in state.items()]))
+    # Transposes are lazy views: make each weight contiguous once, not on every call.
+    dtype = codec_compute_dtype()
+    model.update(tree_unflatten([(k, mx.contiguous(v.astype(dtype))) for k, v in state.items()]))
     mx.eval(model.parameters())
     return fmt
 

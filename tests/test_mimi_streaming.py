@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mimi_reference as R
-from mimi_mlx.kv_cache import RingKVCache
+from mimi_mlx.kv_cache import RingKVCache, ring_positions
 from mimi_mlx.transformer import attend, attention_mask
 
 FRAME = 1920
@@ -105,9 +105,11 @@ def test_long_stream_keeps_constant_memory(tiny_mimi):
             memory[i] = (mx.get_active_memory(), rss_bytes())
     assert tiny_mimi.encoder_transformer.offset == 2 * 20_000  # 25 Hz tokens
     assert audio.shape == (1, 1, chunk * FRAME) and bool(mx.all(mx.isfinite(audio)))
-    # The rings hold exactly `context` positions: the newest ones.
+    # The rings hold the newest `context + 1` positions (room for a frame's two tokens).
     cache = tiny_mimi.encoder_transformer._caches[0]
-    assert sorted(np.array(cache.positions).tolist()) == list(range(40_000 - 6, 40_000))
+    assert cache.keys.shape[2] == cache.capacity == 7
+    held = np.array(ring_positions(cache.offset, cache.capacity)).tolist()
+    assert sorted(held) == list(range(40_000 - 7, 40_000))
     (active_a, rss_a), (active_b, rss_b) = memory[99], memory[999]
     assert active_b - active_a < 1 << 20
     assert rss_b - rss_a < 32 << 20
@@ -120,19 +122,20 @@ def naive_windowed_attention(q, k, v, context):
     return attend(q, k, v, attention_mask(positions, positions, context))
 
 
-@pytest.mark.parametrize("capacity", [5, 8])
-def test_ring_cache_matches_full_attention_over_many_wraps(capacity):
+@pytest.mark.parametrize("capacity, context", [(5, 5), (8, 5), (6, 6)])
+def test_ring_cache_matches_full_attention_over_many_wraps(capacity, context):
     rng = np.random.default_rng(1)
     B, H, T, D = 2, 3, 97, 8
     q, k, v = (mx.array(rng.standard_normal((B, H, T, D)).astype(np.float32)) for _ in range(3))
-    expected = naive_windowed_attention(q, k, v, capacity)
-    cache, outs, t = RingKVCache(capacity), [], 0
-    for n in [1, 1, 3, 1, 7, 2, 1, 1, 12, 5] * 10:
+    expected = naive_windowed_attention(q, k, v, context)
+    cache, outs, t = RingKVCache(capacity, context), [], 0
+    for n in [1, 1, 3, 1, 7, 2, 1, 1, 12, 5, 4] * 10:
         if t >= T:
             break
         n = min(n, T - t)
-        keys, values, positions = cache.update_and_fetch(k[:, :, t : t + n], v[:, :, t : t + n])
-        mask = attention_mask(mx.arange(t, t + n, dtype=mx.int32), positions, capacity)
+        positions = cache.key_positions(n)
+        keys, values = cache.update_and_fetch(k[:, :, t : t + n], v[:, :, t : t + n])
+        mask = attention_mask(mx.arange(t, t + n, dtype=mx.int32), positions, context)
         outs.append(attend(q[:, :, t : t + n], keys, values, mask))
         t += n
     assert t == T
