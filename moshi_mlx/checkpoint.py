@@ -65,7 +65,9 @@ def resolve(checkpoint: str | Path, revision: str | None = None) -> CheckpointFi
     get, root, file = _getter(checkpoint, revision)
     config_path = get("config.json")
     raw = json.loads(config_path.read_text()) if config_path is not None else None
-    layout = "hf" if raw is not None and raw.get("model_type") == "moshi" else "kyutai"
+    # transformers' MoshiConfig (Kyutai's configs also say "model_type": "moshi")
+    is_hf = raw is not None and ("depth_decoder_config" in raw or "architectures" in raw)
+    layout = "hf" if is_hf else "kyutai"
     if file is not None:
         return CheckpointFiles([file], raw, layout, root, get)
     if layout == "hf":

@@ -134,6 +134,7 @@ class Lm(StreamingModule):
                 f"codes must have {cfg.num_codebooks} streams, got shape {codes.shape}"
             )
         codes = codes.astype(mx.int32)
+        self._check_range(codes)
         initial = self.initial_tokens
         delayed = delay_codes(codes, cfg.delays, initial)  # (B, K, T)
         start = mx.broadcast_to(initial[None, :, None], (B, K, 1))
@@ -145,6 +146,17 @@ class Lm(StreamingModule):
         text_logits, text_mask = undelay(text_logits[:, None], cfg.delays[:1])
         text_mask = text_mask & (codes[:, :1] != -1)
         return LmOutput(text_logits, text_mask, logits, mask)
+
+    def _check_range(self, codes: mx.array) -> None:
+        """Out-of-range tokens would read outside the embedding tables: refuse them."""
+        cfg = self.cfg
+        high = mx.array([cfg.text_card] + [cfg.card] * cfg.n_q)[None, :, None]
+        bad = mx.any((codes < -1) | (codes > high)).item()
+        if bad:
+            raise ValueError(
+                f"codes out of range: text tokens must be in [-1, {cfg.text_card}] and audio "
+                f"tokens in [-1, {cfg.card}] (-1: no input; the top value: start token)"
+            )
 
     def __call__(self, codes: mx.array) -> LmOutput:
         return self.forward(codes)

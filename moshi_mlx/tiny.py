@@ -1,0 +1,185 @@
+"""A tiny random Moshi checkpoint in Kyutai's real repo layout, to try the apps on any machine.
+
+The folder holds what `kyutai/moshiko-mlx-*` holds: `config.json` (the model's keys and the file
+names), the language model in Kyutai's MLX layout (`model.safetensors`, or quantized
+`model.q8.safetensors` / `model.q4.safetensors`), Mimi in Kyutai's PyTorch layout
+(`tokenizer-e351c8d8-checkpoint125.safetensors`, with `mimi_config.json` for its tiny size) and a
+SentencePiece model (`tokenizer_spm_32k_3.model`). The weights are random: it makes noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mimi_mlx.config import MimiConfig
+from mimi_mlx.model import Mimi
+from mimi_mlx.quantizer import QuantizerConfig
+from mimi_mlx.seanet import SeanetConfig
+from mimi_mlx.transformer import TransformerConfig
+from mimi_mlx.weights import KYUTAI_FILE, conv, conv_transpose, copy, name_table, pointwise
+
+from .config import LmConfig
+from .lm import Lm
+from .tokenizer import TOKENIZER_FILE
+
+# Moshi's architecture (16 codebooks, 8 generated, delays 0/1, card 2048) at a tiny width.
+TINY_LM = {
+    "dim": 64,
+    "text_card": 512,
+    "existing_text_padding_id": 3,
+    "n_q": 16,
+    "dep_q": 8,
+    "card": 2048,
+    "num_heads": 4,
+    "num_layers": 2,
+    "hidden_scale": 4.5,  # gated hidden width 192: a multiple of the quantization groups
+    "causal": True,
+    "layer_scale": None,
+    "context": 3000,
+    "max_period": 10000,
+    "gating": "silu",
+    "norm": "rms_norm_f32",
+    "positional_embedding": "rope",
+    "depformer_dim": 64,
+    "depformer_dim_feedforward": 288,
+    "depformer_num_heads": 4,
+    "depformer_num_layers": 2,
+    "depformer_causal": True,
+    "depformer_layer_scale": None,
+    "depformer_multi_linear": True,
+    "depformer_context": 8,
+    "depformer_max_period": 10000,
+    "depformer_gating": "silu",
+    "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True,
+    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+}
+
+
+def tiny_mimi_config() -> MimiConfig:
+    """Mimi's structure (24 kHz, 12.5 Hz, 32 codebooks of 2048) at a tiny width."""
+    return MimiConfig(
+        seanet=SeanetConfig(dimension=32, n_filters=4),
+        transformer=TransformerConfig(
+            d_model=32,
+            num_heads=4,
+            num_layers=2,
+            dim_feedforward=64,
+            causal=True,
+            context=250,
+            max_period=10000.0,
+            norm="layer_norm",
+            gating="none",
+            layer_scale=0.01,
+            positional_embedding="rope",
+        ),
+        quantizer=QuantizerConfig(dimension=16, input_dimension=32, output_dimension=32),
+    )
+
+
+# Our Mimi parameter -> Kyutai's tensor: the inverse of mimi_mlx's load transforms.
+_TO_KYUTAI = {
+    copy: lambda x: x,
+    conv: lambda x: x.transpose(0, 2, 1),  # (out, k, in) -> (out, in, k)
+    conv_transpose: lambda x: x.transpose(0, 2, 1),  # (in, k, out) -> (in, out, k)
+    pointwise: lambda x: x[..., None],  # Linear (out, in) -> 1x1 conv (out, in, 1)
+}
+
+CORPUS = [
+    "Hello, how are you doing today?",
+    "I am Moshi, a speech model made by Kyutai.",
+    "The quick brown fox jumps over the lazy dog.",
+    "What would you like to talk about?",
+    "It is a beautiful day, the sun is shining and the birds are singing.",
+    "Tell me a story about a cat who learned to fly.",
+    "Numbers like one, two, three, four and five are easy to say.",
+    "Speech, text and audio tokens stream together in real time.",
+]
+
+
+def _random_mimi(seed: int) -> Mimi:
+    """Mimi with random weights (fan-in scaled) and random codebooks: it decodes to noise."""
+    mx.random.seed(seed)
+    mimi = Mimi(tiny_mimi_config())
+    weights = []
+    for name, p in tree_flatten(mimi.parameters()):
+        if p.ndim >= 2:  # convolutions, projections, codebooks
+            fan_in = 1 if name.endswith("embedding_sum") else p.size // p.shape[0]
+            weights.append((name, mx.random.normal(p.shape) * fan_in**-0.5))
+        elif name.endswith(".bias") and "norm" not in name:
+            weights.append((name, 0.01 * mx.random.normal(p.shape)))
+    mimi.update(tree_unflatten(weights))
+    return mimi
+
+
+def save_mimi_kyutai(mimi: Mimi, path: Path) -> None:
+    """Write our Mimi in Kyutai's PyTorch layout (their released tensor names and shapes)."""
+    ours = dict(tree_flatten(mimi.parameters()))
+    tensors = {}
+    for name, sources, fn in name_table(mimi.cfg, "kyutai"):
+        (source,) = sources
+        tensors[source] = _TO_KYUTAI[fn](ours[name]).astype(mx.float32)
+    mx.save_safetensors(str(path), tensors)
+
+
+def _train_tokenizer(prefix: Path, vocab_size: int) -> None:
+    import sentencepiece
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 4),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=3,  # as in Kyutai's tokenizer, ids 0 and 3 are not word pieces
+        minloglevel=2,
+    )
+
+
+def make_tiny_checkpoint(
+    folder: str | Path, seed: int = 0, quantize_bits: int | None = None
+) -> Path:
+    """Write a tiny random Moshi repo folder (Kyutai's layout) and return its path.
+
+    Args:
+        folder: where to write (created if needed).
+        seed: seed of the random weights.
+        quantize_bits: None for float weights (`model.safetensors`), 8 or 4 for Kyutai's
+            `model.q8.safetensors` (group 64) / `model.q4.safetensors` (group 32).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(seed)
+    lm = Lm(LmConfig.from_dict(TINY_LM))
+    moshi_name = "model.safetensors"
+    if quantize_bits is not None:
+        group_size = {8: 64, 4: 32}[quantize_bits]
+        nn.quantize(lm, group_size=group_size, bits=quantize_bits)
+        moshi_name = f"model.q{quantize_bits}.safetensors"
+    params = {
+        k: v if v.dtype == mx.uint32 else v.astype(mx.bfloat16)
+        for k, v in tree_flatten(lm.parameters())
+    }
+    mx.save_safetensors(str(folder / moshi_name), params)
+
+    mimi = _random_mimi(seed + 1)
+    save_mimi_kyutai(mimi, folder / KYUTAI_FILE)
+    (folder / "mimi_config.json").write_text(json.dumps(mimi.cfg.to_dict(), indent=2))
+    _train_tokenizer(folder / Path(TOKENIZER_FILE).stem, vocab_size=200)
+    (folder / Path(TOKENIZER_FILE).with_suffix(".vocab").name).unlink(missing_ok=True)
+
+    config = {
+        **TINY_LM,
+        "moshi_name": moshi_name,
+        "mimi_name": KYUTAI_FILE,
+        "mimi_config_name": "mimi_config.json",
+        "tokenizer_name": TOKENIZER_FILE,
+        "model_type": "moshi",
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
