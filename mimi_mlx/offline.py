@@ -11,6 +11,7 @@ tolerance):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import mlx.core as mx
@@ -54,9 +55,10 @@ def encode_file(
         stream = info.duration > STREAM_ABOVE_SECONDS
     if stream:
         chunks, num_samples = [], 0
-        for audio, codes in _encode_stream(model, src, n_q, progress, block_frames):
-            chunks.append(codes)
-            num_samples += len(audio)
+        with closing(_encode_stream(model, src, n_q, progress, block_frames)) as blocks:
+            for audio, codes in blocks:
+                chunks.append(codes)
+                num_samples += len(audio)
         codes = np.concatenate(chunks, axis=1)
     else:
         audio = read_audio(src, model.sample_rate)
@@ -153,11 +155,13 @@ def roundtrip_file(
     model.reset_decoder()
     try:
         with AudioWriter(dst, model.sample_rate, float32) as out:
-            for audio, codes in _encode_stream(model, src, n_q, progress, block_frames):
-                decoded = to_numpy(model.decode_step(mx.array(codes)[None]))[0, 0]
-                out.write(decoded[: len(audio)])
-                chunks.append(codes)
-                num_samples += len(audio)
+            blocks = _encode_stream(model, src, n_q, progress, block_frames, "roundtrip")
+            with closing(blocks):  # on errors too: reset the encoder and close the bar now
+                for audio, codes in blocks:
+                    decoded = to_numpy(model.decode_step(mx.array(codes)[None]))[0, 0]
+                    out.write(decoded[: len(audio)])
+                    chunks.append(codes)
+                    num_samples += len(audio)
     finally:
         model.reset_decoder()
     return MimiCodes(
@@ -194,7 +198,12 @@ def _check_num_quantizers(model: Mimi, n: int) -> int:
 
 
 def _encode_stream(
-    model: Mimi, src: str | Path, n_q: int, progress: bool | None, block_frames: int
+    model: Mimi,
+    src: str | Path,
+    n_q: int,
+    progress: bool | None,
+    block_frames: int,
+    desc: str = "encode",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (audio block, its codes (K, frames)); the last block is zero-padded to whole frames.
 
@@ -202,7 +211,7 @@ def _encode_stream(
     """
     info = audio_info(src)
     block = block_frames * model.frame_size
-    bar = _bar(info.resampled_length(model.sample_rate) / model.sample_rate, "encode", progress)
+    bar = _bar(info.resampled_length(model.sample_rate) / model.sample_rate, desc, progress)
     model.reset_encoder()
     try:
         for audio in iter_audio(src, model.sample_rate, block):
