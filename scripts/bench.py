@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Benchmarks, measured side by side in one run (these machines are shared and noisy).
+
+python scripts/bench.py mimi        # Mimi: batch 10 s, streaming per 80 ms frame, vs PyTorch
+python scripts/bench.py lm          # Moshi's LM: ms per step for each precision, memory
+python scripts/bench.py quantize    # conversion time and memory, quantization report
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+COMMANDS = {
+    "mimi": ("bench_mimi", "Mimi codec: ours vs Kyutai's PyTorch reference"),
+    "lm": ("bench_lm", "Moshi language model: step time, memory, load time"),
+    "quantize": ("bench_quantize", "checkpoint conversion and the quantization report"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # not written yet
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure_parser(p)
+        p.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    return args.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
