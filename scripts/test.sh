@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q torch==2.13.0          # the CPU build; a plain `torch` pulls CUDA
 python3 -m pip install -q -e ".[test]"
-python3 -m pip install -q --no-deps moshi         # Kyutai's reference; its pins pull CUDA torch
+python3 -m pip install -q --no-deps moshi==0.2.13  # Kyutai's reference; its pins pull CUDA torch
 ruff check .
 ruff format --check .
 # MLX's Linux CPU wheel bundles the reference BLAS (about 5 GFLOP/s on one core). Where Debian's
