@@ -91,29 +91,39 @@ def seven_b(num_layers: int = 2) -> dict:
 
 
 @torch.no_grad()
-def make_kyutai_lm(cfg: dict, seed: int):
-    """Kyutai's `LMModel` in float32 with bug-catching random weights."""
-    from moshi.models import loaders
+def make_kyutai_lm(cfg: dict, seed: int, bf16_exact: bool = False):
+    """Kyutai's `LMModel` in float32 with bug-catching random weights.
+
+    Weights are drawn directly (their truncated-normal init is slow at 7B widths): N(0, 1/fan_in)
+    for projections and embeddings, norms around 1, LayerScale in U(0.2, 1), small biases.
+    With `bf16_exact`, every weight is a bfloat16 value, so a bf16 file holds them exactly.
+    """
+    from moshi.models.lm import LMModel
 
     torch.manual_seed(seed)
-    model = loaders.get_moshi_lm(None, lm_kwargs=dict(cfg), device="cpu", dtype=torch.float32)
+    kwargs = dict(cfg)
+    kwargs.pop("depformer_causal", None)  # deprecated, as Kyutai's loader drops it
+    model = LMModel(device="meta", dtype=torch.float32, **kwargs)
+    model.to_empty(device="cpu")
     model.eval()
     for name, p in model.named_parameters():
         if name.endswith(("layer_scale_1.scale", "layer_scale_2.scale")):
             p.uniform_(0.2, 1.0)
         elif name.endswith(".alpha") or ("norm" in name and name.endswith(".weight")):
             p.copy_(1 + 0.2 * torch.randn_like(p))
-        elif "norm" in name and name.endswith(".bias"):
-            p.copy_(0.2 * torch.randn_like(p))
         elif name.endswith(".bias"):
-            p.copy_(0.1 * torch.randn_like(p))
+            p.copy_((0.2 if "norm" in name else 0.1) * torch.randn_like(p))
+        else:
+            p.normal_(0.0, p.shape[-1] ** -0.5)
+        if bf16_exact:
+            p.copy_(p.bfloat16().float())
     return model
 
 
 def kyutai_state(model) -> dict[str, torch.Tensor]:
     """Kyutai's released layout: per-step attention projections stacked into `in_proj_weight` and
     `out_proj.weight` (what their load hook splits again)."""
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     out = {}
     stacks: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for k, v in state.items():

@@ -1,0 +1,196 @@
+"""Benchmark Moshi's language model: load time, ms per streaming step, peak resident memory.
+
+    python scripts/bench_lm.py                      # the full 7B config, every precision that fits
+    python scripts/bench_lm.py --layers 2 --modes q4,q8 --steps 5
+
+Random weights in Kyutai's MLX layout are written once per (config, precision) to `--workdir`
+(built one tensor at a time: the full-precision 7B never sits in memory), then each precision is
+measured in a fresh process so its peak resident memory is its own. Precisions: `fp32` and
+`bf16` (float weights, float32 or bfloat16 activations), `q8` (8 bits, group 64) and `q4`
+(4 bits, group 32), quantized with `nn.quantize` as Kyutai's MLX files are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODES = ("fp32", "bf16", "q8", "q4")
+QUANT = {"q8": (64, 8), "q4": (32, 4)}
+BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "q8": 1.0 + 4 / 64, "q4": 0.5 + 4 / 32}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--layers", type=int, default=None, help="temporal layers (7B: 32)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated precisions")
+    parser.add_argument("--steps", type=int, default=5, help="timed streaming steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument(
+        "--workdir",
+        default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "moshi-bench"),
+        help="where the random checkpoints are written (and reused)",
+    )
+    parser.add_argument("--force", action="store_true", help="run precisions that may not fit")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _config(layers: int | None):
+    from moshi_mlx import LmConfig
+
+    cfg = LmConfig()  # Kyutai's 7B Moshiko
+    if layers is not None:
+        cfg.num_layers = layers
+    return cfg
+
+
+def _num_params(cfg) -> int:
+    from mlx.utils import tree_flatten
+
+    from moshi_mlx import Lm
+
+    return sum(v.size for _, v in tree_flatten(Lm(cfg).parameters()))  # lazy: nothing computed
+
+
+def _checkpoint(cfg, mode: str, workdir: Path) -> Path:
+    """Write (once) random weights for `mode` in Kyutai's MLX layout, one tensor at a time."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from moshi_mlx import Lm
+
+    precision = "q8" if mode == "q8" else "q4" if mode == "q4" else "bf16"
+    folder = workdir / f"moshi-{cfg.num_layers}l-{precision}"
+    name = {"q8": "model.q8.safetensors", "q4": "model.q4.safetensors"}.get(precision)
+    name = name or "model.safetensors"
+    if (folder / name).is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(0)
+    model = Lm(cfg)  # lazy random weights
+    if precision in QUANT:
+        group_size, bits = QUANT[precision]
+        nn.quantize(model, group_size=group_size, bits=bits)
+    tensors = {}
+    for key, value in tree_flatten(model.parameters()):
+        value = value if value.dtype == mx.uint32 else value.astype(mx.bfloat16)
+        mx.eval(value)  # this tensor only: its float32 source is freed right away
+        tensors[key] = value
+    mx.save_safetensors(str(folder / name), tensors)
+    config = {**cfg.to_dict(), "moshi_name": name}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """Measure one precision in this process; print one JSON line."""
+    import mlx.core as mx
+
+    from moshi_mlx import MoshiGenerator, load_model
+
+    mode = args.worker
+    folder = Path(args.workdir) / args.checkpoint
+    dtype = mx.bfloat16 if mode == "bf16" else mx.float32
+    start = time.perf_counter()
+    model = load_model(folder, dtype=dtype)
+    load_s = time.perf_counter() - start
+    gen = MoshiGenerator(model, seed=0)
+    user = mx.zeros((1, model.cfg.num_user_codebooks), dtype=mx.int32)
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        text, audio = gen.step(user)
+        mx.eval(text, audio if audio is not None else text)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    if sys.platform == "darwin":
+        peak_rss //= 1024  # macOS reports bytes
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "load_s": load_s,
+                "ms_per_step": 1000 * sum(times) / len(times),
+                "peak_rss_gb": peak_rss / 1e9,
+                "peak_mlx_gb": mx.get_peak_memory() / 1e9,
+            }
+        )
+    )
+
+
+def _available_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return float("inf")
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run the benchmark described by `args` (see `configure_parser`); print and return rows."""
+    if args.worker:
+        _worker(args)
+        return []
+    cfg = _config(args.layers)
+    params = _num_params(cfg)
+    workdir = Path(args.workdir)
+    print(f"Moshi LM: {cfg.num_layers} temporal layers, {params / 1e9:.2f} G parameters")
+    rows = []
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        if mode not in MODES:
+            raise SystemExit(f"unknown precision {mode!r}; choose from {', '.join(MODES)}")
+        need = params * BYTES_PER_PARAM[mode] / 1e9
+        if need > 0.9 * _available_gb() and not args.force:
+            print(f"{mode:>5}: skipped, needs about {need:.1f} GB ({_available_gb():.1f} GB free)")
+            continue
+        start = time.perf_counter()
+        folder = _checkpoint(cfg, mode, workdir)
+        write_s = time.perf_counter() - start
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            mode,
+            "--workdir",
+            str(workdir),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--checkpoint",
+            folder.name,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{mode:>5}: failed\n{out.stderr[-2000:]}")
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row["write_s"] = write_s
+        rows.append(row)
+        print(
+            f"{mode:>5}: {row['ms_per_step']:9.1f} ms/step   load {row['load_s']:6.1f} s   "
+            f"peak RSS {row['peak_rss_gb']:5.2f} GB   (MLX peak {row['peak_mlx_gb']:.2f} GB)",
+            flush=True,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = configure_parser(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
