@@ -20,18 +20,17 @@ class QuantizerConfig:
     output_dimension: int = 512
 
 
+def centroids(embedding_sum: mx.array, cluster_usage: mx.array) -> mx.array:
+    """A checkpoint's codebook statistics -> centroids `embedding_sum / max(usage, eps)`."""
+    return embedding_sum / mx.maximum(cluster_usage, CLUSTER_USAGE_EPS)[:, None]
+
+
 class EuclideanCodebook(nn.Module):
-    """Nearest-codeword lookup. Centroids are `embedding_sum / max(cluster_usage, eps)`."""
+    """Nearest-codeword lookup among `embedding` (bins, dim), the centroids."""
 
     def __init__(self, dim: int, bins: int):
         super().__init__()
-        self.embedding_sum = mx.zeros((bins, dim))
-        self.cluster_usage = mx.ones((bins,))
-
-    @property
-    def embedding(self) -> mx.array:
-        usage = mx.maximum(self.cluster_usage, CLUSTER_USAGE_EPS)
-        return self.embedding_sum / usage[:, None]
+        self.embedding = mx.zeros((bins, dim))
 
     def encode(self, x: mx.array) -> mx.array:
         """x (B, T, D) -> codes (B, T) of the nearest centroid (Euclidean distance)."""

@@ -22,6 +22,7 @@ from .backend import codec_compute_dtype
 from .config import MimiConfig
 from .hub import CheckpointError, hub_file, looks_like_repo_id
 from .model import Mimi
+from .quantizer import centroids
 
 KYUTAI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 HF_FILE = "model.safetensors"
@@ -64,6 +65,15 @@ def hf_qkv(num_heads: int) -> Callable[..., mx.array]:
 
 
 Row = tuple[str, tuple[str, ...], Callable[..., mx.array]]  # ours, sources, transform
+
+# The inverse of each transform, to write our weights in Kyutai's layout.
+TO_KYUTAI: dict[Callable, Callable[[mx.array], tuple[mx.array, ...]]] = {
+    copy: lambda x: (x,),
+    conv: lambda x: (x.transpose(0, 2, 1),),
+    conv_transpose: lambda x: (x.transpose(0, 2, 1),),
+    pointwise: lambda x: (x[..., None],),
+    centroids: lambda x: (x, mx.ones((x.shape[0],), dtype=x.dtype)),  # usage 1: sum = centroid
+}
 
 
 # -- SEANet: Kyutai and transformers index the same nn.Sequential; the ELUs take indices too ---
@@ -151,9 +161,8 @@ def _quantizer_rows(cfg: MimiConfig, fmt: str) -> list[Row]:
                 book, total = f"{src}.vq.layers.{i}._codebook", "embedding_sum"
             else:
                 book, total = f"{src}.layers.{i}.codebook", "embed_sum"
-            layer = f"quantizer.{ours}.layers.{i}"
-            rows.append((f"{layer}.embedding_sum", (f"{book}.{total}",), copy))
-            rows.append((f"{layer}.cluster_usage", (f"{book}.cluster_usage",), copy))
+            sources = (f"{book}.{total}", f"{book}.cluster_usage")
+            rows.append((f"quantizer.{ours}.layers.{i}.embedding", sources, centroids))
     return rows
 
 
@@ -177,6 +186,16 @@ def name_table(cfg: MimiConfig, fmt: str) -> list[Row]:
         + _transformer_rows(cfg, "decoder_transformer", fmt)
         + _seanet_rows(cfg, "decoder", fmt)
     )
+
+
+def kyutai_state(model: Mimi) -> dict[str, mx.array]:
+    """Our weights under Kyutai's released names and layouts (float32), ready to save."""
+    ours = dict(tree_flatten(model.parameters()))
+    state = {}
+    for name, sources, fn in name_table(model.cfg, "kyutai"):
+        for source, x in zip(sources, TO_KYUTAI[fn](ours[name]), strict=True):
+            state[source] = mx.contiguous(x.astype(mx.float32))
+    return state
 
 
 # Tensors the checkpoints carry that the model does not use.

@@ -21,7 +21,7 @@ from mimi_mlx.model import Mimi
 from mimi_mlx.quantizer import QuantizerConfig
 from mimi_mlx.seanet import SeanetConfig
 from mimi_mlx.transformer import TransformerConfig
-from mimi_mlx.weights import KYUTAI_FILE, conv, conv_transpose, copy, name_table, pointwise
+from mimi_mlx.weights import KYUTAI_FILE, kyutai_state
 
 from .config import LmConfig
 from .lm import Lm
@@ -82,14 +82,6 @@ def tiny_mimi_config() -> MimiConfig:
     )
 
 
-# Our Mimi parameter -> Kyutai's tensor: the inverse of mimi_mlx's load transforms.
-_TO_KYUTAI = {
-    copy: lambda x: x,
-    conv: lambda x: x.transpose(0, 2, 1),  # (out, k, in) -> (out, in, k)
-    conv_transpose: lambda x: x.transpose(0, 2, 1),  # (in, k, out) -> (in, out, k)
-    pointwise: lambda x: x[..., None],  # Linear (out, in) -> 1x1 conv (out, in, 1)
-}
-
 CORPUS = [
     "Hello, how are you doing today?",
     "I am Moshi, a speech model made by Kyutai.",
@@ -109,7 +101,7 @@ def _random_mimi(seed: int) -> Mimi:
     weights = []
     for name, p in tree_flatten(mimi.parameters()):
         if p.ndim >= 2:  # convolutions, projections, codebooks
-            fan_in = 1 if name.endswith("embedding_sum") else p.size // p.shape[0]
+            fan_in = 1 if name.endswith(".embedding") else p.size // p.shape[0]
             weights.append((name, mx.random.normal(p.shape) * fan_in**-0.5))
         elif name.endswith(".bias") and "norm" not in name:
             weights.append((name, 0.01 * mx.random.normal(p.shape)))
@@ -119,12 +111,7 @@ def _random_mimi(seed: int) -> Mimi:
 
 def save_mimi_kyutai(mimi: Mimi, path: Path) -> None:
     """Write our Mimi in Kyutai's PyTorch layout (their released tensor names and shapes)."""
-    ours = dict(tree_flatten(mimi.parameters()))
-    tensors = {}
-    for name, sources, fn in name_table(mimi.cfg, "kyutai"):
-        (source,) = sources
-        tensors[source] = _TO_KYUTAI[fn](ours[name]).astype(mx.float32)
-    mx.save_safetensors(str(path), tensors)
+    mx.save_safetensors(str(path), kyutai_state(mimi))
 
 
 def _train_tokenizer(prefix: Path, vocab_size: int) -> None:
