@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from .conv import StreamingConv1d, StreamingConvTranspose1d
 from .streaming import StreamingModule
@@ -35,6 +34,11 @@ class SeanetConfig:
         return hop
 
 
+def elu(x: mx.array) -> mx.array:
+    """ELU (alpha 1) as `max(x, 0) + expm1(min(x, 0))`: one transcendental op, no select."""
+    return mx.maximum(x, 0) + mx.expm1(mx.minimum(x, 0))
+
+
 class ResidualBlock(StreamingModule):
     """x + conv2(elu(conv1(elu(x)))), with an identity shortcut."""
 
@@ -45,10 +49,10 @@ class ResidualBlock(StreamingModule):
         self.conv2 = StreamingConv1d(hidden, dim, 1, pad_mode=pad_mode)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return x + self.conv2(nn.elu(self.conv1(nn.elu(x))))
+        return x + self.conv2(elu(self.conv1(elu(x))))
 
     def step(self, x: mx.array) -> mx.array:
-        return x + self.conv2.step(nn.elu(self.conv1.step(nn.elu(x))))
+        return x + self.conv2.step(elu(self.conv1.step(elu(x))))
 
 
 def _residual_stack(cfg: SeanetConfig, dim: int) -> list[ResidualBlock]:
@@ -73,12 +77,12 @@ class EncoderBlock(StreamingModule):
     def __call__(self, x: mx.array) -> mx.array:
         for block in self.residuals:
             x = block(x)
-        return self.downsample(nn.elu(x))
+        return self.downsample(elu(x))
 
     def step(self, x: mx.array) -> mx.array:
         for block in self.residuals:
             x = block.step(x)
-        return self.downsample.step(nn.elu(x))
+        return self.downsample.step(elu(x))
 
 
 class DecoderBlock(StreamingModule):
@@ -90,13 +94,13 @@ class DecoderBlock(StreamingModule):
         self.residuals = _residual_stack(cfg, dim // 2)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.upsample(nn.elu(x))
+        x = self.upsample(elu(x))
         for block in self.residuals:
             x = block(x)
         return x
 
     def step(self, x: mx.array) -> mx.array:
-        x = self.upsample.step(nn.elu(x))
+        x = self.upsample.step(elu(x))
         for block in self.residuals:
             x = block.step(x)
         return x
@@ -121,13 +125,13 @@ class SeanetEncoder(StreamingModule):
         x = self.init_conv(x)
         for block in self.blocks:
             x = block(x)
-        return self.final_conv(nn.elu(x))
+        return self.final_conv(elu(x))
 
     def step(self, x: mx.array) -> mx.array:
         x = self.init_conv.step(x)
         for block in self.blocks:
             x = block.step(x)
-        return self.final_conv.step(nn.elu(x))
+        return self.final_conv.step(elu(x))
 
 
 class SeanetDecoder(StreamingModule):
@@ -149,10 +153,10 @@ class SeanetDecoder(StreamingModule):
         x = self.init_conv(x)
         for block in self.blocks:
             x = block(x)
-        return self.final_conv(nn.elu(x))
+        return self.final_conv(elu(x))
 
     def step(self, x: mx.array) -> mx.array:
         x = self.init_conv.step(x)
         for block in self.blocks:
             x = block.step(x)
-        return self.final_conv.step(nn.elu(x))
+        return self.final_conv.step(elu(x))
