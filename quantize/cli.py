@@ -1,0 +1,143 @@
+"""`moshi-mlx-quantize`: convert a float Moshi checkpoint into a quantized MLX checkpoint, and
+report what the quantization gave up.
+
+    moshi-mlx-quantize kyutai/moshiko-pytorch-bf16 moshiko-q4 --recipe q4 --report
+    moshi-mlx-quantize report kyutai/moshiko-pytorch-bf16 moshiko-q4 moshiko-q8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mimi_mlx.hub import CheckpointError
+
+from .recipes import GROUPS, PARTS, RECIPES, RecipeError
+
+RECIPE_HELP = "\n".join(
+    [
+        "recipes:",
+        *(f"  {name:10} {r.description}" for name, r in RECIPES.items()),
+        "",
+        "A recipe can be amended or written out as part=precision items, comma-separated:",
+        "  q4,embeddings=q8,text_head=float      helium=q4,depformer=q8  (parts not named: float)",
+        f"parts: {', '.join(PARTS)}; groups: {', '.join(GROUPS)}",
+        "precisions: q4 (group 32), q8 (group 64), q<bits>g<group> (bits 2-6 or 8, group "
+        "32/64/128), float",
+    ]
+)
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accuracy report")
+    g.add_argument("--audio", type=Path, help="report on the Mimi codes of this audio file")
+    g.add_argument("--steps", type=int, default=32, help="time steps per input (default 32)")
+    g.add_argument("--batch", type=int, default=2, help="random input sequences (default 2)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+
+
+def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The conversion command's arguments."""
+    p = parser or argparse.ArgumentParser(
+        prog="moshi-mlx-quantize",
+        description="Quantize a Moshi checkpoint (Kyutai PyTorch, Kyutai MLX bf16 or transformers;"
+        " hub repo id or local path) into an MLX checkpoint folder that moshi-mlx loads as is. "
+        "`moshi-mlx-quantize report SOURCE QUANTIZED...` compares existing checkpoints.",
+        epilog=RECIPE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="float checkpoint: hub repo id, folder or .safetensors file")
+    p.add_argument("output", type=Path, help="checkpoint folder to create")
+    p.add_argument("--recipe", default="q4", help="q4, q8, q4-mlp, q4-helium or a spec (below)")
+    p.add_argument("--embeddings", metavar="PRECISION", help="override the embeddings' precision")
+    p.add_argument("--text-head", metavar="PRECISION", help="override the text head's precision")
+    p.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
+    p.add_argument("--revision", help="hub revision of the source")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="then compare the result with the float model (needs both in memory in turn)",
+    )
+    _report_options(p)
+    return p
+
+
+def configure_report_parser(parser: argparse.ArgumentParser | None = None):
+    """The `report` command's arguments."""
+    p = parser or argparse.ArgumentParser(
+        prog="moshi-mlx-quantize report",
+        description="Teacher-forced logits of quantized checkpoints against their float source: "
+        "KL divergence and top-1 agreement per stream, and per-layer weight error.",
+    )
+    p.add_argument("source", help="the float checkpoint the others were made from")
+    p.add_argument("quantized", nargs="+", type=Path, help="quantized checkpoint folders")
+    p.add_argument("--json", type=Path, help="save the report here as JSON")
+    _report_options(p)
+    return p
+
+
+def _recipe_spec(args: argparse.Namespace) -> str:
+    spec = args.recipe
+    if args.embeddings:
+        spec += f",embeddings={args.embeddings}"
+    if args.text_head:
+        spec += f",text_head={args.text_head}"
+    return spec
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .convert import REPORT_FILE, convert
+
+    result = convert(
+        args.source,
+        args.output,
+        _recipe_spec(args),
+        force=args.force,
+        revision=args.revision,
+        progress=not args.quiet,
+    )
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    n = len(result.plan.layers)
+    print(
+        f"wrote {result.output} ({result.recipe.name}: {n} layers quantized, "
+        f"{result.nbytes / 2**30:.2f} GiB, {result.seconds:.1f} s)"
+    )
+    if args.report:
+        _report(args, args.source, [result.output], args.output / REPORT_FILE)
+
+
+def _report(args, source, quantized: list[Path], json_path: Path | None) -> None:
+    from .report import accuracy_report
+
+    report = accuracy_report(
+        source, quantized, steps=args.steps, batch=args.batch, seed=args.seed, audio=args.audio
+    )
+    print(report.table())
+    if json_path is not None:
+        report.save(json_path)
+        print(f"saved {json_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `moshi-mlx-quantize` and `python -m quantize`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["report"]:
+            args = configure_report_parser().parse_args(argv[1:])
+            _report(args, args.source, args.quantized, args.json)
+        else:
+            _convert(configure_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        print("error: interrupted (no partial checkpoint is left behind)", file=sys.stderr)
+        return 130
+    except (RecipeError, CheckpointError, ValueError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""A Moshi checkpoint read one tensor at a time, in any layout `moshi_mlx` loads.
+
+`mx.load` opens a safetensors file lazily: nothing is read until an array is evaluated, and then
+only that tensor. An evaluated array keeps its data while it is referenced, so the lazy handles
+are dropped after each output tensor (`release`) and opened again for the next one: at any time
+only the tensors of the current output are in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+
+from mimi_mlx.hub import CheckpointError
+from mimi_mlx.weights import read_safetensors
+from moshi_mlx.checkpoint import CheckpointFiles, config_from, resolve
+from moshi_mlx.config import LmConfig
+from moshi_mlx.weights import LAYOUT_NAMES, detect_format, ignored, name_table, normalize_names
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    more = " ..." if len(names) > limit else ""
+    return f"({len(names)}): {', '.join(names[:limit])}{more}"
+
+
+class SourceCheckpoint:
+    """The float weights of a Moshi checkpoint (Kyutai PyTorch, Kyutai MLX or transformers).
+
+    Args:
+        checkpoint: hub repo id, folder or `.safetensors` file (as `moshi_mlx.load_model`).
+        revision: hub revision.
+
+    Attributes:
+        files: where the pieces are (`moshi_mlx.checkpoint.CheckpointFiles`).
+        config: the model configuration.
+        format: "pytorch", "mlx" or "hf".
+        rows: our parameter name -> (source tensor names, transform), in table order.
+
+    Raises:
+        CheckpointError: not a Moshi checkpoint, already quantized, or not matching its config.
+    """
+
+    def __init__(self, checkpoint: str | Path, revision: str | None = None):
+        self.files: CheckpointFiles = resolve(checkpoint, revision)
+        self.where: dict[str, tuple[Path, str]] = {}  # canonical name -> (file, name in file)
+        for path in self.files.weights:
+            names = {name: name for name in read_safetensors(Path(path))}
+            for canonical, original in normalize_names(names).items():
+                self.where[canonical] = (Path(path), original)
+        self.format = detect_format(self.where)
+        packed = sorted(n for n in self.where if n.endswith(".scales"))
+        if packed:
+            raise CheckpointError(
+                f"{self.source} is already quantized ({packed[0]}, ...): convert from the float "
+                "(bf16) checkpoint instead"
+            )
+        try:
+            self.config: LmConfig = config_from(self.files)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise CheckpointError(f"{self.files.root}: unusable config.json: {e}") from e
+        self.rows = {ours: (srcs, fn) for ours, srcs, fn in name_table(self.config, self.format)}
+        self._check_names()
+        self._open: dict[Path, dict[str, mx.array]] = {}
+
+    @property
+    def source(self) -> str:
+        files = self.files.weights
+        return str(files[0]) if len(files) == 1 else self.files.root
+
+    def _check_names(self) -> None:
+        expected = {s for srcs, _ in self.rows.values() for s in srcs}
+        missing = sorted(expected - self.where.keys())
+        unexpected = sorted(n for n in self.where if n not in expected and not ignored(n))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{self.source} does not match the language model's configuration (layout: "
+                f"{LAYOUT_NAMES[self.format]}): missing {_listing(missing)}; unexpected "
+                f"{_listing(unexpected)}. A config.json for another model, or an incomplete file?"
+            )
+
+    def _tensor(self, name: str) -> mx.array:
+        path, original = self.where[name]
+        if path not in self._open:
+            self._open[path] = read_safetensors(path)
+        return self._open[path][original]
+
+    def param(self, ours: str) -> mx.array:
+        """Our parameter `ours`, lazily computed from the source tensors (nothing is read yet)."""
+        sources, transform = self.rows[ours]
+        return transform(*(self._tensor(s) for s in sources))
+
+    def release(self) -> None:
+        """Drop the lazy handles (and with them any data read so far)."""
+        self._open.clear()
+
+    def source_bytes(self) -> int:
+        return sum(Path(p).stat().st_size for p in self.files.weights)
+
+    def file(self, name: str) -> Path | None:
+        """Another file of the same folder or hub repo (Mimi, tokenizer), None if absent."""
+        return self.files.get(name)
