@@ -1,0 +1,7 @@
+"""`python -m moshi_mlx`: the `moshi-mlx` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,491 @@
+"""Microphone and speaker through PortAudio (sounddevice): devices, streams, queues, jitter buffer.
+
+The callbacks only move NumPy blocks through bounded, lock-free queues (`collections.deque`
+appends and pops are atomic) and never block: the input callback copies its block and counts the
+blocks it had to drop when its queue was full; the output callback plays from a jitter buffer,
+and when the buffer runs dry it ramps the last sample to silence (no click) and fades the next
+audio in. Everything else (resampling, cutting 80 ms frames, statistics) runs on the caller's
+thread.
+
+Separate input and output streams (not one duplex stream), mono, 24 kHz and 1920-sample blocks
+when the device supports it; otherwise the device's own rate, resampled with soxr.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+from .pipeline import FRAME_SIZE, SAMPLE_RATE
+
+FADE_SECONDS = 0.005  # ramp to and from silence around an underrun
+INPUT_QUEUE_BLOCKS = 50  # 4 s of audio waiting for the model at most
+PLAYED_LOG_BLOCKS = 250  # played blocks kept for a recorder between two drains (20 s)
+
+
+class AudioDeviceError(RuntimeError):
+    """No usable audio device or audio library. The message says what to do."""
+
+
+def load_sounddevice():
+    """Import sounddevice, turning a missing PortAudio into a message that says what to install."""
+    try:
+        import sounddevice
+    except OSError as e:  # the wheel for Linux carries no PortAudio
+        if sys.platform.startswith("linux"):
+            hint = (
+                "install it with `sudo apt-get install libportaudio2` (Debian, Ubuntu; "
+                "`sudo dnf install portaudio` on Fedora)"
+            )
+        else:
+            hint = "reinstall sounddevice (`pip install --force-reinstall sounddevice`)"
+        raise AudioDeviceError(f"the PortAudio library was not found ({e}): {hint}") from e
+    return sounddevice
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """A device and how to open it."""
+
+    index: int
+    name: str
+    kind: str  # "input" or "output"
+    rate: int  # the stream's sample rate
+    channels: int
+
+    @property
+    def blocksize(self) -> int:
+        """Device samples per 80 ms frame."""
+        return round(FRAME_SIZE * self.rate / SAMPLE_RATE)
+
+    @property
+    def resampled(self) -> bool:
+        return self.rate != SAMPLE_RATE
+
+
+def list_devices() -> str:
+    """A table of the audio devices: index, name, channels, default rate, 24 kHz support."""
+    sd = load_sounddevice()
+    devices = sd.query_devices()
+    if not len(devices):
+        return "no audio devices found"
+    default_in, default_out = sd.default.device
+    rows = []
+    for d in devices:
+        kinds = []
+        if d["max_input_channels"] > 0:
+            kinds.append(f"{d['max_input_channels']} in")
+        if d["max_output_channels"] > 0:
+            kinds.append(f"{d['max_output_channels']} out")
+        marks = ("<" if d["index"] == default_in else " ") + (
+            ">" if d["index"] == default_out else " "
+        )
+        rate = "24 kHz ok" if _supports(sd, d, SAMPLE_RATE) else "resampled"
+        rows.append(
+            f"{marks} {d['index']:3d}  {d['name']}  ({', '.join(kinds)}; "
+            f"{d['default_samplerate']:g} Hz default; {rate})"
+        )
+    return "\n".join(rows + ["< default input, > default output"])
+
+
+def choose_device(spec: str | int | None, kind: str, rate: int | None = None) -> DeviceChoice:
+    """Pick the input or output device to use and how to open it.
+
+    Args:
+        spec: device index, or a case-insensitive part of its name (None: the default device).
+        kind: "input" or "output".
+        rate: open the device at this rate (default: 24 kHz when it supports it, else its own
+            default rate; audio is resampled with soxr).
+
+    Raises:
+        AudioDeviceError: no such device, or none at all.
+    """
+    sd = load_sounddevice()
+    key = f"max_{kind}_channels"
+    devices = [d for d in sd.query_devices() if d[key] > 0]
+    if not devices:
+        raise AudioDeviceError(
+            f"no audio {kind} device found: connect a "
+            f"{'microphone' if kind == 'input' else 'speaker'} "
+            "(`moshi-mlx chat --list-devices` lists what PortAudio sees)"
+        )
+    device = _match(sd, devices, spec, kind)
+    channels = 1
+    if not _supports(sd, device, rate or SAMPLE_RATE, 1, kind):
+        channels = min(2, device[key])  # a device without a mono mode
+    if rate is None:
+        rate = SAMPLE_RATE
+        if not _supports(sd, device, SAMPLE_RATE, channels, kind):
+            rate = int(device["default_samplerate"])
+    if not _supports(sd, device, rate, channels, kind):
+        raise AudioDeviceError(
+            f"the {kind} device {device['name']!r} cannot be opened at {rate} Hz"
+        )
+    return DeviceChoice(device["index"], device["name"], kind, rate, channels)
+
+
+def _match(sd, devices: list, spec, kind: str) -> dict:
+    if spec is None or spec == "":
+        index = sd.default.device[0 if kind == "input" else 1]
+        for d in devices:
+            if d["index"] == index:
+                return d
+        return devices[0]
+    text = str(spec).strip()
+    if text.isdigit():
+        for d in devices:
+            if d["index"] == int(text):
+                return d
+    else:
+        found = [d for d in devices if text.lower() in d["name"].lower()]
+        if len(found) == 1 or (found and found[0]["name"].lower() == text.lower()):
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(f"{d['index']}: {d['name']}" for d in found)
+            raise AudioDeviceError(f"{text!r} matches several {kind} devices ({names}): be precise")
+    raise AudioDeviceError(
+        f"no {kind} device matches {text!r} (`moshi-mlx chat --list-devices` lists them)"
+    )
+
+
+def _supports(sd, device: dict, rate: int, channels: int = 1, kind: str | None = None) -> bool:
+    kinds = [kind] if kind else [k for k in ("input", "output") if device[f"max_{k}_channels"] > 0]
+    for k in kinds:
+        check = sd.check_input_settings if k == "input" else sd.check_output_settings
+        try:
+            check(device=device["index"], samplerate=rate, channels=channels, dtype="float32")
+        except Exception:
+            return False
+    return True
+
+
+class CallbackPace:
+    """When a stream's callbacks came: count, mean interval, longest gap (seconds)."""
+
+    def __init__(self):
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.max_gap = 0.0
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self.count:
+            self.max_gap = max(self.max_gap, now - self.last)
+        else:
+            self.first = now
+        self.last = now
+        self.count += 1
+
+    @property
+    def mean_interval(self) -> float:
+        return (self.last - self.first) / (self.count - 1) if self.count > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "callbacks": self.count,
+            "mean_interval_ms": round(1000 * self.mean_interval, 3),
+            "max_gap_ms": round(1000 * self.max_gap, 3),
+        }
+
+
+class InputCapture:
+    """An input stream whose callback queues copies of its blocks (bounded)."""
+
+    def __init__(self, sd, device: DeviceChoice, capacity: int = INPUT_QUEUE_BLOCKS, latency="low"):
+        self.device = device
+        self.capacity = capacity
+        self.blocks: deque[np.ndarray] = deque()
+        self.dropped = 0  # blocks dropped because the queue was full
+        self.max_depth = 0
+        self.status_errors = 0  # callbacks PortAudio flagged (overflow)
+        self.pace = CallbackPace()
+        self.stream = sd.InputStream(
+            device=device.index,
+            samplerate=device.rate,
+            channels=device.channels,
+            blocksize=device.blocksize,
+            dtype="float32",
+            latency=latency,
+            callback=self._callback,
+        )
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        self.pace.tick()
+        if status:
+            self.status_errors += 1
+        if len(self.blocks) >= self.capacity:
+            self.dropped += 1
+            return
+        if indata.shape[1] == 1:
+            self.blocks.append(indata[:, 0].copy())
+        else:
+            self.blocks.append(indata.mean(axis=1, dtype=np.float32))
+        self.max_depth = max(self.max_depth, len(self.blocks))
+
+
+class OutputPlayer:
+    """An output stream playing from a jitter buffer of NumPy chunks.
+
+    Playback starts once `prefill` samples are buffered. When the buffer runs dry, the last
+    sample ramps to zero over `FADE_SECONDS` and the next audio fades in over the same time.
+
+    Args:
+        sd: the sounddevice module.
+        device: the output device.
+        prefill: samples buffered before playback starts (the jitter buffer's depth).
+        capacity: samples the buffer holds at most; `push` drops audio beyond it.
+        log_played: keep a copy of every played block for `drain_played` (recording).
+    """
+
+    def __init__(
+        self,
+        sd,
+        device: DeviceChoice,
+        prefill: int,
+        capacity: int,
+        log_played: bool = False,
+        latency="low",
+    ):
+        self.device = device
+        self.prefill = prefill
+        self.capacity = capacity
+        self.chunks: deque[np.ndarray] = deque()
+        self.produced = 0  # samples pushed (written by the caller's thread only)
+        self.consumed = 0  # samples played from the buffer (written by the callback only)
+        self.dropped = 0  # samples refused by push because the buffer was full
+        self.max_buffered = 0
+        self.started = False
+        self.underruns = 0  # callbacks that ran out of audio after playback started
+        self.silent_samples = 0  # samples of silence played after playback started
+        self.status_errors = 0  # callbacks PortAudio flagged (underflow)
+        self.pace = CallbackPace()
+        self.played: deque[tuple[int, np.ndarray]] | None = (
+            deque(maxlen=PLAYED_LOG_BLOCKS) if log_played else None
+        )
+        self._played_seq = 0
+        self._offset = 0  # samples of chunks[0] already played
+        self._last = 0.0  # the last sample played
+        self._fade_in = False
+        self._fade = max(1, round(FADE_SECONDS * device.rate))
+        self._ramp_up = np.linspace(0.0, 1.0, self._fade + 2, dtype=np.float32)[1:-1]
+        self._mono = np.zeros(device.blocksize, np.float32)
+        self.stream = sd.OutputStream(
+            device=device.index,
+            samplerate=device.rate,
+            channels=device.channels,
+            blocksize=device.blocksize,
+            dtype="float32",
+            latency=latency,
+            callback=self._callback,
+        )
+
+    @property
+    def buffered(self) -> int:
+        """Samples waiting in the jitter buffer."""
+        return self.produced - self.consumed
+
+    def push(self, audio: np.ndarray) -> bool:
+        """Queue audio (n,) at the device's rate; False (and counted) if the buffer is full."""
+        if self.buffered + len(audio) > self.capacity:
+            self.dropped += len(audio)
+            return False
+        self.chunks.append(audio)
+        self.produced += len(audio)
+        self.max_buffered = max(self.max_buffered, self.buffered)
+        return True
+
+    def drain_played(self) -> list[tuple[int, np.ndarray]]:
+        """The blocks played since the last call, as (sequence number, samples)."""
+        out = []
+        while self.played:
+            out.append(self.played.popleft())
+        return out
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        self.pace.tick()
+        if status:
+            self.status_errors += 1
+        out = outdata[:, 0] if outdata.shape[1] == 1 else self._mono[:frames]
+        n = 0
+        if not self.started and self.buffered >= self.prefill:
+            self.started = True  # (again, after an underrun: the jitter margin is back)
+        if self.started:
+            while n < frames and self.chunks:
+                chunk = self.chunks[0]
+                take = min(frames - n, len(chunk) - self._offset)
+                out[n : n + take] = chunk[self._offset : self._offset + take]
+                n += take
+                self._offset += take
+                if self._offset == len(chunk):
+                    self.chunks.popleft()
+                    self._offset = 0
+            self.consumed += n
+        if self._fade_in and n:
+            m = min(n, self._fade)
+            out[:m] *= self._ramp_up[:m]
+            self._fade_in = False
+        if n < frames:
+            if self.started:
+                self.underruns += 1
+                self.silent_samples += frames - n
+                self._fade_in = True
+                self.started = False  # refill the jitter buffer before playing on
+            elif self.underruns:
+                self.silent_samples += frames - n
+            last = out[n - 1] if n else self._last
+            m = min(frames - n, self._fade)
+            out[n : n + m] = np.linspace(last, 0.0, m + 1, dtype=np.float32)[1:]
+            out[n + m :] = 0.0
+        self._last = float(out[frames - 1])
+        if outdata.shape[1] > 1:
+            outdata[:] = out[:, None]
+        if self.played is not None:
+            self.played.append((self._played_seq, out.copy()))
+            self._played_seq += 1
+
+
+class AudioIO:
+    """The microphone and the speaker as streams of 80 ms frames at 24 kHz.
+
+    Use as a context manager (streams start on enter, stop on exit). Everything but the
+    callbacks runs on the caller's thread.
+
+    Args:
+        input_device, output_device: from `choose_device`.
+        prefill_frames: output frames buffered before playback starts (jitter buffer).
+        capacity_frames: output frames the jitter buffer holds at most.
+        log_played: keep what the speaker played for `drain_played`.
+        latency: PortAudio's suggested latency for both streams ("low", "high" or seconds).
+    """
+
+    def __init__(
+        self,
+        input_device: DeviceChoice,
+        output_device: DeviceChoice,
+        prefill_frames: int = 2,
+        capacity_frames: int = 8,
+        log_played: bool = False,
+        latency: str | float = "low",
+    ):
+        sd = load_sounddevice()
+        self.input_device, self.output_device = input_device, output_device
+        block = output_device.blocksize
+        self.capture = InputCapture(sd, input_device, latency=latency)
+        try:
+            self.player = OutputPlayer(
+                sd,
+                output_device,
+                prefill_frames * block,
+                capacity_frames * block,
+                log_played,
+                latency,
+            )
+        except BaseException:
+            self.capture.stream.close()
+            raise
+        self._in_resampler = _resampler(input_device.rate, SAMPLE_RATE)
+        self._out_resampler = _resampler(SAMPLE_RATE, output_device.rate)
+        self._pending = np.zeros(0, np.float32)  # 24 kHz samples not yet cut into a frame
+        self.dropped_frames = 0  # input frames skipped by `drop_frames`
+
+    def __enter__(self) -> AudioIO:
+        self.player.stream.start()
+        self.capture.stream.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop and close both streams (idempotent)."""
+        for stream in (self.capture.stream, self.player.stream):
+            try:
+                stream.abort()
+            except Exception:
+                pass
+            stream.close()
+
+    def _pull(self) -> None:
+        blocks = []
+        while self.capture.blocks:
+            block = self.capture.blocks.popleft()
+            if self._in_resampler is not None:
+                block = self._in_resampler.resample_chunk(block)
+            blocks.append(block)
+        if blocks:
+            self._pending = np.concatenate([self._pending, *blocks])
+
+    def frames_waiting(self) -> int:
+        """Whole input frames ready to be read."""
+        self._pull()
+        return len(self._pending) // FRAME_SIZE
+
+    def read_frame(self) -> np.ndarray | None:
+        """The oldest whole input frame (FRAME_SIZE,), or None if none is complete yet."""
+        self._pull()
+        if len(self._pending) < FRAME_SIZE:
+            return None
+        frame, self._pending = self._pending[:FRAME_SIZE], self._pending[FRAME_SIZE:]
+        return frame
+
+    def drop_frames(self, keep: int = 1) -> int:
+        """Skip the oldest waiting input frames, keeping the newest `keep`; returns how many."""
+        self._pull()
+        n = max(0, len(self._pending) // FRAME_SIZE - keep)
+        self._pending = self._pending[n * FRAME_SIZE :]
+        self.dropped_frames += n
+        return n
+
+    def play(self, frame: np.ndarray) -> bool:
+        """Queue a 24 kHz frame for the speaker; False if the jitter buffer was full."""
+        audio = np.asarray(frame, np.float32)
+        if self._out_resampler is not None:
+            audio = self._out_resampler.resample_chunk(audio)
+        return self.player.push(audio)
+
+    def drain_played(self) -> list[tuple[int, np.ndarray]]:
+        """Blocks the speaker played since the last call (with `log_played`)."""
+        return self.player.drain_played()
+
+    def stats(self) -> dict:
+        """Counters of both streams (queue depths in 80 ms frames)."""
+        block_in = self.input_device.blocksize
+        block_out = self.output_device.blocksize
+        return {
+            "input": {
+                "device": self.input_device.name,
+                "rate": self.input_device.rate,
+                **self.capture.pace.to_dict(),
+                "queue_blocks": len(self.capture.blocks),
+                "max_queue_blocks": self.capture.max_depth,
+                "queue_capacity_blocks": self.capture.capacity,
+                "overflow_blocks": self.capture.dropped,
+                "status_errors": self.capture.status_errors,
+                "skipped_frames": self.dropped_frames,
+            },
+            "output": {
+                "device": self.output_device.name,
+                "rate": self.output_device.rate,
+                **self.player.pace.to_dict(),
+                "buffered_frames": round(self.player.buffered / block_out, 2),
+                "max_buffered_frames": round(self.player.max_buffered / block_out, 2),
+                "capacity_frames": round(self.player.capacity / block_out, 2),
+                "underruns": self.player.underruns,
+                "silence_ms": round(1000 * self.player.silent_samples / self.output_device.rate),
+                "dropped_ms": round(1000 * self.player.dropped / self.output_device.rate),
+                "status_errors": self.player.status_errors,
+            },
+            "input_block": block_in,
+        }
+
+
+def _resampler(src: int, dst: int):
+    if src == dst:
+        return None
+    return soxr.ResampleStream(src, dst, 1, dtype="float32")

@@ -1,0 +1,357 @@
+"""`moshi-mlx chat`: the live loop between the microphone, the pipeline and the speaker.
+
+One thread (the caller's) owns the pipeline and every MLX object; the audio callbacks only move
+NumPy blocks (see `audio_io`). Per 80 ms input frame: Mimi encode -> Moshi step -> Mimi decode,
+and Moshi's frame goes to the speaker's jitter buffer. When the model falls behind real time and
+more than `max_lag_frames` input frames wait, the oldest are skipped (and reported) so latency
+and queues stay bounded. The session has no step limit; Ctrl-C ends it cleanly (a second Ctrl-C
+aborts at once), and `--record DIR` saves:
+
+- `user.wav`: the frames Moshi heard (float32, 24 kHz; skipped frames are not in it), so that
+  `moshi-mlx run DIR/user.wav OUT.wav --seed SEED` reproduces the session;
+- `moshi.wav`: Moshi's audio, one frame per step (float32, 24 kHz);
+- `played.wav`: what the speaker was sent, silences included (float32, the device's rate);
+- `transcript.txt`, `transcript.json`: the text with timestamps (see `transcript`);
+- `session.json`: settings, seed and statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mimi_mlx.audio import AudioWriter
+from mimi_mlx.output_file import check_output, replace_on_success
+
+from .audio_io import AudioIO
+from .pipeline import FRAME_SECONDS, SAMPLE_RATE, FrameResult, Pipeline
+from .transcript import Transcript
+
+RECORD_FILES = (
+    "user.wav",
+    "moshi.wav",
+    "played.wav",
+    "transcript.txt",
+    "transcript.json",
+    "session.json",
+)
+NO_INPUT_TIMEOUT = 5.0  # seconds without a single input block before giving up
+LAG_REPORT_INTERVAL = 2.0  # seconds between two "skipped frames" notices
+POLL = 0.002  # seconds to sleep while no input frame is complete
+
+
+@dataclass
+class ChatOptions:
+    """How a live session runs.
+
+    Attributes:
+        record: folder for the recording (None: no recording).
+        force: overwrite an existing recording in `record`.
+        stats: print step time, real-time factor, queue depths and skipped frames every second.
+        duration: stop after this many seconds (None: until Ctrl-C).
+        max_lag_frames: input frames allowed to wait before the oldest are skipped.
+        prefill_frames: output frames buffered before playback starts (the jitter buffer).
+        show_text: print Moshi's words as they come.
+    """
+
+    record: Path | None = None
+    force: bool = False
+    stats: bool = False
+    duration: float | None = None
+    max_lag_frames: int = 3
+    prefill_frames: int = 2
+    show_text: bool = True
+
+
+class SessionError(RuntimeError):
+    """The live session could not go on (a device stopped or went silent)."""
+
+
+def check_record_dir(folder: str | Path, force: bool = False) -> Path:
+    """Create the recording folder and check that its files can be written (before loading)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--record needs a folder, {folder} is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        check_output(folder / name, force)
+    return folder
+
+
+class _Recorder:
+    """Writes the streams of a session as it goes; the files appear when it closes."""
+
+    def __init__(self, folder: Path, output_rate: int):
+        self.folder = folder
+        self.user = AudioWriter(folder / "user.wav", SAMPLE_RATE, float32=True)
+        self.moshi = AudioWriter(folder / "moshi.wav", SAMPLE_RATE, float32=True)
+        self.played = AudioWriter(folder / "played.wav", output_rate, float32=True)
+        self.writers = [self.user, self.moshi, self.played]
+        self.next_played = 0
+        self.played_lost = 0  # played blocks missing from the log (drained too late)
+        for w in self.writers:
+            w.__enter__()
+
+    def add_played(self, blocks: list[tuple[int, np.ndarray]]) -> None:
+        for seq, block in blocks:
+            if seq > self.next_played:  # keep the timeline: silence where the log overflowed
+                missing = seq - self.next_played
+                self.played_lost += missing
+                self.played.write(np.zeros(missing * len(block), np.float32))
+            self.played.write(block)
+            self.next_played = seq + 1
+
+    def close(self, exc: BaseException | None = None) -> None:
+        for w in self.writers:
+            w.__exit__(type(exc) if exc else None, exc, None)
+
+
+class _Console:
+    """The transcript on stdout, notices and statistics on stderr, on separate lines."""
+
+    def __init__(self, show_text: bool):
+        self.show_text = show_text
+        self.open_line = False
+
+    def piece(self, text: str) -> None:
+        if self.show_text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            self.open_line = True
+
+    def notice(self, text: str) -> None:
+        if self.open_line:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.open_line = False
+        print(text, file=sys.stderr, flush=True)
+
+
+class _StopOnSigint:
+    """First Ctrl-C asks the loop to stop (it finishes cleanly); a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _StepTimes:
+    """Step durations: totals for the summary, the last second for `--stats`."""
+
+    def __init__(self):
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self.recent: deque[float] = deque(maxlen=2000)  # for percentiles, bounded
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+        self.recent.append(seconds)
+
+    def to_dict(self) -> dict:
+        recent = np.array(self.recent) if self.recent else np.zeros(1)
+        mean = self.total / self.count if self.count else 0.0
+        return {
+            "steps": self.count,
+            "mean_ms": round(1000 * mean, 2),
+            "p95_ms": round(1000 * float(np.percentile(recent, 95)), 2),
+            "max_ms": round(1000 * self.max, 2),
+            "real_time_factor": round(mean / FRAME_SECONDS, 3),
+        }
+
+
+def run_chat(
+    pipeline: Pipeline, audio: AudioIO, options: ChatOptions, info: dict | None = None
+) -> dict:
+    """Run a live session until Ctrl-C (or `options.duration`); returns its summary.
+
+    Args:
+        pipeline: the per-frame pipeline, built on this thread; a fresh session starts here.
+        audio: the devices (not started yet); closed on return.
+        options: see `ChatOptions`.
+        info: facts saved with the recording (checkpoint, ...).
+
+    Raises:
+        SessionError: a device stopped delivering audio.
+    """
+    console = _Console(options.show_text)
+    pipeline.reset()
+    transcript = Transcript(
+        pipeline.audio_lag,
+        {**(info or {}), "seed": pipeline.seed, "sampling": pipeline.sampling.to_dict()},
+    )
+    recorder = None
+    if options.record is not None:
+        recorder = _Recorder(Path(options.record), audio.output_device.rate)
+    times = _StepTimes()
+    error: BaseException | None = None
+    lag_pending, last_lag_report = 0, 0.0
+    started = time.perf_counter()
+    last_stats = last_check = started
+    try:
+        with _StopOnSigint() as stop, audio:
+            console.notice(_ready_line(pipeline, audio))
+            while not stop.requested:
+                now = time.perf_counter()
+                if options.duration is not None and now - started >= options.duration:
+                    break
+                if now - last_check >= 1.0:
+                    _check_devices(audio, now - started)
+                    last_check = now
+                if recorder is not None:
+                    recorder.add_played(audio.drain_played())
+                waiting = audio.frames_waiting()
+                if waiting == 0:
+                    time.sleep(POLL)
+                    continue
+                if waiting > options.max_lag_frames:
+                    lag_pending += audio.drop_frames(keep=1)
+                if lag_pending and now - last_lag_report >= LAG_REPORT_INTERVAL:
+                    console.notice(
+                        f"lagging: skipped {lag_pending} input frame(s) "
+                        f"({lag_pending * FRAME_SECONDS * 1000:.0f} ms): the model runs slower "
+                        f"than real time (step {times.to_dict()['p95_ms']:.0f} ms, p95)"
+                    )
+                    lag_pending, last_lag_report = 0, now
+                frame = audio.read_frame()
+                t = time.perf_counter()
+                result = pipeline.step(frame)
+                times.add(time.perf_counter() - t)
+                audio.play(result.audio)
+                _handle(result, frame, transcript, recorder, console, t - started)
+                if options.stats and t - last_stats >= 1.0:
+                    console.notice(_stats_line(times, audio))
+                    last_stats = t
+            if recorder is not None:
+                recorder.add_played(audio.drain_played())
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        summary = _summary(pipeline, audio, times, time.perf_counter() - started, transcript)
+        if recorder is not None:
+            summary["recording"] = _finish_recording(recorder, transcript, summary, error)
+        pipeline.reset()  # nothing carries over to the next session
+        if error is None:
+            console.notice(_summary_text(summary))
+    return summary
+
+
+def _handle(
+    result: FrameResult,
+    frame: np.ndarray,
+    transcript: Transcript,
+    recorder: _Recorder | None,
+    console: _Console,
+    wall: float,
+) -> None:
+    transcript.add(result, wall)
+    if result.piece is not None:
+        console.piece(result.piece)
+    if recorder is not None:
+        recorder.user.write(frame)
+        recorder.moshi.write(result.audio)
+
+
+def _check_devices(audio: AudioIO, elapsed: float) -> None:
+    if audio.capture.pace.count == 0 and elapsed > NO_INPUT_TIMEOUT:
+        raise SessionError(
+            f"no audio from the input device {audio.input_device.name!r} in {NO_INPUT_TIMEOUT:g} s"
+        )
+    for stream, device in (
+        (audio.capture.stream, audio.input_device),
+        (audio.player.stream, audio.output_device),
+    ):
+        if not stream.active:
+            raise SessionError(f"the {device.kind} device {device.name!r} stopped")
+
+
+def _finish_recording(
+    recorder: _Recorder, transcript: Transcript, summary: dict, error: BaseException | None
+) -> dict:
+    recorder.close(error if not isinstance(error, KeyboardInterrupt) else None)
+    folder = recorder.folder
+    transcript.save(folder / "transcript.txt", folder / "transcript.json")
+    summary["played_blocks_lost"] = recorder.played_lost
+    record = {name: str(folder / name) for name in RECORD_FILES}
+    with replace_on_success(folder / "session.json") as tmp:
+        Path(tmp).write_text(json.dumps({**summary, "files": record}, indent=1) + "\n")
+    return record
+
+
+def _ready_line(pipeline: Pipeline, audio: AudioIO) -> str:
+    def device(d) -> str:
+        return f"{d.name!r}" + (f" at {d.rate} Hz, resampled" if d.resampled else "")
+
+    return (
+        f"listening on {device(audio.input_device)}, speaking on {device(audio.output_device)} "
+        f"(seed {pipeline.seed}); Ctrl-C to stop"
+    )
+
+
+def _stats_line(times: _StepTimes, audio: AudioIO) -> str:
+    recent = list(times.recent)[-13:]
+    step = 1000 * sum(recent) / max(1, len(recent))
+    s = audio.stats()
+    return (
+        f"[stats] step {step:.1f} ms (RTF {step / 1000 / FRAME_SECONDS:.2f}) | "
+        f"input queue {s['input']['queue_blocks']} blocks | "
+        f"output buffer {s['output']['buffered_frames']:.1f} frames | "
+        f"skipped {s['input']['skipped_frames']} frames | "
+        f"underruns {s['output']['underruns']}"
+    )
+
+
+def _summary(
+    pipeline: Pipeline, audio: AudioIO, times: _StepTimes, elapsed: float, transcript: Transcript
+) -> dict:
+    return {
+        **transcript.info,
+        "duration_s": round(elapsed, 3),
+        "steps": times.count,
+        "step_time": times.to_dict(),
+        "frames_waiting_at_exit": audio.frames_waiting(),
+        **audio.stats(),
+        "text": transcript.text,
+    }
+
+
+def _summary_text(s: dict) -> str:
+    t, i, o = s["step_time"], s["input"], s["output"]
+    lines = [
+        f"session: {s['duration_s']:.1f} s, {s['steps']} steps, seed {s['seed']}",
+        f"step time: mean {t['mean_ms']:.1f} ms, p95 {t['p95_ms']:.1f} ms, max {t['max_ms']:.1f}"
+        f" ms (real-time factor {t['real_time_factor']:.2f})",
+        f"input: {i['callbacks']} blocks, one every {i['mean_interval_ms']:.1f} ms; "
+        f"{i['skipped_frames']} frames skipped to catch up, {i['overflow_blocks']} lost to a "
+        "full queue",
+        f"output: {o['underruns']} underruns ({o['silence_ms']} ms of silence), "
+        f"max buffer {o['max_buffered_frames']:.1f} frames",
+    ]
+    if "recording" in s:
+        lines.append(f"recorded in {Path(s['recording']['user.wav']).parent}")
+    return "\n".join(lines)

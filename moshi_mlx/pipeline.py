@@ -1,0 +1,190 @@
+"""The per-frame pipeline: Mimi encode -> Moshi step -> Mimi decode, one 80 ms frame at a time.
+
+One `Pipeline` owns every MLX object of a session (Mimi, the generator, their caches) and must be
+used from one thread only: a lazy MLX graph built on one thread cannot be evaluated on another.
+Audio goes in and out as NumPy arrays.
+
+The live chat and the offline mode both drive this class, so for the same input frames and seed
+they produce identical text and audio. `submit` starts a frame's work without waiting
+(`mx.async_eval`), `collect` waits for the oldest submitted frame: submitting the next frame
+before collecting the current one overlaps Python's graph building with the computation.
+
+Timeline: the result of step k holds the text token of time k and the audio Moshi plays during
+step k, which is its frame for time k - `audio_lag` (silence during the first `audio_lag` steps).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from .generate import MoshiGenerator
+
+SAMPLE_RATE = 24000
+FRAME_SIZE = 1920  # samples per 80 ms frame at 24 kHz
+FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of a session (Kyutai's defaults); temperature 0 is greedy.
+
+    `seed` None draws a random seed when the pipeline is built; the pipeline reports it, so any
+    session can be reproduced.
+    """
+
+    text_temperature: float = 0.7
+    text_top_k: int = 25
+    audio_temperature: float = 0.8
+    audio_top_k: int = 250
+    top_p: float | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FrameResult:
+    """What one step produced.
+
+    Attributes:
+        step: index of the step since the session started (0-based).
+        token: Moshi's text token of this step.
+        piece: the token as text, None for padding (or without a tokenizer).
+        audio: (FRAME_SIZE,) float32, Moshi's audio played during this step (zeros while the
+            audio still lags the text).
+        has_audio: False for the first `audio_lag` steps, whose audio is silence.
+    """
+
+    step: int
+    token: int
+    piece: str | None
+    audio: np.ndarray
+    has_audio: bool
+
+
+@dataclass
+class _Pending:
+    step: int
+    text: mx.array
+    codes: mx.array | None
+
+
+class Pipeline:
+    """Moshi on a stream of 80 ms user frames.
+
+    Args:
+        lm: Moshi's language model (`Checkpoint.lm`).
+        mimi: the codec (`Checkpoint.mimi`).
+        tokenizer: the text tokenizer (`Checkpoint.tokenizer`), or None to skip text pieces.
+        sampling: sampling settings and seed.
+
+    The pipeline starts a fresh session when built and on `reset()`.
+    """
+
+    def __init__(self, lm, mimi, tokenizer=None, sampling: Sampling | None = None):
+        sampling = sampling or Sampling()
+        if sampling.seed is None:
+            sampling = Sampling(**{**sampling.to_dict(), "seed": secrets.randbits(31)})
+        self.sampling = sampling
+        self.lm = lm
+        self.mimi = mimi
+        self.tokenizer = tokenizer
+        self.num_codebooks = lm.cfg.num_user_codebooks
+        if mimi.sample_rate != SAMPLE_RATE or mimi.frame_size != FRAME_SIZE:
+            raise ValueError(
+                f"Mimi runs at {mimi.sample_rate} Hz with {mimi.frame_size}-sample frames; "
+                f"the pipeline needs {SAMPLE_RATE} Hz and {FRAME_SIZE}"
+            )
+        self.generator = MoshiGenerator(
+            lm,
+            text_temperature=sampling.text_temperature,
+            text_top_k=sampling.text_top_k,
+            audio_temperature=sampling.audio_temperature,
+            audio_top_k=sampling.audio_top_k,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+        )
+        self._owner = threading.get_ident()
+        self.reset()
+
+    @property
+    def seed(self) -> int:
+        return self.sampling.seed
+
+    @property
+    def audio_lag(self) -> int:
+        """Steps by which Moshi's audio lags its text (1 for Moshiko)."""
+        return self.generator.max_delay
+
+    @property
+    def steps(self) -> int:
+        """Frames submitted since the session started."""
+        return self._submitted
+
+    @property
+    def pending(self) -> int:
+        """Frames submitted and not yet collected."""
+        return len(self._pending)
+
+    def reset(self) -> None:
+        """Start a new session: clear Mimi's streams, Moshi's caches and the random stream."""
+        self._check_thread()
+        self._pending: deque[_Pending] = deque()
+        self._submitted = 0
+        self.generator.reset()
+        self.mimi.reset()
+
+    def submit(self, pcm: np.ndarray) -> None:
+        """Start the work of the next user frame without waiting for it.
+
+        Args:
+            pcm: (FRAME_SIZE,) float samples at 24 kHz, the user's next 80 ms.
+        """
+        self._check_thread()
+        pcm = np.asarray(pcm, np.float32).reshape(-1)
+        if pcm.shape[0] != FRAME_SIZE:
+            raise ValueError(f"a frame is {FRAME_SIZE} samples, got {pcm.shape[0]}")
+        user = self.mimi.encode_step(mx.array(pcm)[None, None], self.num_codebooks)
+        text, codes = self.generator.step(user)  # lazy, evaluation already started
+        self._pending.append(_Pending(self._submitted, text, codes))
+        self._submitted += 1
+
+    def collect(self) -> FrameResult:
+        """Wait for the oldest submitted frame and return its result."""
+        self._check_thread()
+        if not self._pending:
+            raise RuntimeError("collect() without a submitted frame")
+        job = self._pending.popleft()
+        if job.codes is None:
+            audio = np.zeros(FRAME_SIZE, np.float32)
+        else:
+            # Mimi's decoder must see the frames in order: collect is FIFO.
+            out = self.mimi.decode_step(job.codes[:, :, None])
+            audio = np.array(out[0, 0].astype(mx.float32))
+        token = int(job.text[0].item())
+        piece = self.tokenizer.piece(token) if self.tokenizer is not None else None
+        return FrameResult(job.step, token, piece, audio, job.codes is not None)
+
+    def step(self, pcm: np.ndarray) -> FrameResult:
+        """Submit one frame and wait for its result (nothing else may be pending)."""
+        if self._pending:
+            raise RuntimeError("step() with frames pending: collect them first")
+        self.submit(pcm)
+        return self.collect()
+
+    def warmup(self, steps: int = 3) -> None:
+        """Run a few silent frames (first calls are slower), then start a fresh session."""
+        for _ in range(steps):
+            self.step(np.zeros(FRAME_SIZE, np.float32))
+        self.reset()
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("a Pipeline must be used from the thread that built it")
