@@ -318,21 +318,26 @@ def resolve_mimi_files(
 
 
 def _resolve(get: Callable[[str], Path | None], where: str) -> tuple[Path, Path | None]:
+    """Pick the weights by what config.json says, so no absent file is asked for.
+
+    transformers' config (`"model_type": "mimi"`) -> model.safetensors; a Kyutai model repo's
+    config (`mimi_name`, `mimi_config_name`) -> the file it names; none -> Kyutai's file name.
+    """
     config = get("config.json")
-    names = [KYUTAI_FILE, HF_FILE]
+    raw = json.loads(config.read_text()) if config is not None else {}
     kyutai_config = None
-    if config is not None:
-        raw = json.loads(config.read_text())
-        if "mimi_name" in raw or "moshi_name" in raw:  # a Kyutai model repo
-            names = [raw.get("mimi_name", KYUTAI_FILE)]
-            if raw.get("mimi_config_name"):
-                kyutai_config = get(raw["mimi_config_name"])
+    if raw.get("model_type") == "mimi" or "codebook_size" in raw:
+        names = [HF_FILE]
+    elif "mimi_name" in raw or "moshi_name" in raw:  # a Kyutai model repo
+        names = [raw.get("mimi_name", KYUTAI_FILE)]
+        if raw.get("mimi_config_name"):
+            kyutai_config = get(raw["mimi_config_name"])
+    else:
+        names = [KYUTAI_FILE, HF_FILE]
     for name in names:
         weights = get(name)
         if weights is not None:
-            if name == HF_FILE:
-                return weights, config
-            return weights, kyutai_config
+            return weights, (config if name == HF_FILE else kyutai_config)
     raise CheckpointError(f"{where} holds no Mimi checkpoint: looked for {' or '.join(names)}")
 
 

@@ -112,3 +112,20 @@ def test_hf_layout_without_config_json(tiny_refs, tmp_path):
 def test_bad_inputs_raise_clear_errors(tiny_mimi, call, match):
     with pytest.raises(ValueError, match=match):
         call(tiny_mimi)
+
+
+def test_hub_repo_id_from_the_local_cache(tiny_refs, tiny_mimi, tmp_path, monkeypatch):
+    """`Mimi.from_pretrained("kyutai/mimi")` through huggingface_hub, served from its cache."""
+    import huggingface_hub.constants
+
+    from mimi_mlx import Mimi
+
+    repo = tmp_path / "models--kyutai--mimi"
+    shutil.copytree(tiny_refs.hf_dir, repo / "snapshots" / ("1" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    mimi = Mimi.from_pretrained("kyutai/mimi")
+    audio = tiny_refs.speech[None, None, : 4 * 1920]
+    np.testing.assert_array_equal(np.array(mimi.encode(audio)), np.array(tiny_mimi.encode(audio)))
