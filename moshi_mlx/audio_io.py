@@ -165,13 +165,16 @@ def _supports(sd, device: dict, rate: int, channels: int = 1, kind: str | None =
 
 
 class CallbackPace:
-    """When a stream's callbacks came: count, mean interval, longest gap (seconds)."""
+    """When a stream's callbacks came: count, mean and median interval, longest gap."""
+
+    RING = 1024  # the last callback times kept (preallocated: the callback never allocates)
 
     def __init__(self):
         self.count = 0
         self.first = 0.0
         self.last = 0.0
         self.max_gap = 0.0
+        self._times = np.zeros(self.RING)
 
     def tick(self) -> None:
         now = time.perf_counter()
@@ -180,16 +183,27 @@ class CallbackPace:
         else:
             self.first = now
         self.last = now
+        self._times[self.count % self.RING] = now
         self.count += 1
 
     @property
     def mean_interval(self) -> float:
         return (self.last - self.first) / (self.count - 1) if self.count > 1 else 0.0
 
+    @property
+    def median_interval(self) -> float:
+        """Median of the last `RING` intervals (robust to a late start or one stall)."""
+        n = min(self.count, self.RING)
+        if n < 2:
+            return 0.0
+        times = np.roll(self._times, -(self.count % self.RING))[-n:]
+        return float(np.median(np.diff(times)))
+
     def to_dict(self) -> dict:
         return {
             "callbacks": self.count,
             "mean_interval_ms": round(1000 * self.mean_interval, 3),
+            "median_interval_ms": round(1000 * self.median_interval, 3),
             "max_gap_ms": round(1000 * self.max_gap, 3),
         }
 
@@ -264,7 +278,7 @@ class OutputPlayer:
         self.underruns = 0  # callbacks that ran out of audio after playback started
         self.silent_samples = 0  # samples of silence played after playback started
         self.status_errors = 0  # callbacks PortAudio flagged (underflow)
-        self.pace = CallbackPace()
+        self.pace = CallbackPace()  # from the first callback that plays audio
         self.played: deque[tuple[int, np.ndarray]] | None = (
             deque(maxlen=PLAYED_LOG_BLOCKS) if log_played else None
         )
@@ -308,7 +322,8 @@ class OutputPlayer:
         return out
 
     def _callback(self, outdata, frames, time_info, status) -> None:
-        self.pace.tick()
+        if self.started or self.underruns:  # the pace of playback, not of the idle start
+            self.pace.tick()
         if status:
             self.status_errors += 1
         out = outdata[:, 0] if outdata.shape[1] == 1 else self._mono[:frames]
@@ -403,12 +418,15 @@ class AudioIO:
         self.close()
 
     def close(self) -> None:
-        """Stop and close both streams (idempotent)."""
+        """Stop both streams, letting the speaker play what it was given, and close them."""
         for stream in (self.capture.stream, self.player.stream):
             try:
-                stream.abort()
+                stream.stop()  # the output's buffered audio plays out: played.wav stays true
             except Exception:
-                pass
+                try:
+                    stream.abort()
+                except Exception:
+                    pass
             stream.close()
 
     def _pull(self) -> None:

@@ -91,6 +91,7 @@ class _Recorder:
 
     def __init__(self, folder: Path, output_rate: int):
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.user = AudioWriter(folder / "user.wav", SAMPLE_RATE, float32=True)
         self.moshi = AudioWriter(folder / "moshi.wav", SAMPLE_RATE, float32=True)
         self.played = AudioWriter(folder / "played.wav", output_rate, float32=True)

@@ -139,6 +139,14 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         help="save user.wav, moshi.wav, played.wav, transcript.txt/.json and session.json",
     )
     session.add_argument("--stats", action="store_true", help="print live statistics each second")
+    session.add_argument(
+        "--max-lag",
+        type=_positive_int,
+        default=240,
+        metavar="MS",
+        help="input allowed to wait for a slow model before the oldest frames are skipped "
+        "(default 240 ms)",
+    )
     session.add_argument("--duration", type=_non_negative, metavar="S", help="stop after S seconds")
     session.add_argument("-f", "--force", action="store_true", help="overwrite a recording")
     session.add_argument("-q", "--quiet", action="store_true", help="do not print the text")
@@ -277,6 +285,7 @@ def _chat(args: argparse.Namespace) -> None:
         force=args.force,
         stats=args.stats,
         duration=args.duration,
+        max_lag_frames=max(1, round(args.max_lag / 80)),
         show_text=not args.quiet,
     )
     audio = AudioIO(input_device, output_device, log_played=args.record is not None)

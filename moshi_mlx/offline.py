@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mimi_mlx.audio import AudioWriter, audio_info, iter_audio
 
-from .pipeline import FRAME_SIZE, SAMPLE_RATE, FrameResult, Pipeline
+from .pipeline import FRAME_SIZE, SAMPLE_RATE, Pipeline
 from .transcript import Transcript
 
 LOOKAHEAD = 1  # frames submitted ahead of the one being collected
@@ -115,13 +115,3 @@ def run_file(
         transcript, len(transcript.tokens), fed / SAMPLE_RATE, time.perf_counter() - start
     )
 
-
-def frame_results(pipeline: Pipeline, audio: np.ndarray) -> list[FrameResult]:
-    """Run whole frames of audio (n,) through a fresh session and return every step's result."""
-    pipeline.reset()
-    results = []
-    for i in range(0, len(audio), FRAME_SIZE):
-        frame = audio[i : i + FRAME_SIZE]
-        results.append(pipeline.step(np.pad(frame, (0, FRAME_SIZE - len(frame)))))
-    pipeline.reset()
-    return results
