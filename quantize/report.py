@@ -159,7 +159,7 @@ def _log_softmax(logits: mx.array) -> mx.array:
     return x - mx.logsumexp(x, axis=-1, keepdims=True)
 
 
-def _log_probs(model, codes: mx.array, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def log_probs(model, codes: mx.array, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per stream (text, audio 0, ...): log-probabilities (N, V) at the valid positions, and
     the valid positions' mask (B, T)."""
     texts, audios, tmasks, amasks = [], [], [], []
@@ -253,13 +253,13 @@ def accuracy_report(
         codes = random_codes(cfg, batch, steps, seed)
         inputs = f"random codes (seed {seed})"
     float_model = load_model(source, dtype=dtype)
-    ref = _log_probs(float_model, codes, batch)
+    ref = log_probs(float_model, codes, batch)
     del float_model
     mx.clear_cache()
     results = []
     for i, q in enumerate(quantized):
         model = load_model(q, dtype=dtype)
-        out = _log_probs(model, codes, batch)
+        out = log_probs(model, codes, batch)
         del model
         mx.clear_cache()
         files = resolve(q)
