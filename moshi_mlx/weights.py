@@ -342,6 +342,7 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
     for path in quantized:
         for part in ("scales", "biases"):
             state[f"{path}.{part}"] = tensors[f"{path}.{part}"]
+    tensors.clear()  # the sources now live only in `state`'s lazy graphs
     wrong = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
         for k, v in state.items()
@@ -352,9 +353,16 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
             f"{source} has tensors of the wrong shape for this configuration (a different model "
             "size, or a config.json that does not belong to it?):\n  " + "\n  ".join(wrong[:12])
         )
-    packed = {f"{p}.weight" for p in quantized}
-    kept = packed | {f"{p}.{part}" for p in quantized for part in ("scales", "biases")}
-    items = [(k, v if k in kept else v.astype(model.dtype)) for k, v in state.items()]
-    model.update(tree_unflatten(items))
-    mx.eval(model.parameters())
+    kept = {f"{p}.{part}" for p in quantized for part in ("weight", "scales", "biases")}
+    model.update(tree_unflatten(list(_converted(state, kept, model.dtype))))
     return fmt
+
+
+def _converted(state: dict[str, mx.array], kept: set[str], dtype: mx.Dtype):
+    """Cast and evaluate the tensors one at a time, dropping each source as soon as it is used,
+    so loading never holds the checkpoint and the converted model in full at once."""
+    for name in list(state):
+        value = state.pop(name)
+        value = value if name in kept else value.astype(dtype)
+        mx.eval(value)
+        yield name, value

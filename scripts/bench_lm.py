@@ -39,6 +39,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--force", action="store_true", help="run precisions that may not fit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--write", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -90,6 +91,17 @@ def _checkpoint(cfg, mode: str, workdir: Path) -> Path:
     return folder
 
 
+def _write_in_subprocess(args: argparse.Namespace, mode: str) -> Path:
+    """Write the random checkpoint from a child process, so this one stays small."""
+    cmd = [sys.executable, __file__, "--write", mode, "--workdir", str(args.workdir)]
+    if args.layers is not None:
+        cmd += ["--layers", str(args.layers)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"writing the {mode} checkpoint failed:\n{out.stderr[-2000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 def _worker(args: argparse.Namespace) -> None:
     """Measure one precision in this process; print one JSON line."""
     import mlx.core as mx
@@ -111,9 +123,7 @@ def _worker(args: argparse.Namespace) -> None:
         mx.eval(text, audio if audio is not None else text)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    if sys.platform == "darwin":
-        peak_rss //= 1024  # macOS reports bytes
+    peak_rss = _peak_rss()
     print(
         json.dumps(
             {
@@ -125,6 +135,17 @@ def _worker(args: argparse.Namespace) -> None:
             }
         )
     )
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM: reset by exec, unlike ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes
 
 
 def _available_gb() -> float:
@@ -139,6 +160,9 @@ def _available_gb() -> float:
 
 def run(args: argparse.Namespace) -> list[dict]:
     """Run the benchmark described by `args` (see `configure_parser`); print and return rows."""
+    if args.write:
+        print(_checkpoint(_config(args.layers), args.write, Path(args.workdir)))
+        return []
     if args.worker:
         _worker(args)
         return []
@@ -155,7 +179,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             print(f"{mode:>5}: skipped, needs about {need:.1f} GB ({_available_gb():.1f} GB free)")
             continue
         start = time.perf_counter()
-        folder = _checkpoint(cfg, mode, workdir)
+        folder = _write_in_subprocess(args, mode)
         write_s = time.perf_counter() - start
         cmd = [
             sys.executable,
