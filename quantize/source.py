@@ -73,10 +73,12 @@ class SourceCheckpoint:
         missing = sorted(expected - self.where.keys())
         unexpected = sorted(n for n in self.where if n not in expected and not ignored(n))
         if missing or unexpected:
+            problems = [f"missing {_listing(missing)}"] * bool(missing)
+            problems += [f"unexpected {_listing(unexpected)}"] * bool(unexpected)
             raise CheckpointError(
                 f"{self.source} does not match the language model's configuration (layout: "
-                f"{LAYOUT_NAMES[self.format]}): missing {_listing(missing)}; unexpected "
-                f"{_listing(unexpected)}. A config.json for another model, or an incomplete file?"
+                f"{LAYOUT_NAMES[self.format]}): {'; '.join(problems)}. A config.json for another "
+                "model, or an incomplete file?"
             )
 
     def _tensor(self, name: str) -> mx.array:

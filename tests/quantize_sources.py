@@ -38,17 +38,17 @@ class Sources:
     hf_mimi: Path  # the transformers Mimi bundled in `hf`, as its own folder
 
 
-_cache: dict[Path, Sources] = {}
+_cache: list[Sources] = []  # one set per test session
 
 
 def build_sources(root: Path, hf_mimi: Path) -> Sources:
-    """The three source checkpoints under `root` (built once per `root`).
+    """The three source checkpoints, built under `root` on the session's first call.
 
     Args:
         hf_mimi: a transformers Mimi folder (`config.json` + `model.safetensors`, hub names).
     """
-    if root in _cache:
-        return _cache[root]
+    if _cache:
+        return _cache[0]
     mlx = make_tiny_checkpoint(root / "mlx", seed=5)
     model = R.make_kyutai_lm(QCFG, seed=7)
     pytorch = root / "pytorch"
@@ -73,5 +73,5 @@ def build_sources(root: Path, hf_mimi: Path) -> Sources:
     hf_config = R.hf_config(QCFG).to_dict()
     hf_config["audio_encoder_config"] = json.loads((hf_mimi / "config.json").read_text())
     (hf / "config.json").write_text(json.dumps(hf_config))
-    _cache[root] = Sources(pytorch, hf, mlx, model, hf_mimi)
-    return _cache[root]
+    _cache.append(Sources(pytorch, hf, mlx, model, hf_mimi))
+    return _cache[0]
