@@ -1,5 +1,26 @@
 """Kyutai's Moshi speech model on Apple's MLX: the language model, its streaming generator and
-checkpoint loading (Kyutai MLX bf16/q8/q4, Kyutai PyTorch, transformers)."""
+checkpoint loading (Kyutai MLX bf16/q8/q4, Kyutai PyTorch, transformers).
+
+Scoring a sequence (teacher forcing, Kyutai's `LMModel.forward` semantics)::
+
+    from moshi_mlx import load_model
+    model = load_model("kyutai/moshiko-mlx-q4")  # repo id, folder or .safetensors file
+    out = model.forward(codes)  # codes (B, 1 + n_q, T): text, Moshi's 8, the user's 8 codebooks
+    out.text_logits  # (B, 1, T, text_card), out.text_mask (B, 1, T)
+    out.logits  # (B, dep_q, T, card), NaN where out.mask (B, dep_q, T) is False
+
+Streaming, one 80 ms frame at a time::
+
+    from moshi_mlx import MoshiGenerator, load_checkpoint
+    ck = load_checkpoint("kyutai/moshiko-mlx-q4")  # lm, mimi, tokenizer, config
+    gen = MoshiGenerator(ck.lm, seed=0)  # text 0.7 / top-k 25, audio 0.8 / top-k 250
+    codes = ck.mimi.encode_step(pcm)  # (1, K, 1) the user's frame
+    text_token, audio_codes = gen.step(codes[:, :8])  # (B,), (B, 8) or None at first
+    if audio_codes is not None:
+        out_pcm = ck.mimi.decode_step(audio_codes[:, :, None])  # (1, 1, 1920)
+    piece = ck.tokenizer.piece(int(text_token[0]))  # None for padding
+    gen.reset()  # between sessions
+"""
 
 from mimi_mlx.hub import CheckpointError
 

@@ -250,22 +250,36 @@ def name_table(cfg: LmConfig, fmt: str) -> list[Row]:
 
 # -- names that vary between writers of the same layout -----------------------------------------
 ALIASES = {
-    # Kyutai's in-memory `state_dict()` names -> their released files' names
-    "self_attn.in_projs.0.weight": "self_attn.in_proj_weight",
-    "self_attn.out_projs.0.weight": "self_attn.out_proj.weight",
     # transformers versions without the `MoshiLinear` wrapper
-    **{f"self_attn.{p}_proj.weight": f"self_attn.{p}_proj.linear.weight" for p in "qkvo"},
+    f"self_attn.{p}_proj.weight": f"self_attn.{p}_proj.linear.weight"
+    for p in "qkvo"
+}
+# Kyutai's in-memory `state_dict()` names (one tensor per weight set) -> their released files'
+# (the weight sets stacked along the rows, as their load hook expects)
+STACKED = {
+    "self_attn.in_projs": "self_attn.in_proj_weight",
+    "self_attn.out_projs": "self_attn.out_proj.weight",
 }
 
 
 def normalize_names(tensors: dict[str, mx.array]) -> dict[str, mx.array]:
-    out = {}
+    """One spelling per tensor: aliases renamed, per-set attention projections stacked."""
+    out: dict[str, mx.array] = {}
+    stacks: dict[str, dict[int, mx.array]] = {}
     for name, value in tensors.items():
         for alias, canonical in ALIASES.items():
             if name.endswith(alias):
                 name = name[: -len(alias)] + canonical
                 break
-        out[name] = value
+        for split, stacked in STACKED.items():
+            prefix, sep, rest = name.partition(f".{split}.")
+            if sep and rest.endswith(".weight") and rest[: -len(".weight")].isdigit():
+                stacks.setdefault(f"{prefix}.{stacked}", {})[int(rest[: -len(".weight")])] = value
+                break
+        else:
+            out[name] = value
+    for name, parts in stacks.items():
+        out[name] = mx.concatenate([parts[i] for i in sorted(parts)], axis=0)
     return out
 
 

@@ -141,3 +141,40 @@ def test_mixed_quantization_per_layer(refs, tmp_path):
         assert getattr(m, "bits", None) == getattr(n, "bits", None)
     for a, b in zip(outputs(loaded), outputs(mixed), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pytorch_in_memory_names(refs, tmp_path):
+    """A raw `LMModel.state_dict()` (per-set `in_projs.{i}` / `out_projs.{i}`) loads too."""
+    from safetensors.torch import save_file
+
+    cfg, reference, _, ours = refs
+    state = {k: v.detach().contiguous() for k, v in reference.state_dict().items()}
+    assert "depformer.layers.0.self_attn.in_projs.2.weight" in state
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    for a, b in zip(outputs(load_model(tmp_path)), outputs(ours), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_transformers_sharded(refs, tmp_path):
+    """transformers' sharded layout: `model.safetensors.index.json` + shards."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    _, _, root, ours = refs
+    shutil.copy(root / "hf" / "config.json", tmp_path / "config.json")
+    tensors = load_file(str(root / "hf" / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(tmp_path / shard))
+        weight_map.update({k: shard for k in keys})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    sharded = load_model(tmp_path)
+    for a, b in zip(outputs(sharded), outputs(ours), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.nanmax(np.abs(b)))
