@@ -5,6 +5,7 @@ within measured bounds; plain q4/q8 files identical to Kyutai's layout."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 
 import mlx.core as mx
@@ -189,3 +190,63 @@ def test_folder_holds_config_mimi_and_tokenizer(sources, converted, layout):
 def test_no_temporary_folders_left(converted):
     root = next(iter(converted.values())).output.parent
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_quantized_embeddings_keep_special_indices(sources, converted):
+    """-1 ("no input") embeds to exact zeros, as in the float embedding (a plain
+    `QuantizedEmbedding` would wrap it to the last row); other rows are the dequantized table,
+    start tokens included."""
+    float_model = load_model(sources.mlx)
+    for recipe in ("q4", "q8"):
+        model = load_model(converted["mlx", recipe].output)
+        cfg = model.cfg
+        text = mx.array([-1, 0, 3, cfg.text_card - 1, cfg.text_card])
+        audio = mx.array([-1, 0, cfg.card - 1, cfg.card])
+        for emb, ref, tokens in (
+            (model.text_emb, float_model.text_emb, text),
+            (model.audio_embs[5], float_model.audio_embs[5], audio),
+            (model.depformer.slices[0].emb, float_model.depformer.slices[0].emb, text),
+            (model.depformer.slices[2].emb, float_model.depformer.slices[2].emb, audio),
+        ):
+            assert hasattr(emb, "bits")
+            got = np.array(emb(tokens).astype(mx.float32))  # bf16: the scales' dtype
+            want = np.array(ref(tokens))
+            assert np.all(got[0] == 0) and np.all(want[0] == 0)
+            rows = mx.maximum(tokens[1:], 0)
+            table = mx.dequantize(
+                emb.weight[rows], emb.scales[rows], emb.biases[rows], emb.group_size, emb.bits
+            )
+            np.testing.assert_array_equal(got[1:], np.array(table.astype(mx.float32)))
+            err = np.linalg.norm(got[1:] - want[1:]) / np.linalg.norm(want[1:])
+            assert err < (0.12 if recipe == "q4" else 0.015), (recipe, err)
+    # -1 in the codes: the same masks as the float model
+    codes = np.array(random_codes(float_model.cfg, batch=1, steps=6, seed=1))
+    codes[0, 0, 2] = codes[0, 3, 4] = -1
+    a = float_model.forward(mx.array(codes))
+    b = load_model(converted["mlx", "q4"].output).forward(mx.array(codes))
+    assert np.array_equal(np.array(a.text_mask), np.array(b.text_mask))
+    assert np.array_equal(np.array(a.mask), np.array(b.mask))
+
+
+def test_same_weights_in_any_layout_give_the_same_file(sources, converted, tmp_path):
+    """Kyutai's PyTorch release (bf16) and transformers' layout (float32, q/k rows permuted,
+    depth decoder stacked, here also sharded) of the same weights convert to identical bytes."""
+    hf = tmp_path / "hf_sharded"
+    hf.mkdir()
+    shutil.copyfile(sources.hf / "config.json", hf / "config.json")
+    tensors = mx.load(str(sources.hf / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for shard, keys in shards.items():
+        mx.save_safetensors(
+            str(hf / shard), {k: tensors[k] for k in keys}, metadata={"format": "pt"}
+        )
+        weight_map.update(dict.fromkeys(keys, shard))
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    sharded = convert(hf, tmp_path / "out", "q4-mlp", progress=False)
+    for result in (sharded, converted["hf", "q4-mlp"]):
+        assert result.weights.read_bytes() == converted["pytorch", "q4-mlp"].weights.read_bytes()
