@@ -251,8 +251,8 @@ def load(source: str):
     except CheckpointError as e:
         if is_repo:
             raise CheckpointError(
-                f"{_one_line(e)} Offline: `huggingface-cli download {source} --local-dir DIR` "
-                "on a connected machine, then --checkpoint DIR."
+                f"{_one_line(e)} A local folder is passed with --checkpoint DIR (for example "
+                f"after `huggingface-cli download {source} --local-dir DIR`)."
             ) from e
         raise
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,18 @@ def block_snrs(reference: np.ndarray, measured: np.ndarray, block: int = FRAME) 
             for i in range(n)
         ]
     )
+
+
+def huge_checkpoint(tiny: Path, folder: Path, terabytes: float = 1.0) -> Path:
+    """The tiny checkpoint with a sparse weights file whose header declares `terabytes` of bf16."""
+    shutil.copytree(tiny, folder)
+    count = int(terabytes * 1e12 / 2)
+    header = json.dumps(
+        {"weight": {"dtype": "BF16", "shape": [count], "data_offsets": [0, 2 * count]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    path = folder / "model.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 2 * count)  # sparse: no disk used
+    return folder

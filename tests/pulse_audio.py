@@ -30,8 +30,9 @@ def missing_tools() -> list[str]:
 class PulseServer:
     """A private PulseAudio daemon in `root`, with sinks `spk` and `mic` at 24 kHz float32."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, log: Path | None = None):
         self.root = Path(root)
+        self.log = Path(log) if log else self.root / "log"
         self.socket = self.root / "native"
         self.env = {
             **os.environ,
@@ -54,7 +55,7 @@ class PulseServer:
         )
         self.daemon = subprocess.Popen(
             ["pulseaudio", "-n", "-F", str(config), "--daemonize=no", "--exit-idle-time=-1"]
-            + ["--system=false", "--disallow-exit=no", f"--log-target=file:{self.root}/log"],
+            + ["--system=false", "--disallow-exit=no", f"--log-target=file:{self.log}"],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -93,7 +94,7 @@ class PulseServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.daemon.poll() is not None:
-                raise RuntimeError(f"pulseaudio exited: {(self.root / 'log').read_text()[-2000:]}")
+                raise RuntimeError(f"pulseaudio exited: {self.log.read_text()[-2000:]}")
             if ready():
                 return
             time.sleep(0.1)
@@ -140,7 +141,8 @@ def pulse(tmp_path_factory):
     # a short socket path: unix sockets are limited to about 100 characters
     root = Path(f"/tmp/moshi-pulse-{os.getpid()}")
     shutil.rmtree(root, ignore_errors=True)
-    server = PulseServer(root).start()
+    log = tmp_path_factory.mktemp("pulse") / "pulseaudio.log"
+    server = PulseServer(root, log).start()
     try:
         yield server
     finally:
