@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (no partial checkpoint is left behind)", file=sys.stderr)
         return 130
-    except (RecipeError, CheckpointError, ValueError, OSError) as e:
+    except (RecipeError, CheckpointError, ValueError, OSError, NotImplementedError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     return 0

@@ -124,9 +124,9 @@ def _write_weights(
     desc: str,
 ) -> int:
     writer = SafetensorsWriter(path, specs)
-    total = sum(dt.size * _numel(shape) for _, dt, shape in specs)
+    bar = tqdm(total=writer.data_bytes, unit="B", unit_scale=True, desc=desc, disable=not progress)
     try:
-        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
+        with bar:
             for ours, quant in items:
                 arrays = _outputs(source, ours, quant, dtype)
                 mx.eval([a for _, a in arrays])
@@ -140,13 +140,6 @@ def _write_weights(
         writer.abort()
         raise
     return writer.nbytes
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -201,6 +194,8 @@ def _companions(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> d
                 _link_or_copy(path, stage / path.name)
                 names["mimi_config_name"] = path.name
         tokenizers = [raw.get("tokenizer_name", TOKENIZER_FILE)]
+    if raw.get("lora_name"):
+        warnings.append(f"the LoRA {raw['lora_name']} of {source.files.root} is not carried over")
     if "mimi_name" not in names:
         warnings.append(f"{source.files.root} has no Mimi checkpoint: the output holds no codec")
     for name in tokenizers:

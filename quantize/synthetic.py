@@ -89,8 +89,7 @@ def write_random_checkpoint(
     writer = SafetensorsWriter(path, [(n, dtype, s) for n, s in layout], {"format": "pt"})
     mx.random.seed(seed)
     try:
-        total = writer.nbytes
-        with tqdm(total=total, unit="B", unit_scale=True, disable=not progress) as bar:
+        with tqdm(total=writer.data_bytes, unit="B", unit_scale=True, disable=not progress) as bar:
             for name, shape in layout:
                 bar.update(writer.write(name, _random(name, shape, dtype, tile_rows)))
                 mx.clear_cache()

@@ -10,6 +10,7 @@ written first and each tensor's bytes follow as soon as it is computed, then fre
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -47,7 +48,7 @@ class SafetensorsWriter:
         header: dict = {"__metadata__": dict(metadata or {"format": "mlx"})}
         offset = 0
         for name, dtype, shape in specs:
-            nbytes = dtype.size * _numel(shape)
+            nbytes = dtype.size * math.prod(shape)
             header[name] = {
                 "dtype": DTYPES[dtype][0],
                 "shape": list(shape),
@@ -58,6 +59,7 @@ class SafetensorsWriter:
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writers do
         self._specs = list(specs)
         self._next = 0
+        self.data_bytes = offset
         self.nbytes = 8 + len(raw) + offset
         self._file = open(self.path, "wb")  # closed by close() or abort()
         self._file.write(struct.pack("<Q", len(raw)))
@@ -87,13 +89,6 @@ class SafetensorsWriter:
 
     def abort(self) -> None:
         self._file.close()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 class OutputError(ValueError):

@@ -8,6 +8,7 @@ import json
 import shutil
 from dataclasses import asdict
 
+import huggingface_hub.constants as hub_constants
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -250,3 +251,16 @@ def test_same_weights_in_any_layout_give_the_same_file(sources, converted, tmp_p
     sharded = convert(hf, tmp_path / "out", "q4-mlp", progress=False)
     for result in (sharded, converted["hf", "q4-mlp"]):
         assert result.weights.read_bytes() == converted["pytorch", "q4-mlp"].weights.read_bytes()
+
+
+def test_hub_repo_id_from_the_local_cache(sources, converted, tmp_path, monkeypatch):
+    """`kyutai/moshiko-pytorch-bf16`-style repo id, served from a Hugging Face cache offline."""
+    repo = tmp_path / "models--kyutai--tiny-pytorch"
+    shutil.copytree(sources.pytorch, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    result = convert("kyutai/tiny-pytorch", tmp_path / "q4", "q4-mlp", progress=False)
+    assert result.weights.read_bytes() == converted["pytorch", "q4-mlp"].weights.read_bytes()
+    assert load_checkpoint(result.output).tokenizer is not None
