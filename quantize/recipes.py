@@ -250,4 +250,8 @@ def make_plan(model: nn.Module, recipe: Recipe | str) -> Plan:
             plan.notes[path] = f"input width {width} is not a multiple of group size {group_size}"
             continue
         plan.layers[path] = (group_size, bits)
+    leaves = {path for path, _ in quantizable_leaves(model)}
+    for path, module in model.named_modules():
+        if hasattr(module, "to_quantized") and path not in leaves and recipe.precision(path):
+            plan.notes[path] = "not a leaf (a norm or low-rank projection attached), as nn.quantize"
     return plan

@@ -100,3 +100,10 @@ def test_named_recipes_are_described():
     assert any(len({p for p in r.parts.values()}) > 1 for r in RECIPES.values())  # a mixed one
     for r in RECIPES.values():
         assert r.description and set(r.parts) == set(PARTS)
+
+
+def test_embeddings_with_attached_modules_stay_float_as_nn_quantize():
+    cfg = LmConfig.from_dict({**R.VARIANT, "norm_emb": True})
+    plan = make_plan(Lm(cfg), "q4")
+    assert "text_emb" not in plan.layers and "not a leaf" in plan.notes["text_emb"]
+    assert "not a leaf" in plan.notes["depformer.slices.0.emb"]
