@@ -58,7 +58,8 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument(
         "--report",
         action="store_true",
-        help="then compare the result with the float model (needs both in memory in turn)",
+        help="then compare the result with the float model, saved as quantization_report.json "
+        "(loads the float model: 30 GB in float32 for the 7B on CPU, 15 GB in bf16 on a GPU)",
     )
     _report_options(p)
     return p
