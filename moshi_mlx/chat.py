@@ -32,7 +32,7 @@ from mimi_mlx.audio import AudioWriter
 from mimi_mlx.output_file import check_output, replace_on_success
 
 from .audio_io import AudioIO
-from .pipeline import FRAME_SECONDS, SAMPLE_RATE, FrameResult, Pipeline
+from .pipeline import FRAME_SECONDS, SAMPLE_RATE, Pipeline
 from .transcript import Transcript
 
 RECORD_FILES = (
@@ -199,83 +199,115 @@ def run_chat(
     Raises:
         SessionError: a device stopped delivering audio.
     """
-    console = _Console(options.show_text)
-    pipeline.reset()
-    transcript = Transcript(
-        pipeline.audio_lag,
-        {**(info or {}), "seed": pipeline.seed, "sampling": pipeline.sampling.to_dict()},
-    )
-    recorder = None
-    if options.record is not None:
-        recorder = _Recorder(Path(options.record), audio.output_device.rate)
-    times = _StepTimes()
+    session = _Session(pipeline, audio, options, info)
     error: BaseException | None = None
-    lag_pending, last_lag_report = 0, 0.0
-    started = time.perf_counter()
-    last_stats = last_check = started
     try:
         with _StopOnSigint() as stop, audio:
-            console.notice(_ready_line(pipeline, audio))
-            while not stop.requested:
-                now = time.perf_counter()
-                if options.duration is not None and now - started >= options.duration:
-                    break
-                if now - last_check >= 1.0:
-                    _check_devices(audio, now - started)
-                    last_check = now
-                if recorder is not None:
-                    recorder.add_played(audio.drain_played())
-                waiting = audio.frames_waiting()
-                if waiting == 0:
-                    time.sleep(POLL)
-                    continue
-                if waiting > options.max_lag_frames:
-                    lag_pending += audio.drop_frames(keep=1)
-                if lag_pending and now - last_lag_report >= LAG_REPORT_INTERVAL:
-                    console.notice(
-                        f"lagging: skipped {lag_pending} input frame(s) "
-                        f"({lag_pending * FRAME_SECONDS * 1000:.0f} ms): the model runs slower "
-                        f"than real time (step {times.to_dict()['p95_ms']:.0f} ms, p95)"
-                    )
-                    lag_pending, last_lag_report = 0, now
-                frame = audio.read_frame()
-                t = time.perf_counter()
-                result = pipeline.step(frame)
-                times.add(time.perf_counter() - t)
-                audio.play(result.audio)
-                _handle(result, frame, transcript, recorder, console, t - started)
-                if options.stats and t - last_stats >= 1.0:
-                    console.notice(_stats_line(times, audio))
-                    last_stats = t
-            if recorder is not None:
-                recorder.add_played(audio.drain_played())
+            session.console.notice(_ready_line(pipeline, audio))
+            while not stop.requested and not session.over():
+                session.poll()
+            while pipeline.pending:  # what the model already heard is answered and recorded
+                session.collect()
     except BaseException as e:
         error = e
         raise
     finally:
-        summary = _summary(pipeline, audio, times, time.perf_counter() - started, transcript)
-        if recorder is not None:
-            summary["recording"] = _finish_recording(recorder, transcript, summary, error)
-        pipeline.reset()  # nothing carries over to the next session
-        if error is None:
-            console.notice(_summary_text(summary))
+        summary = session.finish(error)
     return summary
 
 
-def _handle(
-    result: FrameResult,
-    frame: np.ndarray,
-    transcript: Transcript,
-    recorder: _Recorder | None,
-    console: _Console,
-    wall: float,
-) -> None:
-    transcript.add(result, wall)
-    if result.piece is not None:
-        console.piece(result.piece)
-    if recorder is not None:
-        recorder.user.write(frame)
-        recorder.moshi.write(result.audio)
+class _Session:
+    """The state of one live session and the steps of its loop (all on the caller's thread).
+
+    Up to `AHEAD` frames are submitted before the oldest is collected: when input is waiting,
+    building the next frame's graph overlaps the current frame's computation.
+    """
+
+    AHEAD = 2
+
+    def __init__(self, pipeline: Pipeline, audio: AudioIO, options: ChatOptions, info):
+        self.pipeline, self.audio, self.options = pipeline, audio, options
+        self.console = _Console(options.show_text)
+        pipeline.reset()
+        self.transcript = Transcript(
+            pipeline.audio_lag,
+            {**(info or {}), "seed": pipeline.seed, "sampling": pipeline.sampling.to_dict()},
+        )
+        self.recorder = None
+        if options.record is not None:
+            self.recorder = _Recorder(Path(options.record), audio.output_device.rate)
+        self.times = _StepTimes()
+        self.started = time.perf_counter()
+        self.last_stats = self.last_check = self.last_lag_report = self.started
+        self.lag_pending = 0  # frames skipped since the last notice
+        self._submit_times: deque[float] = deque()  # seconds spent submitting pending frames
+
+    def over(self) -> bool:
+        duration = self.options.duration
+        return duration is not None and time.perf_counter() - self.started >= duration
+
+    def poll(self) -> None:
+        """One turn of the loop: submit a waiting frame, or collect a result, or wait."""
+        now = time.perf_counter()
+        if now - self.last_check >= 1.0:
+            _check_devices(self.audio, now - self.started)
+            self.last_check = now
+        if self.recorder is not None:
+            self.recorder.add_played(self.audio.drain_played())
+        waiting = self.audio.frames_waiting()
+        if waiting > self.options.max_lag_frames:
+            self.lag_pending += self.audio.drop_frames(keep=1)
+        if self.lag_pending and now - self.last_lag_report >= LAG_REPORT_INTERVAL:
+            self._report_lag(now)
+        if waiting and self.pipeline.pending < self.AHEAD:
+            self.submit()
+        elif self.pipeline.pending:
+            self.collect()
+        else:
+            time.sleep(POLL)
+
+    def submit(self) -> None:
+        frame = self.audio.read_frame()
+        t = time.perf_counter()
+        self.pipeline.submit(frame)
+        self._submit_times.append(time.perf_counter() - t)
+        if self.recorder is not None:
+            self.recorder.user.write(frame)
+
+    def collect(self) -> None:
+        t = time.perf_counter()
+        result = self.pipeline.collect()
+        done = time.perf_counter()
+        self.times.add(done - t + self._submit_times.popleft())
+        self.audio.play(result.audio)
+        self.transcript.add(result, done - self.started)
+        if result.piece is not None:
+            self.console.piece(result.piece)
+        if self.recorder is not None:
+            self.recorder.moshi.write(result.audio)
+        if self.options.stats and done - self.last_stats >= 1.0:
+            self.console.notice(_stats_line(self.times, self.audio))
+            self.last_stats = done
+
+    def _report_lag(self, now: float) -> None:
+        self.console.notice(
+            f"lagging: skipped {self.lag_pending} input frame(s) "
+            f"({self.lag_pending * FRAME_SECONDS * 1000:.0f} ms): the model runs slower than "
+            f"real time (step {self.times.to_dict()['p95_ms']:.0f} ms, p95)"
+        )
+        self.lag_pending, self.last_lag_report = 0, now
+
+    def finish(self, error: BaseException | None) -> dict:
+        """Close the recording, reset the pipeline, print the summary; returns the summary."""
+        elapsed = time.perf_counter() - self.started
+        summary = _summary(self.audio, self.times, elapsed, self.transcript)
+        if self.recorder is not None:
+            self.recorder.add_played(self.audio.drain_played())  # up to the streams' very end
+            summary["recording"] = _finish_recording(self.recorder, self.transcript, summary, error)
+        self.pipeline.reset()  # nothing carries over to the next session
+        if error is None:
+            self.console.notice(_summary_text(summary))
+        return summary
 
 
 def _check_devices(audio: AudioIO, elapsed: float) -> None:
@@ -327,9 +359,7 @@ def _stats_line(times: _StepTimes, audio: AudioIO) -> str:
     )
 
 
-def _summary(
-    pipeline: Pipeline, audio: AudioIO, times: _StepTimes, elapsed: float, transcript: Transcript
-) -> dict:
+def _summary(audio: AudioIO, times: _StepTimes, elapsed: float, transcript: Transcript) -> dict:
     return {
         **transcript.info,
         "duration_s": round(elapsed, 3),
