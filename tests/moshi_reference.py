@@ -169,6 +169,7 @@ def hf_config(cfg: dict):
         num_hidden_layers=1,
         intermediate_size=64,
         num_attention_heads=4,
+        num_key_value_heads=4,
         codebook_size=cfg["card"],
         codebook_dim=16,
         vector_quantization_hidden_dimension=16,
@@ -248,25 +249,21 @@ def hf_state(model, cfg: dict) -> dict[str, torch.Tensor]:
 
 
 def save_hf(model, cfg: dict, folder: Path) -> Path:
-    """transformers' hub layout: `config.json` + `model.safetensors` (with a random Mimi), checked
-    name for name and shape for shape against a real `MoshiForConditionalGeneration`."""
-    from safetensors.torch import save_file
+    """transformers' hub layout: `save_pretrained` of a `MoshiForConditionalGeneration` (with a
+    random Mimi), its Moshi tensors then replaced by ours, name for name and shape for shape."""
+    from safetensors.torch import load_file, save_file
     from transformers import MoshiForConditionalGeneration
 
     hf = MoshiForConditionalGeneration(hf_config(cfg)).eval()
-    reference = hf.state_dict()
+    hf.save_pretrained(str(folder))  # the hub names (its Mimi is renamed on save)
+    saved = load_file(str(folder / "model.safetensors"))
     state = hf_state(model, cfg)
-    for k, v in reference.items():
-        if k.startswith("audio_encoder."):
-            state[k] = v.detach().clone().contiguous()
-    missing = sorted(set(reference) - set(state))
-    extra = sorted(set(state) - set(reference))
-    assert not missing and not extra, (missing[:5], extra[:5])
-    for k, v in reference.items():
-        assert tuple(state[k].shape) == tuple(v.shape), (k, state[k].shape, v.shape)
-    folder.mkdir(parents=True, exist_ok=True)
-    hf.config.save_pretrained(str(folder))
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    moshi = {k for k in saved if not k.startswith("audio_encoder.")}
+    assert moshi == set(state), (sorted(moshi ^ set(state))[:5],)
+    for k, v in state.items():
+        assert tuple(saved[k].shape) == tuple(v.shape), (k, saved[k].shape, v.shape)
+        saved[k] = v
+    save_file(saved, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder / "model.safetensors"
 
 

@@ -178,3 +178,15 @@ def test_transformers_sharded(refs, tmp_path):
     sharded = load_model(tmp_path)
     for a, b in zip(outputs(sharded), outputs(ours), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.nanmax(np.abs(b)))
+
+
+def test_transformers_bundle_includes_mimi(refs):
+    """transformers' repos bundle Mimi (`audio_encoder.*`); they carry no SentencePiece model."""
+    from moshi_mlx import load_checkpoint
+
+    _, _, root, ours = refs
+    ck = load_checkpoint(root / "hf")
+    assert ck.tokenizer is None and ck.config.dep_q == 3
+    assert ck.mimi.num_codebooks == 8 and ck.mimi.cardinality == R.TINY_MOSHI["card"]
+    codes = ck.mimi.encode(np.zeros((1, 1, 1920 * 2), np.float32))
+    assert codes.shape == (1, 8, 2)
