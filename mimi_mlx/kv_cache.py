@@ -16,6 +16,9 @@ def ring_positions(end: int, capacity: int) -> mx.array:
     return mx.where(held >= 0, held, -1)
 
 
+GROW_BLOCK = 256  # ring slots allocated at a time, so memory follows the history actually held
+
+
 class RingKVCache:
     """Keys and values of the last `capacity` positions of one attention layer, in a ring buffer.
 
@@ -45,22 +48,36 @@ class RingKVCache:
     def _writes_first(self, T: int) -> bool:
         return T <= self.capacity - self.context + 1
 
+    def _slots(self, end: int) -> int:
+        """Slots allocated once positions [0, end) are written: whole blocks, up to capacity.
+
+        Before the ring wraps, position p sits in slot p, so a long context (Moshi's 3000 steps)
+        costs memory only for the steps streamed so far.
+        """
+        return min(self.capacity, -(-end // GROW_BLOCK) * GROW_BLOCK)
+
     def key_positions(self, T: int) -> mx.array:
         """Positions (S,) of the keys `update_and_fetch` will return for T tokens (-1: empty)."""
         new = mx.arange(self.offset, self.offset + T, dtype=mx.int32)
         if self._writes_first(T):
-            return ring_positions(self.offset + T, self.capacity)
+            end = self.offset + T
+            return ring_positions(end, self.capacity)[: self._slots(end)]
         if self.offset == 0:
             return new
-        return mx.concatenate([ring_positions(self.offset, self.capacity), new])
+        held = ring_positions(self.offset, self.capacity)[: self._slots(self.offset)]
+        return mx.concatenate([held, new])
 
     def _write(self, k: mx.array, v: mx.array) -> None:
         """Store the last `min(T, capacity)` of `k, v` (B, H, T, D) at their ring slots."""
+        B, H, T, D = k.shape
+        slots = self._slots(self.offset + T)
         if self.keys is None:
-            B, H, _, D = k.shape
-            self.keys = mx.zeros((B, H, self.capacity, D), dtype=k.dtype)
-            self.values = mx.zeros((B, H, self.capacity, D), dtype=v.dtype)
-        T = k.shape[2]
+            self.keys = mx.zeros((B, H, slots, D), dtype=k.dtype)
+            self.values = mx.zeros((B, H, slots, D), dtype=v.dtype)
+        elif self.keys.shape[2] < slots:  # grow by whole blocks
+            more = slots - self.keys.shape[2]
+            self.keys = mx.concatenate([self.keys, mx.zeros((B, H, more, D), k.dtype)], axis=2)
+            self.values = mx.concatenate([self.values, mx.zeros((B, H, more, D), v.dtype)], 2)
         n = min(T, self.capacity)
         k, v = k[:, :, T - n :], v[:, :, T - n :]
         start = (self.offset + T - n) % self.capacity

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import moshi_reference as R
+from mimi_mlx import kv_cache
 from moshi_mlx import MoshiGenerator, Rng, Sampler, load_model
 
 
@@ -35,10 +36,13 @@ def greedy(model, **kw) -> MoshiGenerator:
     return MoshiGenerator(model, text_temperature=0, audio_temperature=0, **kw)
 
 
-def test_greedy_stream_equals_teacher_forced_argmax(model):
+@pytest.mark.parametrize("grow_block", [256, 5])
+def test_greedy_stream_equals_teacher_forced_argmax(model, monkeypatch, grow_block):
     """Our user-stream alignment is that of `Lm.forward`: feeding back what the generator made
     (text, Moshi's audio, the user's frames at their own times) reproduces every greedy token,
-    also long after the ring caches have wrapped (context 12)."""
+    also long after the ring caches have wrapped (context 12), and while they grow (blocks of 5:
+    5, 10, 12 slots)."""
+    monkeypatch.setattr(kv_cache, "GROW_BLOCK", grow_block)
     steps, max_delay = 120, 2
     user = user_codes(steps)
     texts, frames = run(greedy(model), user)
@@ -52,6 +56,17 @@ def test_greedy_stream_equals_teacher_forced_argmax(model):
     predicted = np.array(out.logits.argmax(-1))
     np.testing.assert_array_equal(predicted[mask], audio[mask])
     assert mask.sum() > 0.9 * mask.size
+    assert model.transformer._caches[0].keys.shape[2] == R.TINY["context"]
+
+
+def test_ring_grows_by_blocks_up_to_its_capacity(model, monkeypatch):
+    monkeypatch.setattr(kv_cache, "GROW_BLOCK", 5)
+    gen = greedy(model)
+    sizes = []
+    for s in range(14):
+        mx.eval(gen.step(user_codes(1, seed=s)[:, :, 0])[0])
+        sizes.append(model.transformer._caches[0].keys.shape[2])
+    assert sizes == [5] * 5 + [10] * 5 + [12] * 4
 
 
 def test_long_session_bounded_memory(model):
