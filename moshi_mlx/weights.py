@@ -285,7 +285,8 @@ def normalize_names(tensors: dict[str, mx.array]) -> dict[str, mx.array]:
 
 def ignored(name: str) -> bool:
     """Tensors a checkpoint may carry that the language model does not use."""
-    return name.startswith("audio_encoder.")  # transformers bundles Mimi
+    # transformers bundles Mimi; older transformers files also store RoPE frequencies
+    return name.startswith("audio_encoder.") or name.endswith(".rotary_emb.inv_freq")
 
 
 def detect_format(names) -> str:
