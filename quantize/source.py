@@ -43,11 +43,10 @@ class SourceCheckpoint:
 
     def __init__(self, checkpoint: str | Path, revision: str | None = None):
         self.files: CheckpointFiles = resolve(checkpoint, revision)
-        self.where: dict[str, tuple[Path, str]] = {}  # canonical name -> (file, name in file)
+        self.where: dict[str, Path] = {}  # our spelling of a source tensor -> its file
         for path in self.files.weights:
-            names = {name: name for name in read_safetensors(Path(path))}
-            for canonical, original in normalize_names(names).items():
-                self.where[canonical] = (Path(path), original)
+            for name in normalize_names(read_safetensors(Path(path))):  # lazy: nothing read
+                self.where[name] = Path(path)
         self.format = detect_format(self.where)
         packed = sorted(n for n in self.where if n.endswith(".scales"))
         if packed:
@@ -82,10 +81,10 @@ class SourceCheckpoint:
             )
 
     def _tensor(self, name: str) -> mx.array:
-        path, original = self.where[name]
-        if path not in self._open:
-            self._open[path] = read_safetensors(path)
-        return self._open[path][original]
+        path = self.where[name]
+        if path not in self._open:  # aliases renamed, per-set projections stacked, lazily
+            self._open[path] = normalize_names(read_safetensors(path))
+        return self._open[path][name]
 
     def param(self, ours: str) -> mx.array:
         """Our parameter `ours`, lazily computed from the source tensors (nothing is read yet)."""

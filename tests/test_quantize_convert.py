@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+import torch
 from mlx.utils import tree_flatten
 from quantize_sources import build_sources
 
@@ -264,3 +265,19 @@ def test_hub_repo_id_from_the_local_cache(sources, converted, tmp_path, monkeypa
     result = convert("kyutai/tiny-pytorch", tmp_path / "q4", "q4-mlp", progress=False)
     assert result.weights.read_bytes() == converted["pytorch", "q4-mlp"].weights.read_bytes()
     assert load_checkpoint(result.output).tokenizer is not None
+
+
+def test_kyutai_in_memory_names_convert_as_the_release(sources, converted, tmp_path):
+    """Kyutai's `state_dict()` spelling (per-set `in_projs.{i}` / `out_projs.{i}`, stacked in
+    their released files) converts to the same bytes."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "state_dict"
+    shutil.copytree(sources.pytorch, folder)
+    state = {
+        k: v.to(torch.bfloat16).contiguous() for k, v in sources.reference.state_dict().items()
+    }
+    assert any(".self_attn.in_projs.1." in k for k in state)
+    save_file(state, str(folder / "model.safetensors"))
+    result = convert(folder, tmp_path / "out", "q4-mlp", progress=False)
+    assert result.weights.read_bytes() == converted["pytorch", "q4-mlp"].weights.read_bytes()
