@@ -116,9 +116,10 @@ def _report(args, source, quantized: list[Path], json_path: Path | None) -> None
     report = accuracy_report(
         source, quantized, steps=args.steps, batch=args.batch, seed=args.seed, audio=args.audio
     )
+    if json_path is not None:
+        report.save(json_path)  # before printing: a closed pipe must not lose it
     print(report.table())
     if json_path is not None:
-        report.save(json_path)
         print(f"saved {json_path}")
 
 
