@@ -54,20 +54,16 @@ class ChatOptions:
 
     Attributes:
         record: folder for the recording (None: no recording).
-        force: overwrite an existing recording in `record`.
         stats: print step time, real-time factor, queue depths and skipped frames every second.
         duration: stop after this many seconds (None: until Ctrl-C).
         max_lag_frames: input frames allowed to wait before the oldest are skipped.
-        prefill_frames: output frames buffered before playback starts (the jitter buffer).
         show_text: print Moshi's words as they come.
     """
 
     record: Path | None = None
-    force: bool = False
     stats: bool = False
     duration: float | None = None
     max_lag_frames: int = 3
-    prefill_frames: int = 2
     show_text: bool = True
 
 
@@ -110,9 +106,10 @@ class _Recorder:
             self.played.write(block)
             self.next_played = seq + 1
 
-    def close(self, exc: BaseException | None = None) -> None:
+    def close(self) -> None:
+        """Complete the files (on errors too: they hold the session up to that point)."""
         for w in self.writers:
-            w.__exit__(type(exc) if exc else None, exc, None)
+            w.__exit__(None, None, None)
 
 
 class _Console:
@@ -303,7 +300,7 @@ class _Session:
         summary = _summary(self.audio, self.times, elapsed, self.transcript)
         if self.recorder is not None:
             self.recorder.add_played(self.audio.drain_played())  # up to the streams' very end
-            summary["recording"] = _finish_recording(self.recorder, self.transcript, summary, error)
+            summary["recording"] = _finish_recording(self.recorder, self.transcript, summary)
         self.pipeline.reset()  # nothing carries over to the next session
         if error is None:
             self.console.notice(_summary_text(summary))
@@ -323,10 +320,8 @@ def _check_devices(audio: AudioIO, elapsed: float) -> None:
             raise SessionError(f"the {device.kind} device {device.name!r} stopped")
 
 
-def _finish_recording(
-    recorder: _Recorder, transcript: Transcript, summary: dict, error: BaseException | None
-) -> dict:
-    recorder.close(error if not isinstance(error, KeyboardInterrupt) else None)
+def _finish_recording(recorder: _Recorder, transcript: Transcript, summary: dict) -> dict:
+    recorder.close()
     folder = recorder.folder
     transcript.save(folder / "transcript.txt", folder / "transcript.json")
     summary["played_blocks_lost"] = recorder.played_lost

@@ -282,7 +282,6 @@ def _chat(args: argparse.Namespace) -> None:
     pipeline.warmup()
     options = ChatOptions(
         record=args.record,
-        force=args.force,
         stats=args.stats,
         duration=args.duration,
         max_lag_frames=max(1, round(args.max_lag / 80)),
