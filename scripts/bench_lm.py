@@ -170,6 +170,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     params = _num_params(cfg)
     workdir = Path(args.workdir)
     print(f"Moshi LM: {cfg.num_layers} temporal layers, {params / 1e9:.2f} G parameters")
+    kv_gb = 2 * cfg.num_layers * cfg.context * cfg.dim * 4 / 1e9
+    print(
+        f"(the ring KV cache grows with the session up to {cfg.context} steps: +{kv_gb:.1f} GB "
+        "in float32 at full context, not included below)"
+    )
     rows = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         if mode not in MODES:
