@@ -158,14 +158,19 @@ def _available_gb() -> float:
     return float("inf")
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    """Run the benchmark described by `args` (see `configure_parser`); print and return rows."""
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by `args` (see `configure_parser`); returns an exit status."""
     if args.write:
         print(_checkpoint(_config(args.layers), args.write, Path(args.workdir)))
-        return []
-    if args.worker:
+    elif args.worker:
         _worker(args)
-        return []
+    else:
+        measure(args)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Measure each requested precision in its own process; print and return the rows."""
     cfg = _config(args.layers)
     params = _num_params(cfg)
     workdir = Path(args.workdir)
