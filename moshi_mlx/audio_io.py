@@ -116,7 +116,7 @@ def choose_device(spec: str | int | None, kind: str, rate: int | None = None) ->
         )
     device = _match(sd, devices, spec, kind)
     channels = 1
-    if not _supports(sd, device, rate or SAMPLE_RATE, 1, kind):
+    if not _supports(sd, device, rate or int(device["default_samplerate"]), 1, kind):
         channels = min(2, device[key])  # a device without a mono mode
     if rate is None:
         rate = SAMPLE_RATE

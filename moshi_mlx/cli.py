@@ -17,7 +17,8 @@ examples:
   moshi-mlx chat --list-devices                   # the microphones and speakers PortAudio sees
   moshi-mlx chat --checkpoint ./moshiko-mlx-q4 --input-device 2 --stats
   moshi-mlx run question.wav answer.wav --seed 42 # a recorded user stream, file to file
-  moshi-mlx run talk/user.wav again.wav --seed N  # replay a recorded chat (N: its seed)
+  moshi-mlx run talk/user.wav again.wav --seed N  # replay a recorded chat (talk/session.json
+                                                  # has its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
 
 Offline, without the hub: `huggingface-cli download kyutai/moshiko-mlx-q4 --local-dir DIR`
@@ -44,6 +45,26 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {value}")
     return value
 
 
@@ -82,14 +103,24 @@ def _add_model_options(sub: argparse.ArgumentParser) -> None:
         metavar="T",
         help="text and audio temperature (default 0.7 text, 0.8 audio)",
     )
-    sampling.add_argument("--text-temperature", type=_non_negative, metavar="T")
-    sampling.add_argument("--audio-temperature", type=_non_negative, metavar="T")
-    sampling.add_argument("--text-top-k", type=_positive_int, default=25, metavar="K")
-    sampling.add_argument("--audio-top-k", type=_positive_int, default=250, metavar="K")
-    sampling.add_argument("--top-p", type=_non_negative, metavar="P", help="nucleus sampling")
+    sampling.add_argument(
+        "--text-temperature", type=_non_negative, metavar="T", help="(default 0.7)"
+    )
+    sampling.add_argument(
+        "--audio-temperature", type=_non_negative, metavar="T", help="(default 0.8)"
+    )
+    sampling.add_argument(
+        "--text-top-k", type=_positive_int, default=25, metavar="K", help="(default 25)"
+    )
+    sampling.add_argument(
+        "--audio-top-k", type=_positive_int, default=250, metavar="K", help="(default 250)"
+    )
+    sampling.add_argument(
+        "--top-p", type=_probability, metavar="P", help="nucleus sampling, in (0, 1]"
+    )
     sampling.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         metavar="N",
         help="random seed (default: a random one, reported so the session can be replayed)",
     )

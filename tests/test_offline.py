@@ -142,6 +142,9 @@ def test_bad_options_are_usage_errors(capsys, speech_wav, tmp_path):
     cases = [
         (("--temperature", "-1"), "must be 0 or more"),
         (("--text-top-k", "0"), "must be positive"),
+        (("--top-p", "0"), "must be in (0, 1]"),
+        (("--seed", "x"), "not a whole number"),
+        (("--seed", "-1"), "must be in 0.."),
         (("--voice", "moshiko", "--checkpoint", "x"), "not allowed with"),
         (("--voice", "bob"), "invalid choice"),
     ]
