@@ -24,7 +24,14 @@ RAW = ["--raw", "--format=float32le", f"--rate={RATE}", "--channels=1"]
 
 
 def missing_tools() -> list[str]:
-    return [t for t in ("pulseaudio", "pactl", "pacat", "parec", "paplay") if not shutil.which(t)]
+    """The programs and libraries of `PACKAGES` that this machine lacks."""
+    import ctypes.util
+
+    tools = ("pulseaudio", "pactl", "pacat", "parec", "paplay")
+    missing = [t for t in tools if not shutil.which(t)]
+    if ctypes.util.find_library("portaudio") is None:
+        missing.append("libportaudio")
+    return missing
 
 
 class PulseServer:
@@ -136,7 +143,8 @@ def pulse(tmp_path_factory):
     missing = missing_tools()
     if missing:
         pytest.skip(
-            f"PulseAudio is not installed (no {', '.join(missing)}): apt-get install {PACKAGES}"
+            f"PulseAudio or PortAudio is not installed (no {', '.join(missing)}): "
+            f"apt-get install {PACKAGES}"
         )
     # a short socket path: unix sockets are limited to about 100 characters
     root = Path(f"/tmp/moshi-pulse-{os.getpid()}")
