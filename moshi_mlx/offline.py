@@ -114,4 +114,3 @@ def run_file(
     return OfflineResult(
         transcript, len(transcript.tokens), fed / SAMPLE_RATE, time.perf_counter() - start
     )
-
