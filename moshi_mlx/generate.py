@@ -35,6 +35,8 @@ class MoshiGenerator:
         top_p: nucleus sampling threshold for both, None to disable.
         seed: seed of the generator's own random stream (None: a random seed).
         batch_size: number of independent streams.
+        conditions: for conditioned models (Kyutai's `conditioners` + `fuser` config keys),
+            {name: value}, e.g. {"description": "very_good"}, or one dict a batch row.
 
     A temperature of 0 means greedy decoding.
     """
@@ -50,6 +52,7 @@ class MoshiGenerator:
         top_p: float | None = None,
         seed: int | None = None,
         batch_size: int = 1,
+        conditions: dict | list[dict] | None = None,
     ):
         self.model = model
         self.cfg = model.cfg
@@ -60,6 +63,7 @@ class MoshiGenerator:
         cfg = self.cfg
         self._gen_delays = cfg.delays[1 : 1 + cfg.dep_q]
         self._user_delays = cfg.delays[1 + cfg.dep_q :]
+        self._condition = model.condition(conditions, batch_size)
         self.reset()
 
     @property
@@ -127,7 +131,7 @@ class MoshiGenerator:
         """
         self._user = (self._user + [self._user_frame(user_codes)])[-(self.max_delay + 2) :]
         tokens = self._inputs()
-        out, text_logits = self.model.step(tokens)
+        out, text_logits = self.model.step(tokens, self._condition)
         text = self.text_sampler(text_logits[:, 0], self.rng)
         audio = self.model.depformer.sample(
             out, text, lambda logits: self.audio_sampler(logits, self.rng)

@@ -15,6 +15,7 @@ import mlx.nn as nn
 from mimi_mlx.streaming import StreamingModule
 from mimi_mlx.transformer import Transformer, make_norm
 
+from .conditioning import ConditionProvider
 from .config import LmConfig
 from .depformer import DepFormer
 from .embedding import ScaledEmbedding
@@ -71,10 +72,6 @@ class Lm(StreamingModule):
         cfg = cfg or LmConfig()
         self.cfg = cfg
         self.dtype = dtype
-        if cfg.conditioners or cfg.fuser:
-            raise NotImplementedError(
-                "conditioned models (`conditioners` / `fuser` in the config) are not supported yet"
-            )
         self.text_emb = ScaledEmbedding(cfg.text_card + 1, cfg.dim, norm=cfg.norm_emb)
         self.audio_embs = [
             ScaledEmbedding(cfg.card + 1, cfg.dim, norm=cfg.norm_emb) for _ in range(cfg.n_q)
@@ -87,6 +84,31 @@ class Lm(StreamingModule):
             nn.Linear(cfg.dim, cfg.extra_heads_dim, bias=False)
             for _ in range(cfg.extra_heads_num_heads)
         ]
+        if cfg.conditioners:
+            self.condition_provider = ConditionProvider(cfg.dim, cfg.conditioners, cfg.fuser)
+
+    @property
+    def condition_names(self) -> list[str]:
+        """Conditions the model takes ("description", ...); empty for Moshiko/Moshika."""
+        return self.condition_provider.names if "condition_provider" in self else []
+
+    def condition(self, conditions: dict | list[dict] | None, batch: int) -> mx.array | None:
+        """The summed condition embedding (B, 1, dim) for {name: value} (one dict, or one a row).
+
+        Raises:
+            ValueError: the model needs conditions and none were given, or the reverse.
+        """
+        names = self.condition_names
+        if not names:
+            if conditions:
+                raise ValueError("this model takes no conditions")
+            return None
+        if conditions is None:
+            raise ValueError(f"this model needs conditions: {names} (for example 'very_good')")
+        rows = [conditions] * batch if isinstance(conditions, dict) else list(conditions)
+        if len(rows) != batch:
+            raise ValueError(f"{len(rows)} condition rows for a batch of {batch}")
+        return self.condition_provider.condition_sum(rows).astype(self.dtype)
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -95,34 +117,38 @@ class Lm(StreamingModule):
         return mx.array([self.cfg.text_card] + [self.cfg.card] * self.cfg.n_q, dtype=mx.int32)
 
     # -- building blocks -----------------------------------------------------------------------
-    def embed(self, tokens: mx.array) -> mx.array:
-        """Sum of the stream embeddings: tokens (B, K, T) -> (B, T, dim)."""
+    def embed(self, tokens: mx.array, condition: mx.array | None = None) -> mx.array:
+        """Sum of the stream embeddings (and condition): tokens (B, K, T) -> (B, T, dim)."""
         x = self.text_emb(tokens[:, 0]).astype(self.dtype)
         for k, emb in enumerate(self.audio_embs):
             x = x + emb(tokens[:, 1 + k]).astype(self.dtype)
-        return x
+        return x if condition is None else x + condition
 
     def _heads(self, x: mx.array) -> tuple[mx.array, mx.array]:
         out = self.out_norm(x)
         return out, self.text_linear(out)
 
-    def step(self, tokens: mx.array) -> tuple[mx.array, mx.array]:
+    def step(
+        self, tokens: mx.array, condition: mx.array | None = None
+    ) -> tuple[mx.array, mx.array]:
         """One streaming time step of the temporal transformer.
 
         Args:
             tokens: (B, K, 1) input tokens of every stream for this step.
+            condition: (B, 1, dim) from `condition()`, for conditioned models.
 
         Returns:
             transformer_out (B, 1, dim) for the depth decoder and text logits (B, 1, text_card).
         """
-        return self._heads(self.transformer.step(self.embed(tokens)))
+        return self._heads(self.transformer.step(self.embed(tokens, condition)))
 
-    def forward(self, codes: mx.array) -> LmOutput:
+    def forward(self, codes: mx.array, conditions: dict | list[dict] | None = None) -> LmOutput:
         """Teacher-forced logits for whole sequences, as Kyutai's `LMModel.forward`.
 
         Args:
             codes: (B, 1 + n_q, T) integers: text, then audio codebooks, undelayed. The delays
                 are applied inside; -1 marks "no input" (embeds to zero, masked out).
+            conditions: for conditioned models, {name: value} for all rows or one dict a row.
 
         Returns:
             LmOutput with logits aligned to `codes`: position t predicts `codes[:, :, t]`.
@@ -139,7 +165,8 @@ class Lm(StreamingModule):
         delayed = delay_codes(codes, cfg.delays, initial)  # (B, K, T)
         start = mx.broadcast_to(initial[None, :, None], (B, K, 1))
         inputs = mx.concatenate([start, delayed[:, :, : T - 1]], axis=2)
-        out, text_logits = self._heads(self.transformer(self.embed(inputs)))
+        condition = self.condition(conditions, B)
+        out, text_logits = self._heads(self.transformer(self.embed(inputs, condition)))
         logits = self.depformer(out, delayed[:, : cfg.dep_q])  # delayed time axis
         logits, mask = undelay(logits, cfg.delays[1 : 1 + cfg.dep_q])
         mask = mask & (codes[:, 1 : 1 + cfg.dep_q] != -1)
@@ -158,5 +185,5 @@ class Lm(StreamingModule):
                 f"tokens in [-1, {cfg.card}] (-1: no input; the top value: start token)"
             )
 
-    def __call__(self, codes: mx.array) -> LmOutput:
-        return self.forward(codes)
+    def __call__(self, codes: mx.array, conditions: dict | list[dict] | None = None) -> LmOutput:
+        return self.forward(codes, conditions)

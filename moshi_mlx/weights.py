@@ -138,6 +138,21 @@ def _same_name_table(cfg: LmConfig, fmt: str) -> list[Row]:
         rows.append((f"extra_heads.{i}.weight", (f"extra_heads.{i}.weight",), copy))
     for k in range(cfg.dep_q):
         rows += _slice_rows_mlx(cfg, k) if mlx else _slice_rows_pytorch(cfg, k)
+    return rows + _condition_rows(cfg)
+
+
+def _condition_rows(cfg: LmConfig) -> list[Row]:
+    """Lookup-table conditioners: the same names in Kyutai's PyTorch and MLX files."""
+    rows: list[Row] = []
+    for name, spec in (cfg.conditioners or {}).items():
+        p = f"condition_provider.conditioners.{name}"
+        lut = spec.get("lut", {})
+        parts = ["embed.weight"]
+        if lut.get("force_linear", True) or lut.get("dim") != cfg.dim:
+            parts.append("output_proj.weight")
+        if lut.get("learn_padding", True):
+            parts.append("learnt_padding")
+        rows += [(f"{p}.{part}", (f"{p}.{part}",), copy) for part in parts]
     return rows
 
 

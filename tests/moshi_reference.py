@@ -83,6 +83,32 @@ VARIANT = {
 }
 
 
+# A conditioned model (as Kyutai's moshi_dev_2b): a lookup-table "description" summed to the input.
+CONDITIONED = {
+    **TINY,
+    "conditioners": {
+        "description": {
+            "type": "lut",
+            "lut": {
+                "n_bins": 5,
+                "dim": 16,
+                "tokenizer": "noop",
+                "possible_values": ["very_bad", "bad", "neutral", "good", "very_good"],
+            },
+        }
+    },
+    "fuser": {"sum": ["description"]},
+}
+
+
+def kyutai_conditions(model, values: list[str | None]):
+    """Kyutai's condition tensors for one "description" value per batch row."""
+    from moshi.conditioners import ConditionAttributes
+
+    attributes = [ConditionAttributes(text={"description": v}, tensor={}) for v in values]
+    return model.condition_provider.prepare_and_provide(attributes)
+
+
 def seven_b(num_layers: int = 2) -> dict:
     """Kyutai's 7B Moshiko config with fewer temporal-transformer layers (real widths)."""
     from moshi.models import loaders
@@ -98,11 +124,21 @@ def make_kyutai_lm(cfg: dict, seed: int, bf16_exact: bool = False):
     for projections and embeddings, norms around 1, LayerScale in U(0.2, 1), small biases.
     With `bf16_exact`, every weight is a bfloat16 value, so a bf16 file holds them exactly.
     """
+    import copy
+
+    from moshi.models import loaders
     from moshi.models.lm import LMModel
 
     torch.manual_seed(seed)
-    kwargs = dict(cfg)
+    kwargs = copy.deepcopy(cfg)
     kwargs.pop("depformer_causal", None)  # deprecated, as Kyutai's loader drops it
+    if "conditioners" in kwargs:  # as Kyutai's `get_moshi_lm`
+        kwargs["condition_provider"] = loaders.get_conditioner_provider(
+            kwargs["dim"], "cpu", kwargs
+        )
+        del kwargs["conditioners"]
+    if kwargs.get("fuser") is not None:
+        kwargs["fuser"] = loaders.get_condition_fuser(kwargs)
     model = LMModel(device="meta", dtype=torch.float32, **kwargs)
     model.to_empty(device="cpu")
     model.eval()
@@ -276,8 +312,8 @@ def random_codes(cfg: dict, B: int, T: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def kyutai_forward(model, codes: np.ndarray):
-    out = model(torch.from_numpy(codes))
+def kyutai_forward(model, codes: np.ndarray, condition_tensors=None):
+    out = model(torch.from_numpy(codes), condition_tensors)
     return (
         out.text_logits.float().numpy(),
         out.text_mask.numpy(),
@@ -287,7 +323,9 @@ def kyutai_forward(model, codes: np.ndarray):
 
 
 @torch.no_grad()
-def kyutai_generate(model, user: np.ndarray, steps: int) -> tuple[np.ndarray, list]:
+def kyutai_generate(
+    model, user: np.ndarray, steps: int, condition_tensors=None
+) -> tuple[np.ndarray, list]:
     """Greedy `LMGen` with our user-stream alignment: the first frame is fed twice.
 
     Args:
@@ -306,6 +344,7 @@ def kyutai_generate(model, user: np.ndarray, steps: int) -> tuple[np.ndarray, li
         temp=0.0,
         temp_text=0.0,
         on_text_hook=lambda t: texts.append(t.numpy().copy()),
+        condition_tensors=condition_tensors,
     )
     B = user.shape[0]
     dep_q = model.dep_q

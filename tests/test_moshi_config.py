@@ -65,7 +65,10 @@ def test_schedule_and_variants():
 
 
 def test_unsupported_options_are_refused():
-    with pytest.raises(NotImplementedError, match="conditioned"):
-        Lm(LmConfig.from_dict({**R.TINY, "conditioners": {"description": {"type": "lut"}}}))
+    tensor = {"speaker": {"type": "tensor", "tensor": {"dim": 8}}}
+    with pytest.raises(NotImplementedError, match="conditioner type 'tensor'"):
+        Lm(LmConfig.from_dict({**R.TINY, "conditioners": tensor, "fuser": {"sum": ["speaker"]}}))
+    with pytest.raises(NotImplementedError, match="fusing by"):
+        Lm(LmConfig.from_dict({**R.CONDITIONED, "fuser": {"cross": ["description"]}}))
     with pytest.raises(NotImplementedError, match="demux"):
         LmConfig.from_dict({**R.TINY, "demux_second_stream": True})

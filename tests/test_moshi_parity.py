@@ -108,3 +108,38 @@ def test_7b_widths_two_layers_match_kyutai(tmp_path):
     assert ours.cfg.dim == 4096 and ours.cfg.num_layers == 2 and ours.cfg.dep_q == 8
     check_forward(ours, forward, codes)
     check_generation(generate(ours, user, steps), generated, max_delay=1)
+
+
+def test_conditioned_model_matches_kyutai(tmp_path):
+    """A lookup-table condition summed to the input (Kyutai's `conditioners` + `fuser`)."""
+    cfg = R.CONDITIONED
+    reference = R.make_kyutai_lm(cfg, seed=13)
+    R.save_pytorch(reference, cfg, tmp_path)
+    ours = load_model(tmp_path)
+    assert ours.condition_names == ["description"]
+    codes = R.random_codes(cfg, B=2, T=20, seed=6)
+    values = ["good", "very_bad"]
+    expected = R.kyutai_forward(reference, codes, R.kyutai_conditions(reference, values))
+    check_forward_conditioned = ours.forward(mx.array(codes), [{"description": v} for v in values])
+    assert rel(np.array(check_forward_conditioned.text_logits), expected[0]) < 1e-4
+    assert rel(np.array(check_forward_conditioned.logits), expected[2]) < 1e-4
+    # the condition matters
+    other = np.array(ours.forward(mx.array(codes), {"description": "neutral"}).text_logits)
+    assert rel(other, expected[0]) > 1e-2
+    with pytest.raises(ValueError, match="needs conditions"):
+        ours.forward(mx.array(codes))
+
+    steps = 50
+    user = np.random.default_rng(8).integers(0, cfg["card"], (1, 3, steps))
+    generated = R.kyutai_generate(
+        reference, user, steps, R.kyutai_conditions(reference, ["very_good"])
+    )
+    gen = MoshiGenerator(
+        ours, text_temperature=0.0, audio_temperature=0.0, conditions={"description": "very_good"}
+    )
+    texts, frames = [], []
+    for s in range(steps):
+        text, frame = gen.step(mx.array(user[:, :, s]))
+        texts.append(np.array(text))
+        frames.append(None if frame is None else np.array(frame))
+    check_generation((np.stack(texts, axis=1), frames), generated, max_delay=2)
