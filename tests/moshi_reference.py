@@ -52,7 +52,7 @@ TINY = {
 # Moshi's own architecture at tiny size (delays 0/1), the only one transformers can hold.
 TINY_MOSHI = {**TINY, "card": 32, "delays": [0, 0, 1, 1, 0, 1, 1]}
 
-# The other options: a weight-sharing schedule, low-rank embeddings, LayerNorm, plain MLP,
+# The other options: a weight-sharing schedule, low-rank embeddings, LayerNorm, plain MLP, GQA,
 # sinusoidal positions, LayerScale, biases on the heads, a depth-decoder norm, and defaults
 # (absent keys) for everything else.
 VARIANT = {
@@ -62,6 +62,7 @@ VARIANT = {
     "dep_q": 4,
     "card": 24,
     "num_heads": 4,
+    "kv_repeat": 2,  # grouped keys and values (as Hibiki)
     "num_layers": 2,
     "hidden_scale": 2,
     "context": 10,
