@@ -128,6 +128,33 @@ def _train_tokenizer(prefix: Path, vocab_size: int) -> None:
     )
 
 
+QUANTIZATION = {8: 64, 4: 32}  # bits -> group size of Kyutai's q8 and q4 files
+
+
+def save_random_lm(
+    cfg: LmConfig, folder: str | Path, seed: int = 0, quantize_bits: int | None = None
+) -> Path:
+    """Write random weights for `cfg` in Kyutai's MLX layout (bf16, or q8 / q4) and return the
+    file. One tensor is computed at a time, so even the 7B model never sits in full precision
+    in memory; `config.json` is left to the caller.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(seed)
+    lm = Lm(cfg)  # lazy random weights: nothing is computed yet
+    name = "model.safetensors"
+    if quantize_bits is not None:
+        nn.quantize(lm, group_size=QUANTIZATION[quantize_bits], bits=quantize_bits)
+        name = f"model.q{quantize_bits}.safetensors"
+    tensors = {}
+    for key, value in tree_flatten(lm.parameters()):
+        value = value if value.dtype == mx.uint32 else value.astype(mx.bfloat16)
+        mx.eval(value)  # this tensor only: its float32 source is freed right away
+        tensors[key] = value
+    mx.save_safetensors(str(folder / name), tensors)
+    return folder / name
+
+
 def make_tiny_checkpoint(
     folder: str | Path, seed: int = 0, quantize_bits: int | None = None
 ) -> Path:
@@ -140,20 +167,7 @@ def make_tiny_checkpoint(
             `model.q8.safetensors` (group 64) / `model.q4.safetensors` (group 32).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.random.seed(seed)
-    lm = Lm(LmConfig.from_dict(TINY_LM))
-    moshi_name = "model.safetensors"
-    if quantize_bits is not None:
-        group_size = {8: 64, 4: 32}[quantize_bits]
-        nn.quantize(lm, group_size=group_size, bits=quantize_bits)
-        moshi_name = f"model.q{quantize_bits}.safetensors"
-    params = {
-        k: v if v.dtype == mx.uint32 else v.astype(mx.bfloat16)
-        for k, v in tree_flatten(lm.parameters())
-    }
-    mx.save_safetensors(str(folder / moshi_name), params)
-
+    moshi_name = save_random_lm(LmConfig.from_dict(TINY_LM), folder, seed, quantize_bits).name
     mimi = _random_mimi(seed + 1)
     save_mimi_kyutai(mimi, folder / KYUTAI_FILE)
     (folder / "mimi_config.json").write_text(json.dumps(mimi.cfg.to_dict(), indent=2))

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 MODES = ("fp32", "bf16", "q8", "q4")
-QUANT = {"q8": (64, 8), "q4": (32, 4)}
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "q8": 1.0 + 4 / 64, "q4": 0.5 + 4 / 32}
 
 
@@ -62,32 +61,15 @@ def _num_params(cfg) -> int:
 
 def _checkpoint(cfg, mode: str, workdir: Path) -> Path:
     """Write (once) random weights for `mode` in Kyutai's MLX layout, one tensor at a time."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
-
-    from moshi_mlx import Lm
+    from moshi_mlx.tiny import save_random_lm
 
     precision = "q8" if mode == "q8" else "q4" if mode == "q4" else "bf16"
     folder = workdir / f"moshi-{cfg.num_layers}l-{precision}"
-    name = {"q8": "model.q8.safetensors", "q4": "model.q4.safetensors"}.get(precision)
-    name = name or "model.safetensors"
-    if (folder / name).is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.random.seed(0)
-    model = Lm(cfg)  # lazy random weights
-    if precision in QUANT:
-        group_size, bits = QUANT[precision]
-        nn.quantize(model, group_size=group_size, bits=bits)
-    tensors = {}
-    for key, value in tree_flatten(model.parameters()):
-        value = value if value.dtype == mx.uint32 else value.astype(mx.bfloat16)
-        mx.eval(value)  # this tensor only: its float32 source is freed right away
-        tensors[key] = value
-    mx.save_safetensors(str(folder / name), tensors)
-    config = {**cfg.to_dict(), "moshi_name": name}
-    (folder / "config.json").write_text(json.dumps(config))
+    bits = {"q8": 8, "q4": 4}.get(precision)
+    if not (folder / "config.json").is_file():
+        weights = save_random_lm(cfg, folder, seed=0, quantize_bits=bits)
+        config = {**cfg.to_dict(), "moshi_name": weights.name}
+        (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 

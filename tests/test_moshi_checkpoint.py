@@ -3,15 +3,17 @@ writes), by folder, file and hub repo id; the chat bundle; the text tokenizer's 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import huggingface_hub.constants as hub_constants
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from mimi_mlx import Mimi
-from moshi_mlx import CheckpointError, LmConfig, MoshiGenerator, load_checkpoint, load_model
+from moshi_mlx import CheckpointError, Lm, LmConfig, MoshiGenerator, load_checkpoint, load_model
 from moshi_mlx.checkpoint import config_from, resolve
 from moshi_mlx.tiny import make_tiny_checkpoint
 
@@ -85,3 +87,26 @@ def test_tokenizer_display_rules(tiny):
     assert tok.piece(512) is None  # the text start token is not a piece
     pieces = "".join(p for p in (tok.piece(i) for i in ids) if p)
     assert pieces.strip() == "hello how are you" and "▁" not in pieces
+
+
+def test_quantized_load_never_holds_full_precision(tmp_path):
+    """Loading a q4 file swaps quantized layers in before any weight is computed: the peak is
+    about the file's size, far below the model in float32."""
+    from moshi_mlx.tiny import TINY_LM, save_random_lm
+
+    cfg = LmConfig.from_dict(
+        {**TINY_LM, "dim": 1024, "num_heads": 8, "num_layers": 4, "text_card": 32000,
+         "depformer_dim": 512, "depformer_dim_feedforward": 1536}
+    )  # fmt: skip
+    weights = save_random_lm(cfg, tmp_path, quantize_bits=4)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    float32_bytes = 4 * sum(v.size for _, v in tree_flatten(Lm(cfg).parameters()))
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    base = mx.get_active_memory()
+    model = load_model(tmp_path)
+    peak = mx.get_peak_memory() - base
+    file_bytes = weights.stat().st_size
+    assert float32_bytes > 6 * file_bytes  # 4 bits and small scales
+    assert peak < 1.5 * file_bytes, (peak / 1e6, file_bytes / 1e6)
+    assert model.transformer.layers[0].gating.linear_in.bits == 4
