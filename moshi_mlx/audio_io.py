@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from .jitter import JitterBuffer
 from .pipeline import FRAME_SIZE, SAMPLE_RATE
 
 FADE_SECONDS = 0.005  # ramp to and from silence around an underrun
 INPUT_QUEUE_BLOCKS = 50  # 4 s of audio waiting for the model at most
-PLAYED_LOG_BLOCKS = 250  # played blocks kept for a recorder between two drains (20 s)
 
 
 class AudioDeviceError(RuntimeError):
@@ -244,50 +244,20 @@ class InputCapture:
 
 
 class OutputPlayer:
-    """An output stream playing from a jitter buffer of NumPy chunks.
-
-    Playback starts once `prefill` samples are buffered. When the buffer runs dry, the last
-    sample ramps to zero over `FADE_SECONDS` and the next audio fades in over the same time.
+    """An output stream whose callback plays from a `JitterBuffer`.
 
     Args:
         sd: the sounddevice module.
         device: the output device.
-        prefill: samples buffered before playback starts (the jitter buffer's depth).
-        capacity: samples the buffer holds at most; `push` drops audio beyond it.
-        log_played: keep a copy of every played block for `drain_played` (recording).
+        buffer: the jitter buffer, at the device's rate.
+        latency: PortAudio's suggested latency ("low", "high" or seconds).
     """
 
-    def __init__(
-        self,
-        sd,
-        device: DeviceChoice,
-        prefill: int,
-        capacity: int,
-        log_played: bool = False,
-        latency="low",
-    ):
+    def __init__(self, sd, device: DeviceChoice, buffer: JitterBuffer, latency="low"):
         self.device = device
-        self.prefill = prefill
-        self.capacity = capacity
-        self.chunks: deque[np.ndarray] = deque()
-        self.produced = 0  # samples pushed (written by the caller's thread only)
-        self.consumed = 0  # samples played from the buffer (written by the callback only)
-        self.dropped = 0  # samples refused by push because the buffer was full
-        self.max_buffered = 0
-        self.started = False
-        self.underruns = 0  # callbacks that ran out of audio after playback started
-        self.silent_samples = 0  # samples of silence played after playback started
+        self.buffer = buffer
         self.status_errors = 0  # callbacks PortAudio flagged (underflow)
         self.pace = CallbackPace()  # from the first callback that plays audio
-        self.played: deque[tuple[int, np.ndarray]] | None = (
-            deque(maxlen=PLAYED_LOG_BLOCKS) if log_played else None
-        )
-        self._played_seq = 0
-        self._offset = 0  # samples of chunks[0] already played
-        self._last = 0.0  # the last sample played
-        self._fade_in = False
-        self._fade = max(1, round(FADE_SECONDS * device.rate))
-        self._ramp_up = np.linspace(0.0, 1.0, self._fade + 2, dtype=np.float32)[1:-1]
         self._mono = np.zeros(device.blocksize, np.float32)
         self.stream = sd.OutputStream(
             device=device.index,
@@ -299,70 +269,17 @@ class OutputPlayer:
             callback=self._callback,
         )
 
-    @property
-    def buffered(self) -> int:
-        """Samples waiting in the jitter buffer."""
-        return self.produced - self.consumed
-
-    def push(self, audio: np.ndarray) -> bool:
-        """Queue audio (n,) at the device's rate; False (and counted) if the buffer is full."""
-        if self.buffered + len(audio) > self.capacity:
-            self.dropped += len(audio)
-            return False
-        self.chunks.append(audio)
-        self.produced += len(audio)
-        self.max_buffered = max(self.max_buffered, self.buffered)
-        return True
-
-    def drain_played(self) -> list[tuple[int, np.ndarray]]:
-        """The blocks played since the last call, as (sequence number, samples)."""
-        out = []
-        while self.played:
-            out.append(self.played.popleft())
-        return out
-
     def _callback(self, outdata, frames, time_info, status) -> None:
-        if self.started or self.underruns:  # the pace of playback, not of the idle start
+        if self.buffer.ever_started:  # the pace of playback, not of the idle start
             self.pace.tick()
         if status:
             self.status_errors += 1
-        out = outdata[:, 0] if outdata.shape[1] == 1 else self._mono[:frames]
-        n = 0
-        if not self.started and self.buffered >= self.prefill:
-            self.started = True  # (again, after an underrun: the jitter margin is back)
-        if self.started:
-            while n < frames and self.chunks:
-                chunk = self.chunks[0]
-                take = min(frames - n, len(chunk) - self._offset)
-                out[n : n + take] = chunk[self._offset : self._offset + take]
-                n += take
-                self._offset += take
-                if self._offset == len(chunk):
-                    self.chunks.popleft()
-                    self._offset = 0
-            self.consumed += n
-        if self._fade_in and n:
-            m = min(n, self._fade)
-            out[:m] *= self._ramp_up[:m]
-            self._fade_in = False
-        if n < frames:
-            if self.started:
-                self.underruns += 1
-                self.silent_samples += frames - n
-                self._fade_in = True
-                self.started = False  # refill the jitter buffer before playing on
-            elif self.underruns:
-                self.silent_samples += frames - n
-            last = out[n - 1] if n else self._last
-            m = min(frames - n, self._fade)
-            out[n : n + m] = np.linspace(last, 0.0, m + 1, dtype=np.float32)[1:]
-            out[n + m :] = 0.0
-        self._last = float(out[frames - 1])
-        if outdata.shape[1] > 1:
+        if outdata.shape[1] == 1:
+            self.buffer.fill(outdata[:, 0])
+        else:
+            out = self._mono[:frames]
+            self.buffer.fill(out)
             outdata[:] = out[:, None]
-        if self.played is not None:
-            self.played.append((self._played_seq, out.copy()))
-            self._played_seq += 1
 
 
 class AudioIO:
@@ -374,7 +291,8 @@ class AudioIO:
     Args:
         input_device, output_device: from `choose_device`.
         prefill_frames: output frames buffered before playback starts (jitter buffer).
-        capacity_frames: output frames the jitter buffer holds at most.
+        capacity_frames: output frames the jitter buffer holds at most (then it skips back to
+            `prefill_frames`).
         log_played: keep what the speaker played for `drain_played`.
         latency: PortAudio's suggested latency for both streams ("low", "high" or seconds).
     """
@@ -384,23 +302,22 @@ class AudioIO:
         input_device: DeviceChoice,
         output_device: DeviceChoice,
         prefill_frames: int = 2,
-        capacity_frames: int = 8,
+        capacity_frames: int = 4,
         log_played: bool = False,
         latency: str | float = "low",
     ):
         sd = load_sounddevice()
         self.input_device, self.output_device = input_device, output_device
         block = output_device.blocksize
+        self.buffer = JitterBuffer(
+            prefill_frames * block,
+            capacity_frames * block,
+            round(FADE_SECONDS * output_device.rate),
+            log_played,
+        )
         self.capture = InputCapture(sd, input_device, latency=latency)
         try:
-            self.player = OutputPlayer(
-                sd,
-                output_device,
-                prefill_frames * block,
-                capacity_frames * block,
-                log_played,
-                latency,
-            )
+            self.player = OutputPlayer(sd, output_device, self.buffer, latency)
         except BaseException:
             self.capture.stream.close()
             raise
@@ -460,16 +377,16 @@ class AudioIO:
         self.dropped_frames += n
         return n
 
-    def play(self, frame: np.ndarray) -> bool:
-        """Queue a 24 kHz frame for the speaker; False if the jitter buffer was full."""
+    def play(self, frame: np.ndarray) -> None:
+        """Queue a 24 kHz frame for the speaker."""
         audio = np.asarray(frame, np.float32)
         if self._out_resampler is not None:
             audio = self._out_resampler.resample_chunk(audio)
-        return self.player.push(audio)
+        self.buffer.push(audio)
 
     def drain_played(self) -> list[tuple[int, np.ndarray]]:
         """Blocks the speaker played since the last call (with `log_played`)."""
-        return self.player.drain_played()
+        return self.buffer.drain_played()
 
     def stats(self) -> dict:
         """Counters of both streams (queue depths in 80 ms frames)."""
@@ -491,12 +408,13 @@ class AudioIO:
                 "device": self.output_device.name,
                 "rate": self.output_device.rate,
                 **self.player.pace.to_dict(),
-                "buffered_frames": round(self.player.buffered / block_out, 2),
-                "max_buffered_frames": round(self.player.max_buffered / block_out, 2),
-                "capacity_frames": round(self.player.capacity / block_out, 2),
-                "underruns": self.player.underruns,
-                "silence_ms": round(1000 * self.player.silent_samples / self.output_device.rate),
-                "dropped_ms": round(1000 * self.player.dropped / self.output_device.rate),
+                "buffered_frames": round(self.buffer.buffered / block_out, 2),
+                "max_buffered_frames": round(self.buffer.max_buffered / block_out, 2),
+                "capacity_frames": round(self.buffer.capacity / block_out, 2),
+                "underruns": self.buffer.underruns,
+                "silence_ms": round(1000 * self.buffer.silent_samples / self.output_device.rate),
+                "latency_trims": self.buffer.trims,
+                "trimmed_ms": round(1000 * self.buffer.skip_requested / self.output_device.rate),
                 "status_errors": self.player.status_errors,
             },
             "input_block": block_in,

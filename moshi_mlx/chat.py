@@ -376,6 +376,7 @@ def _summary_text(s: dict) -> str:
         f"{i['skipped_frames']} frames skipped to catch up, {i['overflow_blocks']} lost to a "
         "full queue",
         f"output: {o['underruns']} underruns ({o['silence_ms']} ms of silence), "
+        f"{o['latency_trims']} latency cuts ({o['trimmed_ms']} ms skipped), "
         f"max buffer {o['max_buffered_frames']:.1f} frames",
     ]
     if "recording" in s:

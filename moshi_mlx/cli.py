@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
+PREFILL_FRAMES = 2  # the speaker's jitter buffer: 160 ms
 VOICES = {"moshiko": "kyutai/moshiko-mlx-q4", "moshika": "kyutai/moshika-mlx-q4"}
 
 EXAMPLES = """\
@@ -175,7 +176,8 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         type=_positive_int,
         default=240,
         metavar="MS",
-        help="input allowed to wait for a slow model before the oldest frames are skipped "
+        help="how far the conversation may fall behind (input waiting for a slow model, or "
+        "Moshi's audio beyond the 160 ms jitter buffer) before the oldest audio is skipped "
         "(default 240 ms)",
     )
     session.add_argument("--duration", type=_non_negative, metavar="S", help="stop after S seconds")
@@ -311,14 +313,21 @@ def _chat(args: argparse.Namespace) -> None:
     source = source_of(args)
     pipeline = _pipeline(args, load(source))
     pipeline.warmup()
+    max_lag_frames = max(1, round(args.max_lag / 80))
     options = ChatOptions(
         record=args.record,
         stats=args.stats,
         duration=args.duration,
-        max_lag_frames=max(1, round(args.max_lag / 80)),
+        max_lag_frames=max_lag_frames,
         show_text=not args.quiet,
     )
-    audio = AudioIO(input_device, output_device, log_played=args.record is not None)
+    audio = AudioIO(
+        input_device,
+        output_device,
+        prefill_frames=PREFILL_FRAMES,
+        capacity_frames=PREFILL_FRAMES + max_lag_frames,
+        log_played=args.record is not None,
+    )
     run_chat(pipeline, audio, options, {"checkpoint": source})
 
 

@@ -61,7 +61,7 @@ class PulseServer:
             "set-default-source mic.monitor\n"
         )
         self.daemon = subprocess.Popen(
-            ["pulseaudio", "-n", "-F", str(config), "--daemonize=no", "--exit-idle-time=-1"]
+            ["pulseaudio", "-n", "-F", str(config), "--daemonize=no", "--exit-idle-time=10"]
             + ["--system=false", "--disallow-exit=no", f"--log-target=file:{self.log}"],
             env=self.env,
             stdin=subprocess.DEVNULL,

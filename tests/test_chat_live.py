@@ -181,7 +181,7 @@ def test_callbacks_kept_real_time_pace_and_no_frame_was_lost(live):
     assert i["callbacks"] == s["steps"] + s["frames_waiting_at_exit"]
     assert len(read(live.folder / "user.wav")) == s["steps"] * FRAME
     # every frame Moshi made reached the speaker
-    assert o["dropped_ms"] == 0 and s["played_blocks_lost"] == 0
+    assert o["latency_trims"] == 0 and s["played_blocks_lost"] == 0
     assert o["underruns"] <= 2  # (a loaded machine may stall a step now and then)
     moshi, played = read(live.folder / "moshi.wav"), read(live.folder / "played.wav")
     if o["underruns"] == 0:  # then the speaker got Moshi's frames back to back
@@ -212,7 +212,7 @@ def test_a_model_slower_than_real_time_skips_frames_says_so_and_stays_bounded(
     assert i["skipped_frames"] > 0.2 * s["steps"]  # it caught up by skipping input
     assert "lagging: skipped" in r.stderr and "input frame(s)" in r.stderr
     assert i["max_queue_blocks"] <= 5 and i["overflow_blocks"] == 0  # bounded queues
-    assert o["max_buffered_frames"] <= o["capacity_frames"] and o["dropped_ms"] == 0
+    assert o["max_buffered_frames"] <= o["capacity_frames"]
     assert o["underruns"] > 0 and o["silence_ms"] > 0  # silence, not a growing delay
     assert i["callbacks"] == s["steps"] + i["skipped_frames"] + s["frames_waiting_at_exit"]
     assert_fades_around_silences(read(folder / "played.wav"))
