@@ -84,6 +84,21 @@ VARIANT = {
 }
 
 
+# Kyutai's `LMModel` defaults for every absent key: one shared depth-decoder weight set and
+# input projection, sinusoidal positions in both transformers, LayerNorm, plain GELU MLPs.
+DEFAULTS = {
+    "dim": 32,
+    "num_heads": 4,
+    "num_layers": 2,
+    "n_q": 4,
+    "dep_q": 2,
+    "card": 20,
+    "text_card": 25,
+    "context": 8,
+    "depformer_num_heads": 2,  # Kyutai's depth decoder has no default head count
+    "delays": [0, 0, 1, 0, 1],
+}
+
 # A conditioned model (as Kyutai's moshi_dev_2b): a lookup-table "description" summed to the input.
 CONDITIONED = {
     **TINY,
