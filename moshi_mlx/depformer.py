@@ -77,18 +77,21 @@ class DepFormer(nn.Module):
         """Generate the audio tokens of one time step.
 
         Args:
-            transformer_out: (B, 1, dim) temporal transformer output for this step.
+            transformer_out: (R, 1, dim) temporal transformer output for this step, R = B, or
+                2 B with classifier-free guidance (conditioned rows, then unconditioned).
             text_token: (B,) the text token sampled for this step.
-            sample_fn: (B, card) logits -> (B,) tokens.
+            sample_fn: (R, card) logits -> (B,) tokens.
 
         Returns:
             (B, dep_q) int32 tokens.
         """
         caches = self._caches()
+        rows = transformer_out.shape[0]
         token = text_token
         tokens = []
         for part in self.slices:
-            x = part.linear_in(transformer_out) + part.emb(token[:, None]).astype(
+            token_in = mx.tile(token, rows // token.shape[0])  # the same token for both halves
+            x = part.linear_in(transformer_out) + part.emb(token_in[:, None]).astype(
                 transformer_out.dtype
             )
             y = part.transformer.step(x, caches=caches)  # (B, 1, depformer_dim)

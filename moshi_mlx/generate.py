@@ -37,6 +37,9 @@ class MoshiGenerator:
         batch_size: number of independent streams.
         conditions: for conditioned models (Kyutai's `conditioners` + `fuser` config keys),
             {name: value}, e.g. {"description": "very_good"}, or one dict a batch row.
+        cfg_coef: classifier-free guidance (1: none); logits become
+            `null + cfg_coef * (conditioned - null)`, the null ones computed with
+            `cfg_conditions` (default: no value, Kyutai's learnt padding).
 
     A temperature of 0 means greedy decoding.
     """
@@ -53,6 +56,8 @@ class MoshiGenerator:
         seed: int | None = None,
         batch_size: int = 1,
         conditions: dict | list[dict] | None = None,
+        cfg_coef: float = 1.0,
+        cfg_conditions: dict | list[dict] | None = None,
     ):
         self.model = model
         self.cfg = model.cfg
@@ -63,7 +68,17 @@ class MoshiGenerator:
         cfg = self.cfg
         self._gen_delays = cfg.delays[1 : 1 + cfg.dep_q]
         self._user_delays = cfg.delays[1 + cfg.dep_q :]
-        self._condition = model.condition(conditions, batch_size)
+        self.cfg_coef = cfg_coef
+        if cfg_coef != 1.0:  # classifier-free guidance: a second, unconditioned half-batch
+            rows = [conditions] * batch_size if isinstance(conditions, dict) else conditions
+            null = cfg_conditions
+            null = [null] * batch_size if isinstance(null, dict) or null is None else null
+            if rows is None or len(null) != batch_size:
+                raise ValueError("classifier-free guidance needs conditions and cfg_conditions")
+            null = [n if n is not None else dict.fromkeys(rows[0]) for n in null]
+            self._condition = model.condition(list(rows) + list(null), 2 * batch_size)
+        else:
+            self._condition = model.condition(conditions, batch_size)
         self.reset()
 
     @property
@@ -114,6 +129,13 @@ class MoshiGenerator:
                 columns.append(mx.full((B,), initial[1 + self.cfg.dep_q + j]))
         return mx.stack(columns, axis=1).astype(mx.int32)[:, :, None]
 
+    def _guided(self, logits: mx.array) -> mx.array:
+        """Classifier-free guidance: (2 B, V) -> null + coef * (conditioned - null)."""
+        if self.cfg_coef == 1.0:
+            return logits
+        conditioned, null = mx.split(logits, 2, axis=0)
+        return null + (conditioned - null) * self.cfg_coef
+
     def step(self, user_codes) -> tuple[mx.array, mx.array | None]:
         """Advance one 80 ms step.
 
@@ -131,10 +153,12 @@ class MoshiGenerator:
         """
         self._user = (self._user + [self._user_frame(user_codes)])[-(self.max_delay + 2) :]
         tokens = self._inputs()
+        if self.cfg_coef != 1.0:
+            tokens = mx.concatenate([tokens, tokens], axis=0)
         out, text_logits = self.model.step(tokens, self._condition)
-        text = self.text_sampler(text_logits[:, 0], self.rng)
+        text = self.text_sampler(self._guided(text_logits[:, 0]), self.rng)
         audio = self.model.depformer.sample(
-            out, text, lambda logits: self.audio_sampler(logits, self.rng)
+            out, text, lambda logits: self.audio_sampler(self._guided(logits), self.rng)
         )
         self._text = text
         self._audio = (self._audio + [audio])[-(self.max_delay + 1) :]

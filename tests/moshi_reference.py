@@ -340,7 +340,7 @@ def kyutai_forward(model, codes: np.ndarray, condition_tensors=None):
 
 @torch.no_grad()
 def kyutai_generate(
-    model, user: np.ndarray, steps: int, condition_tensors=None
+    model, user: np.ndarray, steps: int, condition_tensors=None, cfg_coef: float = 1.0
 ) -> tuple[np.ndarray, list]:
     """Greedy `LMGen` with our user-stream alignment: the first frame is fed twice.
 
@@ -361,6 +361,7 @@ def kyutai_generate(
         temp_text=0.0,
         on_text_hook=lambda t: texts.append(t.numpy().copy()),
         condition_tensors=condition_tensors,
+        cfg_coef=cfg_coef,
     )
     B = user.shape[0]
     dep_q = model.dep_q

@@ -139,9 +139,25 @@ def test_conditioned_model_matches_kyutai(tmp_path):
     gen = MoshiGenerator(
         ours, text_temperature=0.0, audio_temperature=0.0, conditions={"description": "very_good"}
     )
+    check_generation(run(gen, user), generated, max_delay=2)
+
+    # classifier-free guidance against "very_bad", as Kyutai's Hibiki inference
+    guided_reference = R.kyutai_generate(
+        reference, user, steps, R.kyutai_conditions(reference, ["very_good", "very_bad"]), 2.5
+    )
+    guided = MoshiGenerator(
+        ours, text_temperature=0.0, audio_temperature=0.0, conditions={"description": "very_good"},
+        cfg_coef=2.5, cfg_conditions={"description": "very_bad"},
+    )  # fmt: skip
+    guided_texts = run(guided, user)
+    check_generation(guided_texts, guided_reference, max_delay=2)
+    assert not np.array_equal(guided_texts[0], generated[0])
+
+
+def run(gen, user: np.ndarray):
     texts, frames = [], []
-    for s in range(steps):
+    for s in range(user.shape[-1]):
         text, frame = gen.step(mx.array(user[:, :, s]))
         texts.append(np.array(text))
         frames.append(None if frame is None else np.array(frame))
-    check_generation((np.stack(texts, axis=1), frames), generated, max_delay=2)
+    return np.stack(texts, axis=1), frames
