@@ -165,11 +165,18 @@ def _supports(sd, device: dict, rate: int, channels: int = 1, kind: str | None =
 
 
 class CallbackPace:
-    """When a stream's callbacks came: count, mean and median interval, longest gap."""
+    """When a stream's callbacks came: count, mean and median interval, longest gap, and how
+    many came late (more than half a period after the one before).
+
+    Args:
+        period: the expected interval (the block's duration), in seconds.
+    """
 
     RING = 1024  # the last callback times kept (preallocated: the callback never allocates)
 
-    def __init__(self):
+    def __init__(self, period: float):
+        self.period = period
+        self.late = 0
         self.count = 0
         self.first = 0.0
         self.last = 0.0
@@ -179,7 +186,10 @@ class CallbackPace:
     def tick(self) -> None:
         now = time.perf_counter()
         if self.count:
-            self.max_gap = max(self.max_gap, now - self.last)
+            gap = now - self.last
+            self.max_gap = max(self.max_gap, gap)
+            if gap > 1.5 * self.period:
+                self.late += 1
         else:
             self.first = now
         self.last = now
@@ -205,6 +215,7 @@ class CallbackPace:
             "mean_interval_ms": round(1000 * self.mean_interval, 3),
             "median_interval_ms": round(1000 * self.median_interval, 3),
             "max_gap_ms": round(1000 * self.max_gap, 3),
+            "late_callbacks": self.late,
         }
 
 
@@ -218,7 +229,7 @@ class InputCapture:
         self.dropped = 0  # blocks dropped because the queue was full
         self.max_depth = 0
         self.status_errors = 0  # callbacks PortAudio flagged (overflow)
-        self.pace = CallbackPace()
+        self.pace = CallbackPace(device.blocksize / device.rate)
         self.stream = sd.InputStream(
             device=device.index,
             samplerate=device.rate,
@@ -257,7 +268,9 @@ class OutputPlayer:
         self.device = device
         self.buffer = buffer
         self.status_errors = 0  # callbacks PortAudio flagged (underflow)
-        self.pace = CallbackPace()  # from the first callback that plays audio
+        self.pace = CallbackPace(
+            device.blocksize / device.rate
+        )  # from the first callback that plays audio
         self._mono = np.zeros(device.blocksize, np.float32)
         self.stream = sd.OutputStream(
             device=device.index,

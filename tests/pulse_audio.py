@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,24 +138,41 @@ class PulseServer:
                 self.daemon.wait(timeout=5)
 
 
+_server: PulseServer | None = None  # one daemon per test session, whichever module asks first
+
+
 @pytest.fixture(scope="session")
 def pulse(tmp_path_factory):
-    """A running PulseAudio daemon with virtual speaker and microphone (skipped without one)."""
+    """A running PulseAudio daemon with virtual speaker and microphone (skipped without one).
+
+    Test modules import this fixture, which pytest then treats as one fixture per module: the
+    daemon is shared through `_server`, and stopped by the instance that started it.
+    """
+    global _server
     missing = missing_tools()
     if missing:
         pytest.skip(
             f"PulseAudio or PortAudio is not installed (no {', '.join(missing)}): "
             f"apt-get install {PACKAGES}"
         )
+    if _server is not None:
+        yield _server
+        return
     # a short socket path: unix sockets are limited to about 100 characters
-    root = Path(f"/tmp/moshi-pulse-{os.getpid()}")
-    shutil.rmtree(root, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix="moshi-pulse-", dir="/tmp"))
     log = tmp_path_factory.mktemp("pulse") / "pulseaudio.log"
-    server = PulseServer(root, log).start()
+    server = PulseServer(root, log)
     try:
-        yield server
-    finally:
+        server.start()
+    except BaseException:
         server.stop()
+        raise
+    _server = server
+    try:
+        yield _server
+    finally:
+        _server.stop()
+        _server = None
         shutil.rmtree(root, ignore_errors=True)
 
 
