@@ -165,8 +165,9 @@ def _supports(sd, device: dict, rate: int, channels: int = 1, kind: str | None =
 
 
 class CallbackPace:
-    """When a stream's callbacks came: count, mean and median interval, longest gap, and how
-    many came late (more than half a period after the one before).
+    """When a stream's callbacks came: count, mean and median interval, longest gap, and stalls
+    (a callback more than 2.5 periods after the one before: hosts often deliver two blocks at
+    once, which is not a stall).
 
     Args:
         period: the expected interval (the block's duration), in seconds.
@@ -176,7 +177,7 @@ class CallbackPace:
 
     def __init__(self, period: float):
         self.period = period
-        self.late = 0
+        self.stalls = 0
         self.count = 0
         self.first = 0.0
         self.last = 0.0
@@ -188,8 +189,8 @@ class CallbackPace:
         if self.count:
             gap = now - self.last
             self.max_gap = max(self.max_gap, gap)
-            if gap > 1.5 * self.period:
-                self.late += 1
+            if gap > 2.5 * self.period:
+                self.stalls += 1
         else:
             self.first = now
         self.last = now
@@ -215,7 +216,7 @@ class CallbackPace:
             "mean_interval_ms": round(1000 * self.mean_interval, 3),
             "median_interval_ms": round(1000 * self.median_interval, 3),
             "max_gap_ms": round(1000 * self.max_gap, 3),
-            "late_callbacks": self.late,
+            "stalls": self.stalls,
         }
 
 

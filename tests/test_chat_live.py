@@ -175,7 +175,7 @@ def test_callbacks_kept_real_time_pace_and_no_frame_was_lost(live):
     for pace in (i, o):  # one 80 ms block per callback; a loaded machine may delay a few
         assert abs(pace["median_interval_ms"] - 80) < 0.5
         assert abs(pace["mean_interval_ms"] - 80) < 2.5
-        assert pace["late_callbacks"] <= 3 and pace["max_gap_ms"] < 1000
+        assert pace["stalls"] <= 2 and pace["max_gap_ms"] < 1000
     assert i["status_errors"] == 0 and o["status_errors"] == 0
     # every captured frame went through the model, in order
     assert i["skipped_frames"] == 0 and i["overflow_blocks"] == 0
