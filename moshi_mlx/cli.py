@@ -290,8 +290,12 @@ def load(source: str):
         raise
 
 
-def _pipeline(args: argparse.Namespace, ckpt):
+def _pipeline(args: argparse.Namespace, source: str):
     from .pipeline import Pipeline
+
+    if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
+        print(f"loading {source} ...", file=sys.stderr, flush=True)
+    ckpt = load(source)
 
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)
@@ -311,7 +315,7 @@ def _chat(args: argparse.Namespace) -> None:
     if args.record is not None:
         check_record_dir(args.record, args.force)
     source = source_of(args)
-    pipeline = _pipeline(args, load(source))
+    pipeline = _pipeline(args, source)
     pipeline.warmup()
     max_lag_frames = max(1, round(args.max_lag / 80))
     options = ChatOptions(
@@ -348,7 +352,7 @@ def _run(args: argparse.Namespace) -> None:
     for path in outputs:
         check_output(path, args.force)
     source = source_of(args)
-    pipeline = _pipeline(args, load(source))
+    pipeline = _pipeline(args, source)
     result = run_file(
         pipeline,
         args.input,
