@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 2)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
-    from .audio_io import AudioDeviceError
+    from .devices import AudioDeviceError
 
     try:
         if args.command == "chat":
@@ -303,8 +303,9 @@ def _pipeline(args: argparse.Namespace, source: str):
 
 
 def _chat(args: argparse.Namespace) -> None:
-    from .audio_io import AudioIO, choose_device, list_devices
+    from .audio_io import AudioIO
     from .chat import ChatOptions, check_record_dir, run_chat
+    from .devices import choose_device, list_devices
 
     if args.list_devices:
         print(list_devices())
