@@ -3,12 +3,20 @@
 Both models hold the same random weights (the reference's initialisation, saved in Kyutai's
 layout and read by our loader). Reported: batch encode and decode of 10 s, and streaming
 `encode_step` + `decode_step` per 80 ms frame (median over many frames).
+
+Each implementation runs in its own child process of this one run, so each gets its own BLAS:
+MLX with the BLAS its wheel bundles, MLX with Debian's OpenBLAS preloaded (Linux, when
+installed), and PyTorch with its own (preloading OpenBLAS into PyTorch slows it down).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 FRAME = 1920
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -40,7 +49,8 @@ def _stream_ms(encode_step, decode_step, audio: np.ndarray, frames: int) -> tupl
     """Median ms per frame of encode_step and of decode_step, after 5 warm-up frames."""
     enc, dec = [], []
     for i in range(frames + 5):
-        frame = audio[..., (i * FRAME) % (audio.shape[-1] - FRAME) :][..., :FRAME]
+        start = (i * FRAME) % (audio.shape[-1] - FRAME)
+        frame = audio[..., start : start + FRAME]
         t0 = time.perf_counter()
         codes = encode_step(frame)
         t1 = time.perf_counter()
@@ -52,94 +62,120 @@ def _stream_ms(encode_step, decode_step, audio: np.ndarray, frames: int) -> tupl
     return 1e3 * statistics.median(enc), 1e3 * statistics.median(dec)
 
 
-def run(args: argparse.Namespace) -> int:
+def _measure_ours(folder: Path, audio: np.ndarray, n_q: int, frames: int) -> dict:
     import mlx.core as mx
+
+    from mimi_mlx import load_mimi
+
+    mimi = load_mimi(folder)
+    codes = np.array(mimi.encode(audio, num_quantizers=n_q))
+
+    def enc_step(frame):
+        c = mimi.encode_step(frame, num_quantizers=n_q)
+        mx.eval(c)
+        return c
+
+    encode = _timed(lambda: mx.eval(mimi.encode(audio, num_quantizers=n_q)))
+    decode = _timed(lambda: mx.eval(mimi.decode(codes)))
+    step = _stream_ms(enc_step, lambda c: mx.eval(mimi.decode_step(c)), audio, frames)
+    return {"encode": encode, "decode": decode, "enc_step": step[0], "dec_step": step[1]}
+
+
+def _measure_torch(folder: Path, audio: np.ndarray, n_q: int, frames: int) -> dict:
+    import torch
+    from moshi.models import loaders
+
+    mimi = loaders.get_mimi(str(folder / "tokenizer-e351c8d8-checkpoint125.safetensors"))
+    mimi.set_num_codebooks(n_q)
+    x = torch.from_numpy(audio)
+    with torch.no_grad():
+        codes = mimi.encode(x)
+        encode = _timed(lambda: mimi.encode(x))
+        decode = _timed(lambda: mimi.decode(codes))
+        with mimi.streaming(1):
+            step = _stream_ms(
+                lambda f: mimi.encode(torch.from_numpy(f)), mimi.decode, audio, frames
+            )
+    return {
+        "encode": encode,
+        "decode": decode,
+        "enc_step": step[0],
+        "dec_step": step[1],
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
+    }
+
+
+def _child(kind: str, folder: Path, args: argparse.Namespace, preload: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if preload:
+        env["LD_PRELOAD"] = preload
+    cmd = [
+        sys.executable,
+        __file__,
+        kind,
+        str(folder),
+        str(args.seconds),
+        str(args.frames),
+        str(args.num_quantizers),
+    ]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _make_weights(folder: Path, n_q: int) -> None:
     import torch
     from moshi.models import loaders
     from safetensors.torch import save_file
 
-    from mimi_mlx import load_mimi
-
-    n_q = args.num_quantizers
     torch.manual_seed(0)
     ref = loaders.get_mimi(None, num_codebooks=n_q).eval()
-    tmp = Path(tempfile.mkdtemp())
-    state = {
-        k.replace("in_projs.0.weight", "in_proj_weight").replace(
-            "out_projs.0.weight", "out_proj.weight"
-        ): v.contiguous()
-        for k, v in ref.state_dict().items()
-    }
-    save_file(state, str(tmp / "tokenizer-e351c8d8-checkpoint125.safetensors"))
-    t0 = time.perf_counter()
-    ours = load_mimi(tmp)
-    load_s = time.perf_counter() - t0
+    names = {"in_projs.0.weight": "in_proj_weight", "out_projs.0.weight": "out_proj.weight"}
+    state = {}
+    for k, v in ref.state_dict().items():
+        for old, new in names.items():
+            k = k.replace(old, new)
+        state[k] = v.contiguous()
+    save_file(state, str(folder / "tokenizer-e351c8d8-checkpoint125.safetensors"))
 
+
+def _audio(seconds: float) -> np.ndarray:
     rng = np.random.default_rng(0)
-    audio = 0.1 * rng.standard_normal((1, 1, int(args.seconds * 24000) // FRAME * FRAME))
-    audio = audio.astype(np.float32)
-    codes = np.array(ours.encode(audio, num_quantizers=n_q))
+    n = int(seconds * 24000) // FRAME * FRAME
+    return (0.1 * rng.standard_normal((1, 1, n))).astype(np.float32)
 
-    rows = []
 
-    def ours_encode():
-        mx.eval(ours.encode(audio, num_quantizers=n_q))
-
-    def ours_decode():
-        mx.eval(ours.decode(codes))
-
-    def ours_enc_step(frame):
-        c = ours.encode_step(frame, num_quantizers=n_q)
-        mx.eval(c)
-        return c
-
-    def ours_dec_step(c):
-        mx.eval(ours.decode_step(c))
-
-    ours.reset()
-    rows.append(
-        (
-            "MLX (ours)",
-            _timed(ours_encode),
-            _timed(ours_decode),
-            *_stream_ms(ours_enc_step, ours_dec_step, audio, args.frames),
-        )
-    )
+def run(args: argparse.Namespace) -> int:
+    folder = Path(tempfile.mkdtemp())
+    _make_weights(folder, args.num_quantizers)
+    rows = [("MLX (ours), the wheel's BLAS", _child("ours", folder, args, None))]
+    if sys.platform == "linux" and Path(OPENBLAS).is_file():
+        rows.append(("MLX (ours), OpenBLAS preloaded", _child("ours", folder, args, OPENBLAS)))
     if not args.no_reference:
-        x = torch.from_numpy(audio)
-        tc = torch.from_numpy(codes).long()
-        with torch.no_grad():
-            enc_s = _timed(lambda: ref.encode(x))
-            dec_s = _timed(lambda: ref.decode(tc))
-            with ref.streaming(1):
-                step = _stream_ms(
-                    lambda f: ref.encode(torch.from_numpy(f)), ref.decode, audio, args.frames
-                )
-        rows.append(
-            (
-                f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)",
-                enc_s,
-                dec_s,
-                *step,
-            )
-        )
+        ref = _child("torch", folder, args, None)
+        rows.append((f"PyTorch {ref['version']} ({ref['threads']} threads)", ref))
 
-    print(f"Mimi full size, {n_q} codebooks, MLX device {mx.default_device()}, load {load_s:.2f} s")
+    n_q = args.num_quantizers
+    print(f"Mimi full size, {n_q} codebooks, {args.seconds:g} s batch, {args.frames} frames")
     print(
-        f"{'':34} {'encode ' + str(args.seconds) + ' s':>14} {'decode':>10}"
-        f" {'enc step':>10} {'dec step':>10} {'enc+dec/frame':>14}"
+        f"{'':34} {'encode':>9} {'decode':>9} {'enc step':>10} {'dec step':>10} "
+        f"{'per frame':>10} {'vs PyTorch':>10}"
     )
-    for name, enc_s, dec_s, enc_ms, dec_ms in rows:
+    base = rows[-1][1] if not args.no_reference else None
+    for name, r in rows:
+        per_frame = r["enc_step"] + r["dec_step"]
+        ratio = f"{per_frame / (base['enc_step'] + base['dec_step']):9.2f}x" if base else ""
         print(
-            f"{name:34} {enc_s * 1e3:11.0f} ms {dec_s * 1e3:7.0f} ms {enc_ms:7.1f} ms"
-            f" {dec_ms:7.1f} ms {enc_ms + dec_ms:11.1f} ms"
+            f"{name:34} {r['encode']:7.2f} s {r['decode']:7.2f} s {r['enc_step']:7.1f} ms"
+            f" {r['dec_step']:7.1f} ms {per_frame:7.1f} ms {ratio:>10}"
         )
-    if len(rows) == 2:
-        (_, a1, a2, a3, a4), (_, b1, b2, b3, b4) = rows
-        print(
-            f"{'ratio ours / PyTorch':34} {a1 / b1:13.2f}x {a2 / b2:9.2f}x {a3 / b3:9.2f}x"
-            f" {a4 / b4:9.2f}x {(a3 + a4) / (b3 + b4):13.2f}x"
-        )
-    realtime = 80.0 / (rows[0][3] + rows[0][4])
-    print(f"streaming real-time factor (ours): {realtime:.2f}x (>1 keeps up with 80 ms frames)")
+    best = min(r["enc_step"] + r["dec_step"] for name, r in rows if name.startswith("MLX"))
+    print(f"best MLX streaming: {best:.1f} ms per 80 ms frame (real-time factor {80 / best:.2f})")
     return 0
+
+
+if __name__ == "__main__":  # a child: measure one implementation, print JSON
+    kind, folder, seconds, frames, n_q = sys.argv[1:6]
+    audio = _audio(float(seconds))
+    measure = _measure_ours if kind == "ours" else _measure_torch
+    print(json.dumps(measure(Path(folder), audio, int(n_q), int(frames))))
