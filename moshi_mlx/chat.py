@@ -5,19 +5,11 @@ NumPy blocks (see `audio_io`). Per 80 ms input frame: Mimi encode -> Moshi step 
 and Moshi's frame goes to the speaker's jitter buffer. When the model falls behind real time and
 more than `max_lag_frames` input frames wait, the oldest are skipped (and reported) so latency
 and queues stay bounded. The session has no step limit; Ctrl-C ends it cleanly (a second Ctrl-C
-aborts at once), and `--record DIR` saves:
-
-- `user.wav`: the frames Moshi heard (float32, 24 kHz; skipped frames are not in it), so that
-  `moshi-mlx run DIR/user.wav OUT.wav --seed SEED` reproduces the session;
-- `moshi.wav`: Moshi's audio, one frame per step (float32, 24 kHz);
-- `played.wav`: what the speaker was sent, silences included (float32, the device's rate);
-- `transcript.txt`, `transcript.json`: the text with timestamps (see `transcript`);
-- `session.json`: settings, seed and statistics.
+aborts at once); `--record DIR` saves the session (see `recording`).
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -28,21 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_mlx.audio import AudioWriter
-from mimi_mlx.output_file import check_output, replace_on_success
-
 from .audio_io import AudioIO
-from .pipeline import FRAME_SECONDS, SAMPLE_RATE, Pipeline
+from .pipeline import FRAME_SECONDS, Pipeline
+from .recording import Recorder, finish_recording
 from .transcript import Transcript
 
-RECORD_FILES = (
-    "user.wav",
-    "moshi.wav",
-    "played.wav",
-    "transcript.txt",
-    "transcript.json",
-    "session.json",
-)
 NO_INPUT_TIMEOUT = 5.0  # seconds without a single input block before giving up
 LAG_REPORT_INTERVAL = 2.0  # seconds between two "skipped frames" notices
 POLL = 0.002  # seconds to sleep while no input frame is complete
@@ -69,47 +51,6 @@ class ChatOptions:
 
 class SessionError(RuntimeError):
     """The live session could not go on (a device stopped or went silent)."""
-
-
-def check_record_dir(folder: str | Path, force: bool = False) -> Path:
-    """Create the recording folder and check that its files can be written (before loading)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--record needs a folder, {folder} is a file")
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in RECORD_FILES:
-        check_output(folder / name, force)
-    return folder
-
-
-class _Recorder:
-    """Writes the streams of a session as it goes; the files appear when it closes."""
-
-    def __init__(self, folder: Path, output_rate: int):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.user = AudioWriter(folder / "user.wav", SAMPLE_RATE, float32=True)
-        self.moshi = AudioWriter(folder / "moshi.wav", SAMPLE_RATE, float32=True)
-        self.played = AudioWriter(folder / "played.wav", output_rate, float32=True)
-        self.writers = [self.user, self.moshi, self.played]
-        self.next_played = 0
-        self.played_lost = 0  # played blocks missing from the log (drained too late)
-        for w in self.writers:
-            w.__enter__()
-
-    def add_played(self, blocks: list[tuple[int, np.ndarray]]) -> None:
-        for seq, block in blocks:
-            if seq > self.next_played:  # keep the timeline: silence where the log overflowed
-                missing = seq - self.next_played
-                self.played_lost += missing
-                self.played.write(np.zeros(missing * len(block), np.float32))
-            self.played.write(block)
-            self.next_played = seq + 1
-
-    def close(self) -> None:
-        """Complete the files (on errors too: they hold the session up to that point)."""
-        for w in self.writers:
-            w.__exit__(None, None, None)
 
 
 class _Console:
@@ -232,7 +173,7 @@ class _Session:
         )
         self.recorder = None
         if options.record is not None:
-            self.recorder = _Recorder(Path(options.record), audio.output_device.rate)
+            self.recorder = Recorder(Path(options.record), audio.output_device.rate)
         self.times = _StepTimes()
         self.started = time.perf_counter()
         self.last_stats = self.last_check = self.last_lag_report = self.started
@@ -300,7 +241,7 @@ class _Session:
         summary = _summary(self.audio, self.times, elapsed, self.transcript)
         if self.recorder is not None:
             self.recorder.add_played(self.audio.drain_played())  # up to the streams' very end
-            summary["recording"] = _finish_recording(self.recorder, self.transcript, summary)
+            summary["recording"] = finish_recording(self.recorder, self.transcript, summary)
         self.pipeline.reset()  # nothing carries over to the next session
         if error is None:
             self.console.notice(_summary_text(summary))
@@ -318,17 +259,6 @@ def _check_devices(audio: AudioIO, elapsed: float) -> None:
     ):
         if not stream.active:
             raise SessionError(f"the {device.kind} device {device.name!r} stopped")
-
-
-def _finish_recording(recorder: _Recorder, transcript: Transcript, summary: dict) -> dict:
-    recorder.close()
-    folder = recorder.folder
-    transcript.save(folder / "transcript.txt", folder / "transcript.json")
-    summary["played_blocks_lost"] = recorder.played_lost
-    record = {name: str(folder / name) for name in RECORD_FILES}
-    with replace_on_success(folder / "session.json") as tmp:
-        Path(tmp).write_text(json.dumps({**summary, "files": record}, indent=1) + "\n")
-    return record
 
 
 def _ready_line(pipeline: Pipeline, audio: AudioIO) -> str:

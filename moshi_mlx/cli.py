@@ -304,8 +304,9 @@ def _pipeline(args: argparse.Namespace, source: str):
 
 def _chat(args: argparse.Namespace) -> None:
     from .audio_io import AudioIO
-    from .chat import ChatOptions, check_record_dir, run_chat
+    from .chat import ChatOptions, run_chat
     from .devices import choose_device, list_devices
+    from .recording import check_record_dir
 
     if args.list_devices:
         print(list_devices())
