@@ -100,12 +100,15 @@ def rss_bytes() -> int:
 
 
 def test_a_long_session_runs_in_constant_memory(tiny_checkpoint, tmp_path):
-    # The tiny model with a 50-step context: 2000 steps wrap Moshi's ring caches 40 times and
-    # Mimi's (250 frames at 25 Hz) 16 times.
+    # The tiny model with short contexts (Moshi 50 steps, Mimi 50 frames at 25 Hz): 2000 steps
+    # wrap every ring cache 40 or 80 times.
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "context": 50}))
+    mimi = json.loads((folder / "mimi_config.json").read_text())
+    mimi["transformer"]["context"] = 50
+    (folder / "mimi_config.json").write_text(json.dumps(mimi))
     ckpt = load_checkpoint(folder)
     pipeline = Pipeline(ckpt.lm, ckpt.mimi, ckpt.tokenizer, Sampling(seed=0))
     rng = np.random.default_rng(0)
