@@ -97,7 +97,7 @@ class Mimi(StreamingModule):
             raise ValueError(f"num_quantizers must be in 1..{self.num_codebooks}, got {n}")
         return n
 
-    def _codes(self, codes) -> mx.array:
+    def _codes(self, codes, check_range: bool = True) -> mx.array:
         c = mx.array(codes) if not isinstance(codes, mx.array) else codes
         if c.ndim == 2:
             c = c[None]
@@ -108,9 +108,10 @@ class Mimi(StreamingModule):
             )
         if not mx.issubdtype(c.dtype, mx.integer):
             raise ValueError(f"codes must be integers, not {c.dtype}")
-        lo, hi = mx.min(c).item(), mx.max(c).item()
-        if lo < 0 or hi >= self.cardinality:
-            raise ValueError(f"codes must be in 0..{self.cardinality - 1}; found {lo}..{hi}")
+        if check_range:  # reads the values: waits for codes that are still being computed
+            lo, hi = mx.min(c).item(), mx.max(c).item()
+            if lo < 0 or hi >= self.cardinality:
+                raise ValueError(f"codes must be in 0..{self.cardinality - 1}; found {lo}..{hi}")
         return c.astype(mx.int32)
 
     # -- batch ---------------------------------------------------------------------------------
@@ -158,9 +159,15 @@ class Mimi(StreamingModule):
         emb = self.encoder_transformer.step(self.encoder.step(x))
         return self.quantizer.encode(self.downsample.step(emb), n_q)
 
-    def decode_step(self, codes) -> mx.array:
-        """Decode the next frames of a stream: codes (B, K, n) -> audio (B, 1, n * 1920)."""
-        emb = self.upsample.step(self.decode_latent(codes))
+    def decode_step(self, codes, check_range: bool = True) -> mx.array:
+        """Decode the next frames of a stream: codes (B, K, n) -> audio (B, 1, n * 1920).
+
+        Args:
+            codes: (B, K, n) integers in 0..2047.
+            check_range: verify the code values (default). Pass False for codes a model just
+                produced, so decoding stays lazy instead of waiting for them.
+        """
+        emb = self.upsample.step(self.quantizer.decode(self._codes(codes, check_range)))
         audio = self.decoder.step(self.decoder_transformer.step(emb))
         return audio.transpose(0, 2, 1)
 
