@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_support import fail, one_line, quiet_hub_logs
 from .offline import DEFAULT_NUM_QUANTIZERS, STREAM_ABOVE_SECONDS
 
 DEFAULT_CHECKPOINT = "kyutai/mimi"
@@ -144,22 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
-        return _fail(str(e), 2)
+        return fail(str(e), 2)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     try:
         _check_usage(args)
         _run(args)
     except UsageError as e:
-        return _fail(str(e), 2)
+        return fail(str(e), 2)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return fail("interrupted", 130)
     except (ValueError, OSError) as e:  # AudioError, CodesFileError, CheckpointError, ...
-        return _fail(_one_line(e), 1)
+        return fail(one_line(e), 1)
     except Exception as e:  # never a traceback; MIMI_MLX_DEBUG=1 shows one
         if os.environ.get("MIMI_MLX_DEBUG"):
             raise
-        return _fail(f"unexpected {type(e).__name__}: {_one_line(e)}", 1)
+        return fail(f"unexpected {type(e).__name__}: {one_line(e)}", 1)
     return 0
 
 
@@ -222,7 +223,7 @@ def _load_model(checkpoint: str | None, codes):
     from .offline import check_compatible
     from .weights import load_mimi
 
-    _quiet_hub_logs()
+    quiet_hub_logs()
     recorded = codes.checkpoint if codes is not None else ""
     chosen = checkpoint or recorded or DEFAULT_CHECKPOINT
     local = Path(chosen).expanduser()
@@ -233,7 +234,7 @@ def _load_model(checkpoint: str | None, codes):
     except CheckpointError as e:
         if checkpoint is None and recorded:
             raise CheckpointError(
-                f"{_one_line(e)} (the codes were made with this checkpoint; pass --checkpoint)"
+                f"{one_line(e)} (the codes were made with this checkpoint; pass --checkpoint)"
             ) from e
         raise
     if codes is not None:
@@ -265,28 +266,6 @@ def _print_info(codes) -> None:
     ]
     for name, value in rows:
         print(f"{name + ':':13} {value}")
-
-
-def _quiet_hub_logs() -> None:
-    """huggingface_hub logs retries on stderr; the CLI reports one error line instead."""
-    try:
-        from huggingface_hub.utils import logging as hub_logging
-
-        hub_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{text}: {e.filename}"
-    return text
-
-
-def _fail(message: str, status: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return status
 
 
 if __name__ == "__main__":

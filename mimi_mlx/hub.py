@@ -1,4 +1,4 @@
-"""Resolve a checkpoint argument (hub repo id, local folder or file) to local files."""
+"""Checkpoint files: resolving a hub repo id through huggingface_hub, and reporting problems."""
 
 from __future__ import annotations
 
@@ -7,6 +7,22 @@ from pathlib import Path
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be found, read or matched to the model. The message says why."""
+
+
+def listing(names: list[str], limit: int = 12) -> str:
+    """`(n): a, b, c ...` for an error message."""
+    more = " ..." if len(names) > limit else ""
+    return f"({len(names)}): {', '.join(names[:limit])}{more}"
+
+
+def shape_mismatches(state: dict, params: dict, limit: int = 12) -> list[str]:
+    """`name: checkpoint (..) vs model (..)` for each tensor shaped unlike the model's."""
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(params[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(params[k].shape)
+    ]
+    return wrong[:limit]
 
 
 def looks_like_repo_id(name: str) -> bool:

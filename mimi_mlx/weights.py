@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .backend import codec_compute_dtype
 from .config import MimiConfig
-from .hub import CheckpointError, hub_file, looks_like_repo_id
+from .hub import CheckpointError, hub_file, listing, looks_like_repo_id, shape_mismatches
 from .model import Mimi
 from .quantizer import centroids
 
@@ -239,11 +239,6 @@ def read_safetensors(path: Path) -> dict[str, mx.array]:
         ) from e
 
 
-def _listing(names: list[str], limit: int = 12) -> str:
-    more = " ..." if len(names) > limit else ""
-    return f"({len(names)}): {', '.join(names[:limit])}{more}"
-
-
 def convert_state(tensors: dict[str, mx.array], cfg: MimiConfig, source: str = "checkpoint"):
     """Map a checkpoint's tensors to our parameter names; clear errors for any mismatch."""
     for alias, name in KYUTAI_ALIASES.items():
@@ -258,7 +253,7 @@ def convert_state(tensors: dict[str, mx.array], cfg: MimiConfig, source: str = "
         expected_file = KYUTAI_FILE if fmt == "kyutai" else f"{HF_FILE} with its config.json"
         raise CheckpointError(
             f"{source} does not match the Mimi configuration (layout: {fmt}; expected "
-            f"{expected_file}).\n  missing {_listing(missing)}\n  unexpected {_listing(unexpected)}"
+            f"{expected_file}).\n  missing {listing(missing)}\n  unexpected {listing(unexpected)}"
         )
     return {ours: fn(*(tensors[s] for s in sources)) for ours, sources, fn in rows}, fmt
 
@@ -266,16 +261,11 @@ def convert_state(tensors: dict[str, mx.array], cfg: MimiConfig, source: str = "
 def load_weights(model: Mimi, tensors: dict[str, mx.array], source: str = "checkpoint") -> str:
     """Load checkpoint tensors (either layout) into `model`; returns the detected layout."""
     state, fmt = convert_state(dict(tensors), model.cfg, source)
-    ours = dict(tree_flatten(model.parameters()))
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(ours[k].shape)
-    ]
+    wrong = shape_mismatches(state, dict(tree_flatten(model.parameters())))
     if wrong:
         raise CheckpointError(
             f"{source} has tensors of the wrong shape for this Mimi configuration "
-            f"(a different model size?):\n  " + "\n  ".join(wrong[:12])
+            f"(a different model size?):\n  " + "\n  ".join(wrong)
         )
     # Transposes are lazy views: make each weight contiguous once, not on every call.
     dtype = codec_compute_dtype()

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from mimi_mlx.cli_support import fail, one_line, quiet_hub_logs
+
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
 PREFILL_FRAMES = 2  # the speaker's jitter buffer: 160 ms
 VOICES = {"moshiko": "kyutai/moshiko-mlx-q4", "moshika": "kyutai/moshika-mlx-q4"}
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
-        return _fail(str(e), 2)
+        return fail(str(e), 2)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     from .devices import AudioDeviceError
@@ -215,18 +217,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _run(args)
     except UsageError as e:
-        return _fail(str(e), 2)
+        return fail(str(e), 2)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return fail("interrupted", 130)
     except (ValueError, OSError, AudioDeviceError, RuntimeError) as e:
         # AudioError, OutputError, CheckpointError, MemoryCheckError, SessionError, PortAudio
         if os.environ.get("MOSHI_MLX_DEBUG"):
             raise
-        return _fail(_one_line(e), 1)
+        return fail(one_line(e), 1)
     except Exception as e:  # never a traceback; MOSHI_MLX_DEBUG=1 shows one
         if os.environ.get("MOSHI_MLX_DEBUG"):
             raise
-        return _fail(f"unexpected {type(e).__name__}: {_one_line(e)}", 1)
+        return fail(f"unexpected {type(e).__name__}: {one_line(e)}", 1)
     return 0
 
 
@@ -272,7 +274,7 @@ def load(source: str):
     from .checkpoint import MIMI_FILE, config_from, load_checkpoint, resolve
     from .memory import check_memory, estimate_bytes
 
-    _quiet_hub_logs()
+    quiet_hub_logs()
     is_repo = looks_like_repo_id(source) and not Path(source).expanduser().exists()
     try:
         files = resolve(source)
@@ -284,7 +286,7 @@ def load(source: str):
     except CheckpointError as e:
         if is_repo:
             raise CheckpointError(
-                f"{_one_line(e)} A local folder is passed with --checkpoint DIR (for example "
+                f"{one_line(e)} A local folder is passed with --checkpoint DIR (for example "
                 f"after `huggingface-cli download {source} --local-dir DIR`)."
             ) from e
         raise
@@ -371,28 +373,6 @@ def _run(args: argparse.Namespace) -> None:
         f"{result.real_time_factor:.2f}, seed {pipeline.seed})",
         file=sys.stderr,
     )
-
-
-def _quiet_hub_logs() -> None:
-    """huggingface_hub logs retries on stderr; the CLI reports one error line instead."""
-    try:
-        from huggingface_hub.utils import logging as hub_logging
-
-        hub_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{text}: {e.filename}"
-    return text
-
-
-def _fail(message: str, status: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return status
 
 
 if __name__ == "__main__":

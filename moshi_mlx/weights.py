@@ -18,7 +18,7 @@ from collections.abc import Callable
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mimi_mlx.hub import CheckpointError
+from mimi_mlx.hub import CheckpointError, listing, shape_mismatches
 from mimi_mlx.transformer import NORMS
 from mimi_mlx.weights import hf_qkv
 
@@ -327,11 +327,6 @@ def detect_format(names) -> str:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _listing(names: list[str], limit: int = 12) -> str:
-    more = " ..." if len(names) > limit else ""
-    return f"({len(names)}): {', '.join(names[:limit])}{more}"
-
-
 LAYOUT_NAMES = {
     "mlx": "Kyutai MLX",
     "pytorch": "Kyutai PyTorch",
@@ -362,8 +357,8 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
     if missing or unexpected:
         raise CheckpointError(
             f"{source} does not match the language model's configuration (layout: "
-            f"{LAYOUT_NAMES[fmt]}).\n  missing {_listing(missing)}\n  unexpected "
-            f"{_listing(unexpected)}\nLikely cause: a config.json for another model (number of "
+            f"{LAYOUT_NAMES[fmt]}).\n  missing {listing(missing)}\n  unexpected "
+            f"{listing(unexpected)}\nLikely cause: a config.json for another model (number of "
             "layers, codebooks, depth-decoder options), or an incomplete or converted file."
         )
     quantize_layers(model, quantized)
@@ -373,15 +368,11 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
         for part in ("scales", "biases"):
             state[f"{path}.{part}"] = tensors[f"{path}.{part}"]
     tensors.clear()  # the sources now live only in `state`'s lazy graphs
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(ours[k].shape)
-    ]
+    wrong = shape_mismatches(state, ours)
     if wrong:
         raise CheckpointError(
             f"{source} has tensors of the wrong shape for this configuration (a different model "
-            "size, or a config.json that does not belong to it?):\n  " + "\n  ".join(wrong[:12])
+            "size, or a config.json that does not belong to it?):\n  " + "\n  ".join(wrong)
         )
     kept = {f"{p}.{part}" for p in quantized for part in ("weight", "scales", "biases")}
     model.update(tree_unflatten(list(_converted(state, kept, model.dtype))))
