@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_support import fail, one_line, quiet_hub_logs
+from .cli_support import OneLineParser, UsageError, fail, one_line, quiet_hub_logs
 from .offline import DEFAULT_NUM_QUANTIZERS, STREAM_ABOVE_SECONDS
 
 DEFAULT_CHECKPOINT = "kyutai/mimi"
@@ -30,17 +30,6 @@ Existing outputs are kept unless --force.
 Exit status: 0 on success, 1 on a failure, 2 on a usage error."""
 
 
-class UsageError(Exception):
-    """A bad command line (exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one `error: ...` line instead of usage + exit."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
 def _num_quantizers(text: str) -> int:
     try:
         n = int(text)
@@ -53,7 +42,7 @@ def _num_quantizers(text: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Build the `mimi-mlx` argument parser (subcommands encode, decode, roundtrip, info)."""
-    parser = parser or _Parser(
+    parser = parser or OneLineParser(
         prog="mimi-mlx",
         description="Kyutai's Mimi codec on MLX: audio files <-> Mimi codes (12.5 frames/s).",
         epilog=EXAMPLES,

@@ -1,8 +1,20 @@
-"""What the command line tools share: one-line errors and a quiet hub client."""
+"""What the command line tools share: one-line errors, usage errors, a quiet hub client."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+
+class UsageError(Exception):
+    """A bad command line (exit status 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports errors as one `error: ...` line (a UsageError), not usage + exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def quiet_hub_logs() -> None:

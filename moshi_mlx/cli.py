@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import fail, one_line, quiet_hub_logs
+from mimi_mlx.cli_support import OneLineParser, UsageError, fail, one_line, quiet_hub_logs
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
 PREFILL_FRAMES = 2  # the speaker's jitter buffer: 160 ms
@@ -28,17 +28,6 @@ Offline, without the hub: `huggingface-cli download kyutai/moshiko-mlx-q4 --loca
 once, then `--checkpoint DIR`. A tiny random checkpoint (it makes noise) for any machine:
 `python scripts/make_tiny_checkpoint.py tiny/`, then `--checkpoint tiny/`.
 Exit status: 0 on success, 1 on a failure, 2 on a usage error."""
-
-
-class UsageError(Exception):
-    """A bad command line (exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one `error: ...` line instead of usage + exit."""
-
-    def error(self, message: str):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _non_negative(text: str) -> float:
@@ -131,7 +120,7 @@ def _add_model_options(sub: argparse.ArgumentParser) -> None:
 
 def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Build the `moshi-mlx` argument parser (subcommands chat and run)."""
-    parser = parser or _Parser(
+    parser = parser or OneLineParser(
         prog="moshi-mlx",
         description="Kyutai's Moshi speech model on MLX: full-duplex voice chat, or file to file.",
         epilog=EXAMPLES,
