@@ -106,7 +106,23 @@ class DecoderBlock(StreamingModule):
         return x
 
 
-class SeanetEncoder(StreamingModule):
+class _ConvStack(StreamingModule):
+    """`init_conv`, then `blocks`, then ELU and `final_conv`: the shape of both SEANet halves."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.init_conv(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_conv(elu(x))
+
+    def step(self, x: mx.array) -> mx.array:
+        x = self.init_conv.step(x)
+        for block in self.blocks:
+            x = block.step(x)
+        return self.final_conv.step(elu(x))
+
+
+class SeanetEncoder(_ConvStack):
     """Waveform (B, T, channels) -> latents (B, T / hop_length, dimension)."""
 
     def __init__(self, cfg: SeanetConfig):
@@ -121,20 +137,8 @@ class SeanetEncoder(StreamingModule):
             dim, cfg.dimension, cfg.last_kernel_size, pad_mode=cfg.pad_mode
         )
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = self.init_conv(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.final_conv(elu(x))
 
-    def step(self, x: mx.array) -> mx.array:
-        x = self.init_conv.step(x)
-        for block in self.blocks:
-            x = block.step(x)
-        return self.final_conv.step(elu(x))
-
-
-class SeanetDecoder(StreamingModule):
+class SeanetDecoder(_ConvStack):
     """Latents (B, T, dimension) -> waveform (B, T * hop_length, channels)."""
 
     def __init__(self, cfg: SeanetConfig):
@@ -148,15 +152,3 @@ class SeanetDecoder(StreamingModule):
         self.final_conv = StreamingConv1d(
             dim, cfg.channels, cfg.last_kernel_size, pad_mode=cfg.pad_mode
         )
-
-    def __call__(self, x: mx.array) -> mx.array:
-        x = self.init_conv(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.final_conv(elu(x))
-
-    def step(self, x: mx.array) -> mx.array:
-        x = self.init_conv.step(x)
-        for block in self.blocks:
-            x = block.step(x)
-        return self.final_conv.step(elu(x))
