@@ -64,15 +64,7 @@ def encode_file(
         audio = read_audio(src, model.sample_rate)
         codes = np.array(model.encode(mx.array(audio)[None, None], n_q)[0])
         num_samples = len(audio)
-    return MimiCodes(
-        codes=codes,
-        num_samples=num_samples,
-        sample_rate=model.sample_rate,
-        frame_rate=model.frame_rate,
-        cardinality=model.cardinality,
-        checkpoint=getattr(model, "checkpoint_id", ""),
-        source_sample_rate=info.sample_rate,
-    )
+    return _codes_of(model, codes, num_samples, info.sample_rate)
 
 
 def decode_file(
@@ -164,14 +156,19 @@ def roundtrip_file(
                     num_samples += len(audio)
     finally:
         model.reset_decoder()
+    return _codes_of(model, np.concatenate(chunks, axis=1), num_samples, info.sample_rate)
+
+
+def _codes_of(model: Mimi, codes: np.ndarray, num_samples: int, source_rate: int) -> MimiCodes:
+    """A codes file's content: the codes and what `model` says about them."""
     return MimiCodes(
-        codes=np.concatenate(chunks, axis=1),
+        codes=codes,
         num_samples=num_samples,
         sample_rate=model.sample_rate,
         frame_rate=model.frame_rate,
         cardinality=model.cardinality,
         checkpoint=getattr(model, "checkpoint_id", ""),
-        source_sample_rate=info.sample_rate,
+        source_sample_rate=source_rate,
     )
 
 
