@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from .cli_support import OneLineParser, UsageError, fail, one_line, quiet_hub_logs
+from .cli_support import OneLineParser, UsageError, one_line, quiet_hub_logs, run_cli
 from .offline import DEFAULT_NUM_QUANTIZERS, STREAM_ABOVE_SECONDS
 
 DEFAULT_CHECKPOINT = "kyutai/mimi"
@@ -130,27 +129,13 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     """Run `mimi-mlx`; returns the exit status (errors are one `error: ...` line on stderr)."""
-    parser = configure_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as e:
-        return fail(str(e), 2)
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    try:
+
+    def run(args: argparse.Namespace) -> None:
         _check_usage(args)
         _run(args)
-    except UsageError as e:
-        return fail(str(e), 2)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
-    except (ValueError, OSError) as e:  # AudioError, CodesFileError, CheckpointError, ...
-        return fail(one_line(e), 1)
-    except Exception as e:  # never a traceback; MIMI_MLX_DEBUG=1 shows one
-        if os.environ.get("MIMI_MLX_DEBUG"):
-            raise
-        return fail(f"unexpected {type(e).__name__}: {one_line(e)}", 1)
-    return 0
+
+    # AudioError, CodesFileError, CheckpointError, ... are ValueErrors or OSErrors.
+    return run_cli(configure_parser(), argv, run, (ValueError, OSError), "MIMI_MLX_DEBUG")
 
 
 def _check_usage(args: argparse.Namespace) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 
 
 class UsageError(Exception):
@@ -39,3 +41,38 @@ def fail(message: str, status: int) -> int:
     """Print `error: message` on stderr and return the exit status."""
     print(f"error: {message}", file=sys.stderr)
     return status
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    run: Callable[[argparse.Namespace], None],
+    expected: tuple[type[BaseException], ...],
+    debug_env: str,
+) -> int:
+    """Parse `argv` and run the command; every failure becomes one `error: ...` line.
+
+    Returns the exit status: 0, 1 for a failure, 2 for a usage error, 130 when interrupted.
+    Setting the environment variable `debug_env` re-raises failures with their traceback.
+    """
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        return fail(str(e), 2)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        run(args)
+    except UsageError as e:
+        return fail(str(e), 2)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except expected as e:
+        if os.environ.get(debug_env):
+            raise
+        return fail(one_line(e), 1)
+    except Exception as e:  # never a traceback unless asked for
+        if os.environ.get(debug_env):
+            raise
+        return fail(f"unexpected {type(e).__name__}: {one_line(e)}", 1)
+    return 0

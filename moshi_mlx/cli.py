@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import OneLineParser, UsageError, fail, one_line, quiet_hub_logs
+from mimi_mlx.cli_support import OneLineParser, UsageError, one_line, quiet_hub_logs, run_cli
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
 PREFILL_FRAMES = 2  # the speaker's jitter buffer: 160 ms
@@ -191,34 +190,14 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     """Run `moshi-mlx`; returns the exit status (errors are one `error: ...` line on stderr)."""
-    parser = configure_parser()
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as e:
-        return fail(str(e), 2)
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
     from .devices import AudioDeviceError
 
-    try:
-        if args.command == "chat":
-            _chat(args)
-        else:
-            _run(args)
-    except UsageError as e:
-        return fail(str(e), 2)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
-    except (ValueError, OSError, AudioDeviceError, RuntimeError) as e:
-        # AudioError, OutputError, CheckpointError, MemoryCheckError, SessionError, PortAudio
-        if os.environ.get("MOSHI_MLX_DEBUG"):
-            raise
-        return fail(one_line(e), 1)
-    except Exception as e:  # never a traceback; MOSHI_MLX_DEBUG=1 shows one
-        if os.environ.get("MOSHI_MLX_DEBUG"):
-            raise
-        return fail(f"unexpected {type(e).__name__}: {one_line(e)}", 1)
-    return 0
+    def run(args: argparse.Namespace) -> None:
+        (_chat if args.command == "chat" else _run)(args)
+
+    # AudioError, OutputError, CheckpointError, MemoryCheckError, SessionError, PortAudio's errors
+    expected = (ValueError, OSError, AudioDeviceError, RuntimeError)
+    return run_cli(configure_parser(), argv, run, expected, "MOSHI_MLX_DEBUG")
 
 
 def source_of(args: argparse.Namespace) -> str:
