@@ -13,6 +13,7 @@ when the device supports it; otherwise the device's own rate, resampled with sox
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -136,6 +137,7 @@ class OutputPlayer:
             device.blocksize / device.rate
         )  # from the first callback that plays audio
         self._mono = np.zeros(device.blocksize, np.float32)
+        self.running = threading.Event()  # set by the first callback: the device is playing
         self.stream = sd.OutputStream(
             device=device.index,
             samplerate=device.rate,
@@ -147,6 +149,7 @@ class OutputPlayer:
         )
 
     def _callback(self, outdata, frames, time_info, status) -> None:
+        self.running.set()
         if self.buffer.ever_started:  # the pace of playback, not of the idle start
             self.pace.tick()
         if status:
@@ -157,6 +160,9 @@ class OutputPlayer:
             out = self._mono[:frames]
             self.buffer.fill(out)
             outdata[:] = out[:, None]
+
+
+OUTPUT_START_TIMEOUT = 3.0  # seconds to wait for the speaker's first callback
 
 
 class AudioIO:
@@ -204,7 +210,10 @@ class AudioIO:
         self.dropped_frames = 0  # input frames skipped by `drop_frames`
 
     def __enter__(self) -> AudioIO:
+        # The speaker first: some devices take a second to start, and Moshi's answers to a
+        # microphone that started earlier would pile up and be skipped as lag.
         self.player.stream.start()
+        self.player.running.wait(timeout=OUTPUT_START_TIMEOUT)
         self.capture.stream.start()
         return self
 
