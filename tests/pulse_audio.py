@@ -76,7 +76,7 @@ class PulseServer:
                 subprocess.Popen(
                     ["pacat", "--playback", f"--device={sink}", "--latency-msec=20", *RAW],
                     env=self.env,
-                    stdin=open(os.devnull, "rb"),  # noqa: SIM115 - zeros would also do
+                    stdin=open("/dev/zero", "rb"),  # noqa: SIM115 - silence, forever
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
