@@ -10,6 +10,7 @@ SentencePiece model (`tokenizer_spm_32k_3.model`). The weights are random: it ma
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,7 +21,6 @@ from mimi_mlx.config import MimiConfig
 from mimi_mlx.model import Mimi
 from mimi_mlx.quantizer import QuantizerConfig
 from mimi_mlx.seanet import SeanetConfig
-from mimi_mlx.transformer import TransformerConfig
 from mimi_mlx.weights import KYUTAI_FILE, kyutai_state
 
 from .config import LmConfig
@@ -65,18 +65,8 @@ def tiny_mimi_config() -> MimiConfig:
     """Mimi's structure (24 kHz, 12.5 Hz, 32 codebooks of 2048) at a tiny width."""
     return MimiConfig(
         seanet=SeanetConfig(dimension=32, n_filters=4),
-        transformer=TransformerConfig(
-            d_model=32,
-            num_heads=4,
-            num_layers=2,
-            dim_feedforward=64,
-            causal=True,
-            context=250,
-            max_period=10000.0,
-            norm="layer_norm",
-            gating="none",
-            layer_scale=0.01,
-            positional_embedding="rope",
+        transformer=replace(
+            MimiConfig().transformer, d_model=32, num_heads=4, num_layers=2, dim_feedforward=64
         ),
         quantizer=QuantizerConfig(dimension=16, input_dimension=32, output_dimension=32),
     )
