@@ -24,12 +24,12 @@ Streaming, one 80 ms frame at a time::
 
 from mimi_mlx.hub import CheckpointError
 
-from .checkpoint import Checkpoint, load_checkpoint, load_model
-from .config import LmConfig
-from .generate import MoshiGenerator
-from .lm import Lm, LmOutput
-from .sampling import Rng, Sampler
-from .tokenizer import TextTokenizer
+from .jobs.generate import MoshiGenerator
+from .jobs.sampling import Rng, Sampler
+from .model.checkpoint import Checkpoint, load_checkpoint, load_model
+from .model.config import LmConfig
+from .model.lm import Lm, LmOutput
+from .model.tokenizer import TextTokenizer
 
 __all__ = [
     "Checkpoint",

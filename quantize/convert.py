@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from mimi_mlx.hub import CheckpointError
 from mimi_mlx.weights import KYUTAI_FILE, read_safetensors
-from moshi_mlx.config import FILE_KEYS, LmConfig
-from moshi_mlx.lm import Lm
-from moshi_mlx.tokenizer import TOKENIZER_FILE
+from moshi_mlx.model.config import FILE_KEYS, LmConfig
+from moshi_mlx.model.lm import Lm
+from moshi_mlx.model.tokenizer import TOKENIZER_FILE
 
 from .recipes import Q4, Q8, RECIPES, Plan, Recipe, get_recipe, make_plan
 from .source import SourceCheckpoint
@@ -155,7 +155,7 @@ def _mimi_from_transformers(source: SourceCheckpoint, stage: Path) -> bool:
     from mimi_mlx.config import MimiConfig
     from mimi_mlx.model import Mimi
     from mimi_mlx.weights import load_weights as load_mimi_weights
-    from moshi_mlx.tiny import save_mimi_kyutai
+    from moshi_mlx.model.tiny import save_mimi_kyutai
 
     prefix = "audio_encoder."
     tensors = {}

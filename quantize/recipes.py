@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from moshi_mlx.quantized import BITS, GROUP_SIZES
+from moshi_mlx.model.quantized import BITS, GROUP_SIZES
 
 Precision = tuple[int, int] | None  # (bits, group_size); None keeps the weights in float
 Q4: Precision = (4, 32)

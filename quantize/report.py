@@ -18,8 +18,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from moshi_mlx.checkpoint import load_model, resolve
-from moshi_mlx.config import LmConfig
+from moshi_mlx.model.checkpoint import load_model, resolve
+from moshi_mlx.model.config import LmConfig
 
 from .recipes import PARTS, part_of
 from .source import SourceCheckpoint

@@ -14,9 +14,15 @@ import mlx.core as mx
 
 from mimi_mlx.hub import CheckpointError
 from mimi_mlx.weights import read_safetensors
-from moshi_mlx.checkpoint import CheckpointFiles, config_from, resolve
-from moshi_mlx.config import LmConfig
-from moshi_mlx.weights import LAYOUT_NAMES, detect_format, ignored, name_table, normalize_names
+from moshi_mlx.model.checkpoint import CheckpointFiles, config_from, resolve
+from moshi_mlx.model.config import LmConfig
+from moshi_mlx.model.weights import (
+    LAYOUT_NAMES,
+    detect_format,
+    ignored,
+    name_table,
+    normalize_names,
+)
 
 
 def _listing(names: list[str], limit: int = 8) -> str:

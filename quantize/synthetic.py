@@ -15,9 +15,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from moshi_mlx.config import LmConfig
-from moshi_mlx.lm import Lm
-from moshi_mlx.weights import name_table
+from moshi_mlx.model.config import LmConfig
+from moshi_mlx.model.lm import Lm
+from moshi_mlx.model.weights import name_table
 
 from .writer import SafetensorsWriter
 

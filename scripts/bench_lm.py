@@ -61,7 +61,7 @@ def _num_params(cfg) -> int:
 
 def _checkpoint(cfg, mode: str, workdir: Path) -> Path:
     """Write (once) random weights for `mode` in Kyutai's MLX layout, one tensor at a time."""
-    from moshi_mlx.tiny import save_random_lm
+    from moshi_mlx.model.tiny import save_random_lm
 
     precision = "q8" if mode == "q8" else "q4" if mode == "q4" else "bf16"
     folder = workdir / f"moshi-{cfg.num_layers}l-{precision}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from moshi_mlx.tiny import make_tiny_checkpoint
+from moshi_mlx.model.tiny import make_tiny_checkpoint
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@
   weights as released, plus Mimi and the SentencePiece model.
 - `hf`: transformers' hub layout (`kmhf/hf-moshiko`) of the same weights, with a Mimi bundled as
   `audio_encoder.*` under the hub's names (a transformers `MimiModel` saved by `save_pretrained`).
-- `mlx`: Kyutai's MLX bf16 repo layout (`kyutai/moshiko-mlx-bf16`), from `moshi_mlx.tiny`.
+- `mlx`: Kyutai's MLX bf16 repo layout (`kyutai/moshiko-mlx-bf16`), from `moshi_mlx.model.tiny`.
 
 The configuration is Moshi's architecture at a tiny width where every layer's input width is a
 multiple of 64, so q4 and q8 quantize every layer, as on the 7B model.
@@ -21,7 +21,7 @@ import mlx.core as mx
 import torch
 
 import moshi_reference as R
-from moshi_mlx.tiny import make_tiny_checkpoint
+from moshi_mlx.model.tiny import make_tiny_checkpoint
 
 # gated hidden widths: 2 * int(4.5 * 64) // 3 = 192 and 2 * 288 // 3 = 192
 QCFG = {**R.TINY_MOSHI, "hidden_scale": 4.5, "depformer_dim": 64, "depformer_dim_feedforward": 288}

@@ -12,10 +12,10 @@ import sys
 import time
 
 from moshi_mlx import load_checkpoint
-from moshi_mlx.audio_io import AudioIO
-from moshi_mlx.chat import ChatOptions, run_chat
-from moshi_mlx.devices import choose_device
-from moshi_mlx.pipeline import FrameResult, Pipeline, Sampling
+from moshi_mlx.jobs.pipeline import FrameResult, Pipeline, Sampling
+from moshi_mlx.live.audio_io import AudioIO
+from moshi_mlx.live.chat import ChatOptions, run_chat
+from moshi_mlx.live.devices import choose_device
 
 
 class SlowPipeline(Pipeline):

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from moshi_mlx.jitter import JitterBuffer
+from moshi_mlx.live.jitter import JitterBuffer
 
 BLOCK, FADE = 1920, 120
 

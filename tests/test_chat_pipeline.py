@@ -14,7 +14,7 @@ import pytest
 from moshi_app import FRAME, tiny_checkpoint
 
 from moshi_mlx import load_checkpoint
-from moshi_mlx.pipeline import Pipeline, Sampling
+from moshi_mlx.jobs.pipeline import Pipeline, Sampling
 
 __all__ = ["tiny_checkpoint"]  # fixtures used here
 

@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten
 
 import moshi_reference as R
 from moshi_mlx import load_model
-from moshi_mlx.embedding import QuantizedScaledEmbedding
+from moshi_mlx.model.embedding import QuantizedScaledEmbedding
 
 CODES = R.random_codes(R.TINY_MOSHI, B=2, T=16, seed=3)
 

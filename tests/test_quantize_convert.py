@@ -17,9 +17,9 @@ import torch
 from mlx.utils import tree_flatten
 from quantize_sources import build_sources
 
-import moshi_mlx.weights as moshi_weights
+import moshi_mlx.model.weights as moshi_weights
 from moshi_mlx import load_checkpoint, load_model
-from moshi_mlx.checkpoint import config_from, resolve
+from moshi_mlx.model.checkpoint import config_from, resolve
 from quantize import convert
 from quantize.report import compare, log_probs, random_codes
 

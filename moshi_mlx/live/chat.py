@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jobs.pipeline import FRAME_SECONDS, Pipeline
+from ..jobs.transcript import Transcript
 from .audio_io import AudioIO
-from .pipeline import FRAME_SECONDS, Pipeline
 from .recording import Recorder, finish_recording
-from .transcript import Transcript
 
 NO_INPUT_TIMEOUT = 5.0  # seconds without a single input block before giving up
 LAG_REPORT_INTERVAL = 2.0  # seconds between two "skipped frames" notices

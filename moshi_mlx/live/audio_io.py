@@ -20,9 +20,9 @@ from collections import deque
 import numpy as np
 import soxr
 
+from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
 from .devices import DeviceChoice, load_sounddevice
 from .jitter import JitterBuffer
-from .pipeline import FRAME_SIZE, SAMPLE_RATE
 
 FADE_SECONDS = 0.005  # ramp to and from silence around an underrun
 INPUT_QUEUE_BLOCKS = 50  # 4 s of audio waiting for the model at most

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .lm import Lm
+from ..model.lm import Lm
 from .sampling import Rng, Sampler
 
 

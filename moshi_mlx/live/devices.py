@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .pipeline import FRAME_SIZE, SAMPLE_RATE
+from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
 
 
 class AudioDeviceError(RuntimeError):

@@ -21,8 +21,8 @@ import numpy as np
 from mimi_mlx.audio import AudioWriter
 from mimi_mlx.output_file import check_output, replace_on_success
 
-from .pipeline import SAMPLE_RATE
-from .transcript import Transcript
+from ..jobs.pipeline import SAMPLE_RATE
+from ..jobs.transcript import Transcript
 
 RECORD_FILES = (
     "user.wav",

@@ -1,0 +1,63 @@
+"""`moshi-mlx run`: feed a recorded user stream through Moshi, file to file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mimi_mlx.cli_support import UsageError
+
+from . import options
+
+
+def register(command) -> None:
+    """Add the `run` subcommand (`command(name, help)` makes a subparser)."""
+    run = command("run", "feed a recorded user stream through Moshi: IN audio -> OUT audio + text")
+    run.add_argument("input", metavar="IN", help="the user's audio (any format soundfile reads)")
+    run.add_argument(
+        "output", metavar="OUT", help="Moshi's audio (.wav); OUT.txt and OUT.json get the text"
+    )
+    options.add_model_options(run)
+    run.add_argument(
+        "--float", dest="float32", action="store_true", help="write 32-bit float samples"
+    )
+    run.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from mimi_mlx.audio import AudioError, audio_info, output_format
+    from mimi_mlx.output_file import check_output
+
+    from ..jobs.offline import run_file, transcript_paths
+
+    try:
+        output_format(args.output)
+    except AudioError as e:
+        raise UsageError(str(e)) from None
+    outputs = (args.output, *transcript_paths(args.output))
+    if Path(args.input).resolve() in [Path(p).resolve() for p in outputs]:
+        raise UsageError("the output would overwrite the input")
+    audio_info(args.input)
+    for path in outputs:
+        check_output(path, args.force)
+    source = options.source_of(args)
+    pipeline = options.pipeline(args, source)
+    result = run_file(
+        pipeline,
+        args.input,
+        args.output,
+        float32=args.float32,
+        progress=False if args.quiet else None,
+        info={"checkpoint": source, "input": str(args.input)},
+    )
+    text_path, json_path = transcript_paths(args.output)
+    print(result.transcript.text)
+    print(
+        f"wrote {args.output} ({result.audio_seconds:.1f} s), {text_path} and {json_path}: "
+        f"{result.steps} steps in {result.elapsed:.1f} s (real-time factor "
+        f"{result.real_time_factor:.2f}, seed {pipeline.seed})",
+        file=sys.stderr,
+    )

@@ -1,0 +1,1 @@
+"""The live audio app: devices, streams, the jitter buffer, the chat loop and its recording."""

@@ -1,0 +1,1 @@
+"""The language models and their loading: config, Helium + depth decoder, conditioners, weights."""
