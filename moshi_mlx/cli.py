@@ -7,14 +7,18 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, run
+from .commands import chat, models, run
 
-COMMANDS = (chat, run)  # each module's `register(command)` adds its subcommand
+COMMANDS = (chat, run, models)  # each module's `register(command)` adds its subcommand
 
 EXAMPLES = """\
 examples:
   moshi-mlx chat                                  # talk with Moshiko (kyutai/moshiko-mlx-q4)
-  moshi-mlx chat --voice moshika --record talk/   # Moshika; save both voices and the text
+  moshi-mlx chat --model moshika --record talk/   # Moshika; save both voices and the text
+  moshi-mlx chat --model personaplex --prompt "You are a patient French teacher." \
+      --voice-prompt NATF2                        # PersonaPlex: a persona and a voice
+  moshi-mlx chat --model hibiki                   # speak French, hear English
+  moshi-mlx models                                # the known models and their hub repos
   moshi-mlx chat --list-devices                   # the microphones and speakers PortAudio sees
   moshi-mlx chat --checkpoint ./moshiko-mlx-q4 --input-device 2 --stats
   moshi-mlx run question.wav answer.wav --seed 42 # a recorded user stream, file to file

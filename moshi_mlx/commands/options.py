@@ -9,8 +9,20 @@ from pathlib import Path
 
 from mimi_mlx.cli_support import one_line, quiet_hub_logs
 
-DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
-VOICES = {"moshiko": "kyutai/moshiko-mlx-q4", "moshika": "kyutai/moshika-mlx-q4"}
+from ..model.known import DEFAULT_MODEL, MODELS, KnownModel, known_model, model_for_repo
+
+DEFAULT_REPO = MODELS[DEFAULT_MODEL].repo
+DIALOGUE_KINDS = ("dialogue", "translation")  # what `chat` and `run` drive
+
+
+def model_name(text: str) -> str:
+    """`--model` values: the known models `chat` and `run` drive (one-line error otherwise)."""
+    from ..model.known import UnknownModelError
+
+    try:
+        return known_model(text, DIALOGUE_KINDS).name
+    except UnknownModelError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def non_negative(text: str) -> float:
@@ -66,29 +78,42 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="local checkpoint folder (Kyutai's layout) or weights file",
     )
+    names = [n for n, m in MODELS.items() if m.kind in DIALOGUE_KINDS]
+    which.add_argument(
+        "--model",
+        type=model_name,
+        metavar="NAME",
+        help=f"a known model: {', '.join(names)} (default {DEFAULT_MODEL}); "
+        "`moshi-mlx models` lists them with their repos",
+    )
     which.add_argument(
         "--voice",
-        choices=sorted(VOICES),
-        help="moshiko (kyutai/moshiko-mlx-q4) or moshika (kyutai/moshika-mlx-q4)",
+        choices=("moshiko", "moshika"),
+        help="(deprecated) the same as --model moshiko / --model moshika",
+    )
+    model.add_argument(
+        "--precision",
+        choices=("q4", "q8", "bf16"),
+        help="with --model: which of its hub repos (default: the model's, q4 for Moshi)",
     )
     sampling = sub.add_argument_group("sampling (temperature 0: greedy)")
     sampling.add_argument(
         "--temperature",
         type=non_negative,
         metavar="T",
-        help="text and audio temperature (default 0.7 text, 0.8 audio)",
+        help="text and audio temperature (default: the model's, 0.7 text and 0.8 audio for Moshi)",
     )
     sampling.add_argument(
-        "--text-temperature", type=non_negative, metavar="T", help="(default 0.7)"
+        "--text-temperature", type=non_negative, metavar="T", help="(default: the model's)"
     )
     sampling.add_argument(
-        "--audio-temperature", type=non_negative, metavar="T", help="(default 0.8)"
+        "--audio-temperature", type=non_negative, metavar="T", help="(default: the model's)"
     )
     sampling.add_argument(
-        "--text-top-k", type=positive_int, default=25, metavar="K", help="(default 25)"
+        "--text-top-k", type=positive_int, metavar="K", help="(default: the model's, 25)"
     )
     sampling.add_argument(
-        "--audio-top-k", type=positive_int, default=250, metavar="K", help="(default 250)"
+        "--audio-top-k", type=positive_int, metavar="K", help="(default: the model's, 250)"
     )
     sampling.add_argument(
         "--top-p", type=probability, metavar="P", help="nucleus sampling, in (0, 1]"
@@ -101,20 +126,54 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def known_of(args: argparse.Namespace) -> KnownModel | None:
+    """The known model the options name (--model, deprecated --voice, a known --hf-repo, or the
+    default when nothing names a checkpoint); None for other repos and local checkpoints."""
+    if getattr(args, "voice", None):  # the old spelling of --model moshiko / moshika
+        return MODELS[args.voice]
+    if getattr(args, "model", None):
+        return MODELS[args.model]
+    if args.checkpoint:
+        return None
+    if args.hf_repo:
+        return model_for_repo(args.hf_repo)
+    return MODELS[DEFAULT_MODEL]
+
+
 def source_of(args: argparse.Namespace) -> str:
-    """The checkpoint the options name: --checkpoint, --hf-repo, --voice, else the default."""
+    """The checkpoint the options name: --checkpoint, --hf-repo, --model, else the default."""
+    from mimi_mlx.cli_support import UsageError
+
     if args.checkpoint:
         return args.checkpoint
     if args.hf_repo:
         return args.hf_repo
-    return VOICES[args.voice] if args.voice else DEFAULT_REPO
+    known = known_of(args)
+    precision = getattr(args, "precision", None) or known.precision
+    if precision not in known.repos:
+        raise UsageError(
+            f"{known.name} has no {precision} repo on the hub (it has "
+            f"{', '.join(known.repos)}); make one with `moshi-mlx-quantize` and pass --checkpoint"
+        )
+    return known.repos[precision]
 
 
-def sampling_of(args: argparse.Namespace):
-    """The sampling settings the options name (specific temperatures beat --temperature)."""
+def sampling_of(args: argparse.Namespace, known: KnownModel | None = None):
+    """The sampling settings the options name (specific temperatures beat --temperature; the
+    known model's defaults, else Kyutai's, fill the rest)."""
     from ..jobs.pipeline import Sampling
 
-    default = Sampling()
+    base = known.sampling if known is not None else None
+    default = (
+        Sampling()
+        if base is None
+        else Sampling(
+            text_temperature=base.text_temperature,
+            text_top_k=base.text_top_k,
+            audio_temperature=base.audio_temperature,
+            audio_top_k=base.audio_top_k,
+        )
+    )
 
     def pick(specific, fallback):
         if specific is not None:
@@ -123,9 +182,9 @@ def sampling_of(args: argparse.Namespace):
 
     return Sampling(
         text_temperature=pick(args.text_temperature, default.text_temperature),
-        text_top_k=args.text_top_k,
+        text_top_k=args.text_top_k or default.text_top_k,
         audio_temperature=pick(args.audio_temperature, default.audio_temperature),
-        audio_top_k=args.audio_top_k,
+        audio_top_k=args.audio_top_k or default.audio_top_k,
         top_p=args.top_p,
         seed=args.seed,
     )

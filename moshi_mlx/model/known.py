@@ -1,0 +1,186 @@
+"""The models `--model NAME` knows: hub repo per precision, sampling defaults, prompts they take.
+
+One row per model, declarative; the commands read it instead of carrying their own constants.
+`--hf-repo` and `--checkpoint` still load anything (the model is then recognised from its files);
+`--model` only picks the repo and the defaults that go with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# What a model does with a prompt phase before the conversation.
+TRAINED = "trained"  # the model was trained with it (PersonaPlex)
+PREFILL = "prefill"  # accepted as teacher-forced context; the model was not trained for it
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A model's sampling defaults (temperature 0: greedy)."""
+
+    text_temperature: float = 0.7
+    text_top_k: int = 25
+    audio_temperature: float = 0.8
+    audio_top_k: int = 250
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """One row of the table.
+
+    Attributes:
+        name: the `--model` value.
+        kind: "dialogue" (chat, run), "translation" (Hibiki), "stt" or "tts".
+        repos: hub repo id per precision ("q4", "q8", "bf16"); `precision` is the default.
+        sampling: sampling defaults.
+        text_prompt, voice_prompt: TRAINED, PREFILL, or None (refused).
+        conditions, cfg_conditions, cfg_coef: conditioned models (Hibiki): the condition, the
+            negative of classifier-free guidance, and the default guidance coefficient.
+        end_of_stream: offline runs feed Kyutai's end-of-stream frame and wait for end-of-text.
+        voices: preset voice names (PersonaPlex's `voices.tgz`).
+        about: one line for `--help`.
+    """
+
+    name: str
+    kind: str
+    repos: dict[str, str]
+    precision: str
+    about: str
+    sampling: Sampling = Sampling()
+    text_prompt: str | None = None
+    voice_prompt: str | None = None
+    conditions: dict | None = None
+    cfg_conditions: dict | None = None
+    cfg_coef: float = 1.0
+    end_of_stream: bool = False
+    voices: tuple[str, ...] = field(default=())
+
+    @property
+    def repo(self) -> str:
+        """The hub repo of the default precision."""
+        return self.repos[self.precision]
+
+
+def _kyutai_mlx(voice: str) -> dict[str, str]:
+    return {p: f"kyutai/{voice}-mlx-{p}" for p in ("q4", "q8", "bf16")}
+
+
+PERSONAPLEX_VOICES = tuple(
+    [f"NAT{g}{i}" for g in "FM" for i in range(4)] + [f"VAR{g}{i}" for g in "FM" for i in range(5)]
+)
+
+MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            "moshiko",
+            "dialogue",
+            _kyutai_mlx("moshiko"),
+            "q4",
+            "Kyutai's Moshi 7B, male voice",
+            text_prompt=PREFILL,
+            voice_prompt=PREFILL,
+        ),
+        KnownModel(
+            "moshika",
+            "dialogue",
+            _kyutai_mlx("moshika"),
+            "q4",
+            "Kyutai's Moshi 7B, female voice",
+            text_prompt=PREFILL,
+            voice_prompt=PREFILL,
+        ),
+        KnownModel(
+            "personaplex",
+            "dialogue",
+            {"bf16": "nvidia/personaplex-7b-v1"},
+            "bf16",
+            "NVIDIA's PersonaPlex 7B: a text persona (--prompt) and any voice (--voice-prompt)",
+            text_prompt=TRAINED,
+            voice_prompt=TRAINED,
+            voices=PERSONAPLEX_VOICES,
+        ),
+        KnownModel(
+            "hibiki",
+            "translation",
+            {"bf16": "kyutai/hibiki-1b-mlx-bf16"},
+            "bf16",
+            "Kyutai's Hibiki 1B: live speech translation, French in, English out",
+            sampling=Sampling(text_temperature=0.4, audio_temperature=0.8),
+            conditions={"description": "very_good"},
+            cfg_conditions={"description": "very_bad"},
+            cfg_coef=3.0,
+            end_of_stream=True,
+        ),
+        KnownModel(
+            "hibiki-2b",
+            "translation",
+            {"bf16": "kyutai/hibiki-2b-mlx-bf16"},
+            "bf16",
+            "Kyutai's Hibiki 2B: live speech translation, French in, English out",
+            sampling=Sampling(text_temperature=0.4, audio_temperature=0.8),
+            conditions={"description": "very_good"},
+            cfg_conditions={"description": "very_bad"},
+            cfg_coef=3.0,
+            end_of_stream=True,
+        ),
+        KnownModel(
+            "stt-1b-en_fr",
+            "stt",
+            {"bf16": "kyutai/stt-1b-en_fr-mlx"},
+            "bf16",
+            "Kyutai's speech-to-text 1B, English and French",
+            sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+        ),
+        KnownModel(
+            "stt-2.6b-en",
+            "stt",
+            {"bf16": "kyutai/stt-2.6b-en-mlx"},
+            "bf16",
+            "Kyutai's speech-to-text 2.6B, English",
+            sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+        ),
+        KnownModel(
+            "tts-1.6b-en_fr",
+            "tts",
+            {"bf16": "kyutai/tts-1.6b-en_fr"},
+            "bf16",
+            "Kyutai's text-to-speech 1.6B, English and French",
+            sampling=Sampling(text_temperature=0.6, audio_temperature=0.6),
+        ),
+    )
+}
+
+DEFAULT_MODEL = "moshiko"
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def known_model(name: str, kinds: tuple[str, ...] | None = None) -> KnownModel:
+    """The row for `name`; UnknownModelError (one line, listing the choices) otherwise.
+
+    Args:
+        kinds: the kinds the caller can run (None: any).
+    """
+    choices = ", ".join(n for n, m in MODELS.items() if kinds is None or m.kind in kinds)
+    model = MODELS.get(name)
+    if model is None:
+        raise UnknownModelError(
+            f"unknown model {name!r}: choose one of {choices} (or pass --hf-repo / --checkpoint)"
+        )
+    if kinds is not None and model.kind not in kinds:
+        raise UnknownModelError(
+            f"{name} is a {model.kind} model, which this command does not run: choose one of "
+            f"{choices}"
+        )
+    return model
+
+
+def model_for_repo(repo: str) -> KnownModel | None:
+    """The known model a hub repo id belongs to (None if none)."""
+    for m in MODELS.values():
+        if repo in m.repos.values():
+            return m
+    return None
