@@ -13,6 +13,13 @@ samples the text token for time t and, in the depth decoder, each audio codebook
 t - delay_k. Complete audio frames therefore lag the text by the largest delay: `step` returns
 `None` for the audio during the first `max_delay` steps, then the frame for time t - max_delay.
 
+Teacher forcing (`prefill`). Any subset of the streams (text, Moshi's audio, the user's audio)
+can be given for the next steps instead of sampled or heard: Moshi's codebook k of time t is then
+forced at step t + delay_k, so a prefill of frames up to time T also fixes the acoustic codebooks
+of the first steps after it. When every output of a block of steps is given, the block runs as
+one batched forward pass of the temporal transformer (no depth decoder, no sampling); its caches
+are those of the same steps run one at a time.
+
 Every cache is bounded (the temporal transformer's ring holds its 3000-step context, the delay
 buffers hold `max_delay + 1` steps): a session can run for hours.
 """
@@ -34,6 +41,9 @@ class MoshiGenerator:
         audio_temperature, audio_top_k: audio sampling (Kyutai's defaults 0.8 and 250).
         top_p: nucleus sampling threshold for both, None to disable.
         seed: seed of the generator's own random stream (None: a random seed).
+        depformer_steps: depth-decoder steps run each step (default: the codebooks Moshi
+            speaks, `cfg.num_generated`). PersonaPlex's decoder has 16, the last 8 predicting the
+            user: running them (fed the user's tokens, as NVIDIA's code) changes nothing.
         batch_size: number of independent streams.
         conditions: for conditioned models (Kyutai's `conditioners` + `fuser` config keys),
             {name: value}, e.g. {"description": "very_good"}, or one dict a batch row.
@@ -58,6 +68,7 @@ class MoshiGenerator:
         conditions: dict | list[dict] | None = None,
         cfg_coef: float = 1.0,
         cfg_conditions: dict | list[dict] | None = None,
+        depformer_steps: int | None = None,
     ):
         self.model = model
         self.cfg = model.cfg
@@ -66,8 +77,12 @@ class MoshiGenerator:
         self.rng = Rng(seed)
         self.batch_size = batch_size
         cfg = self.cfg
-        self._gen_delays = cfg.delays[1 : 1 + cfg.dep_q]
-        self._user_delays = cfg.delays[1 + cfg.dep_q :]
+        G = cfg.num_generated
+        self._gen_delays = cfg.delays[1 : 1 + G]
+        self._user_delays = cfg.delays[1 + G :]
+        self.depformer_steps = G if depformer_steps is None else depformer_steps
+        if not G <= self.depformer_steps <= cfg.dep_q:
+            raise ValueError(f"depformer_steps must be in {G}..{cfg.dep_q}")
         self.cfg_coef = cfg_coef
         if cfg_coef != 1.0:  # classifier-free guidance: a second, unconditioned half-batch
             rows = [conditions] * batch_size if isinstance(conditions, dict) else conditions
@@ -98,6 +113,8 @@ class MoshiGenerator:
         self._text: mx.array | None = None  # (B,) text sampled at the previous step
         self._audio: list[mx.array] = []  # depth-decoder outputs (B, dep_q) of the last steps
         self._user: list[mx.array] = []  # user frames (B, n_user) of the last steps
+        # step -> (text (B,) or None, per generated codebook (B,) or None): given, not sampled
+        self._forced: dict[int, tuple[mx.array | None, list[mx.array | None]]] = {}
 
     def _user_frame(self, user_codes) -> mx.array:
         codes = mx.array(user_codes) if not isinstance(user_codes, mx.array) else user_codes
@@ -126,7 +143,7 @@ class MoshiGenerator:
             if s - 1 - d >= 0:
                 columns.append(self._user[-age][:, j])
             else:
-                columns.append(mx.full((B,), initial[1 + self.cfg.dep_q + j]))
+                columns.append(mx.full((B,), initial[1 + self.cfg.num_generated + j]))
         return mx.stack(columns, axis=1).astype(mx.int32)[:, :, None]
 
     def _guided(self, logits: mx.array) -> mx.array:
@@ -145,21 +162,165 @@ class MoshiGenerator:
 
         Returns:
             text_token: (B,) int32, the text token of this step.
-            audio_codes: (B, dep_q) int32 Moshi's codes for time `step - max_delay`, ready for
+            audio_codes: (B, n_gen) int32 Moshi's codes for time `step - max_delay`, ready for
                 Mimi, or None during the first `max_delay` steps.
 
         The results are lazy MLX arrays whose evaluation has been started (`mx.async_eval`);
         nothing here waits for a value.
         """
-        self._user = (self._user + [self._user_frame(user_codes)])[-(self.max_delay + 2) :]
+        text, frame = self._advance(self._user_frame(user_codes))
+        mx.async_eval(text, *(self._audio if frame is None else [frame, *self._audio]))
+        return text, frame
+
+    # -- teacher forcing --------------------------------------------------------------------------
+    def prefill(
+        self,
+        text=None,
+        audio=None,
+        user=None,
+        embeddings: mx.array | None = None,
+        batched: bool = True,
+    ) -> None:
+        """Give streams for the next n steps instead of sampling (or hearing) them.
+
+        Args:
+            text: (B, n) or (n,) Moshi's text tokens for times `step_index .. + n - 1`.
+            audio: (B, n_gen, n) Moshi's audio codes for those times (undelayed, as Mimi
+                gives them; codebook k is forced at step t + delay_k).
+            user: (B, n_user, n) the user's codes; absent: -1, "no input" (embeds to zero).
+            embeddings: (B, n, dim) input embeddings of these n steps, used instead of the
+                tokens' (a saved voice prompt); the tokens then only feed later steps.
+            batched: run the block as one forward pass when every output is given (else, and
+                when False, forced steps are run one at a time).
+
+        Streams not given are sampled as usual. Nothing is returned; Moshi's audio of these
+        times comes out of the next `step` calls like any other.
+        """
+        B, G = self.batch_size, self.cfg.num_generated
+        given = [x for x in (text, audio, user, embeddings) if x is not None]
+        if not given:
+            raise ValueError("prefill needs at least one stream")
+        text = None if text is None else _int_array(text)
+        if text is not None and text.ndim == 1:
+            text = mx.broadcast_to(text[None], (B, text.shape[0]))
+        audio = None if audio is None else _int_array(audio)
+        user = None if user is None else _int_array(user)
+        lengths = {x.shape[-1] for x in (text, audio, user) if x is not None}
+        if embeddings is not None:
+            lengths.add(embeddings.shape[1])
+        if len(lengths) != 1:
+            raise ValueError(f"the prefilled streams have different lengths: {sorted(lengths)}")
+        (n,) = lengths
+        self._check_shape("text", text, (B, n))
+        self._check_shape("audio", audio, (B, G, n))
+        self._check_shape("user", user, (B, self.cfg.num_user_codebooks, n))
+        S = self._step
+        for i in range(n):
+            if text is not None:
+                self._force(S + i, text=text[:, i])
+            if audio is not None:
+                for k, d in enumerate(self._gen_delays):
+                    self._force(S + i + d, codebook=k, token=audio[:, k, i])
+        if user is None:
+            user = mx.full((B, self.cfg.num_user_codebooks, n), -1, dtype=mx.int32)
+        if batched and all(self._fully_forced(S + i) for i in range(n)):
+            self._batched(user, n, embeddings)
+            return
+        if embeddings is not None:
+            raise ValueError("prefill with embeddings needs every output given (text and audio)")
+        for i in range(n):
+            self._advance(user[:, :, i])
+        mx.async_eval(self._text, *self._audio)
+
+    def _check_shape(self, name: str, x: mx.array | None, shape: tuple) -> None:
+        if x is not None and tuple(x.shape) != shape:
+            raise ValueError(f"prefill {name} must have shape {shape}, got {tuple(x.shape)}")
+
+    def _force(self, step: int, text=None, codebook: int | None = None, token=None) -> None:
+        forced_text, forced_audio = self._forced.get(step, (None, [None] * self.cfg.num_generated))
+        if text is not None:
+            forced_text = text
+        if codebook is not None:
+            forced_audio = list(forced_audio)
+            forced_audio[codebook] = token
+        self._forced[step] = (forced_text, forced_audio)
+
+    def _fully_forced(self, step: int) -> bool:
+        """Every output of `step` is given (or never used: codebooks of times before 0)."""
+        text, audio = self._forced.get(step, (None, [None] * self.cfg.num_generated))
+        return text is not None and all(
+            a is not None or step < d for a, d in zip(audio, self._gen_delays, strict=True)
+        )
+
+    def _placeholder_audio(self, audio: list[mx.array | None]) -> mx.array:
+        B, initial = self.batch_size, self.model.initial_tokens
+        return mx.stack(
+            [a if a is not None else mx.full((B,), initial[1 + k]) for k, a in enumerate(audio)],
+            axis=1,
+        ).astype(mx.int32)
+
+    def _batched(self, user: mx.array, n: int, embeddings: mx.array | None) -> None:
+        """n fully forced steps in one forward pass of the temporal transformer."""
+        columns = []
+        for i in range(n):
+            self._user = (self._user + [user[:, :, i]])[-(self.max_delay + 2) :]
+            columns.append(self._inputs())
+            text, audio = self._forced.pop(self._step)
+            self._text = text.astype(mx.int32)
+            self._audio = (self._audio + [self._placeholder_audio(audio)])[-(self.max_delay + 1) :]
+            self._step += 1
+        tokens = mx.concatenate(columns, axis=2)  # (B, K, n)
+        if self.cfg_coef != 1.0:
+            tokens = mx.concatenate([tokens, tokens], axis=0)
+        if embeddings is not None:
+            x = embeddings.astype(self.model.dtype)
+            if self.cfg_coef != 1.0:
+                x = mx.concatenate([x, x], axis=0)
+            x = x if self._condition is None else x + self._condition
+        else:
+            x = self.model.embed(tokens, self._condition)
+        mx.eval(self.model.transformer.step(x))
+        mx.eval(self._text, *self._audio)
+
+    def _advance(self, user_frame: mx.array) -> tuple[mx.array, mx.array | None]:
+        """One step (forced outputs from `prefill` where given); returns (text, frame)."""
+        self._user = (self._user + [user_frame])[-(self.max_delay + 2) :]
+        forced_text, forced_audio = self._forced.pop(
+            self._step, (None, [None] * self.cfg.num_generated)
+        )
+        if self._step < self.max_delay:  # codebooks of times before 0 are never used
+            initial = self._placeholder_audio([None] * self.cfg.num_generated)
+            forced_audio = [
+                initial[:, k] if a is None and self._step < d else a
+                for k, (a, d) in enumerate(zip(forced_audio, self._gen_delays, strict=True))
+            ]
         tokens = self._inputs()
         if self.cfg_coef != 1.0:
             tokens = mx.concatenate([tokens, tokens], axis=0)
         out, text_logits = self.model.step(tokens, self._condition)
-        text = self.text_sampler(self._guided(text_logits[:, 0]), self.rng)
-        audio = self.model.depformer.sample(
-            out, text, lambda logits: self.audio_sampler(self._guided(logits), self.rng)
-        )
+        if forced_text is not None:
+            text = forced_text.astype(mx.int32)
+        else:
+            text = self.text_sampler(self._guided(text_logits[:, 0]), self.rng)
+        feed = None
+        extra = self.depformer_steps - self.cfg.num_generated
+        if extra:  # NVIDIA's decoder also runs the user's codebooks, fed the user's tokens
+            # slice G + j is fed the user's codebook j of this step's time (delay d_j)
+            feed = [None] * self.cfg.num_generated + [
+                self._user[-1 - d][:, j] if len(self._user) > d else None
+                for j, d in enumerate(self._user_delays[:extra])
+            ]
+        if all(a is not None for a in forced_audio) and not extra:
+            audio = mx.stack(forced_audio, axis=1).astype(mx.int32)
+        else:
+            audio = self.model.depformer.sample(
+                out,
+                text,
+                lambda logits: self.audio_sampler(self._guided(logits), self.rng),
+                steps=self.depformer_steps,
+                forced=forced_audio,
+                feed=feed,
+            )[:, : self.cfg.num_generated]
         self._text = text
         self._audio = (self._audio + [audio])[-(self.max_delay + 1) :]
         self._step += 1
@@ -172,5 +333,8 @@ class MoshiGenerator:
                 for k, d in enumerate(self._gen_delays)
             ]
             frame = mx.stack(columns, axis=1)
-        mx.async_eval(text, *(self._audio if frame is None else [frame, *self._audio]))
         return text, frame
+
+
+def _int_array(x) -> mx.array:
+    return (x if isinstance(x, mx.array) else mx.array(x)).astype(mx.int32)

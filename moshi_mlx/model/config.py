@@ -99,6 +99,9 @@ class LmConfig:
     depformer_max_period: float | None = 10000.0
     depformer_kv_repeat: int | None = None
     depformer_positional_scale: float | None = None
+    # audio codebooks Moshi speaks (None: dep_q). PersonaPlex's depth decoder has 16 steps:
+    # the last 8 predict the user's codebooks and are never needed to generate.
+    generated_codebooks: int | None = None
     # extras
     extra_heads_num_heads: int = 0
     extra_heads_dim: int = 6
@@ -137,6 +140,12 @@ class LmConfig:
         """Kyutai's 7B Moshiko/Moshika (`moshi/models/loaders.py` `_lm_kwargs`)."""
         return cls()
 
+    @classmethod
+    def personaplex_7b(cls) -> LmConfig:
+        """NVIDIA's PersonaPlex: the 7B model with a 16-step depth decoder (`dep_q` 16, NVIDIA's
+        `loaders.py`), of which the first 8 steps are Moshi's codebooks."""
+        return cls(dep_q=16, generated_codebooks=8)
+
     def to_dict(self) -> dict:
         """Kyutai's flat layout, as their `config.json` files hold it."""
         d = asdict(self)
@@ -152,6 +161,8 @@ class LmConfig:
         schedule = self.depformer_weights_per_step_schedule
         if schedule is not None and len(schedule) != self.dep_q:
             raise ValueError(f"depformer_weights_per_step_schedule needs {self.dep_q} entries")
+        if self.generated_codebooks is not None and not 0 < self.generated_codebooks <= self.dep_q:
+            raise ValueError(f"generated_codebooks must be in 1..dep_q ({self.dep_q})")
         if self.demux_second_text_stream:
             raise NotImplementedError("demux_second_text_stream models are not supported")
         if self.cross_attention:
@@ -164,9 +175,14 @@ class LmConfig:
         return 1 + self.n_q
 
     @property
+    def num_generated(self) -> int:
+        """Audio codebooks the generator samples (Moshi's own; 8 for Moshi and PersonaPlex)."""
+        return self.dep_q if self.generated_codebooks is None else self.generated_codebooks
+
+    @property
     def num_user_codebooks(self) -> int:
         """Audio codebooks that come from outside (the user's; 8 for Moshi)."""
-        return self.n_q - self.dep_q
+        return self.n_q - self.num_generated
 
     @property
     def max_delay(self) -> int:

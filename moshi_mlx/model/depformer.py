@@ -73,28 +73,49 @@ class DepFormer(nn.Module):
         transformer_out: mx.array,
         text_token: mx.array,
         sample_fn: Callable[[mx.array], mx.array],
+        steps: int | None = None,
+        forced: list[mx.array | None] | None = None,
+        feed: list[mx.array | None] | None = None,
     ) -> mx.array:
         """Generate the audio tokens of one time step.
 
         Args:
             transformer_out: (R, 1, dim) temporal transformer output for this step, R = B, or
                 2 B with classifier-free guidance (conditioned rows, then unconditioned).
-            text_token: (B,) the text token sampled for this step.
+            text_token: (B,) the text token of this step.
             sample_fn: (R, card) logits -> (B,) tokens.
+            steps: how many codebooks (slices) to run (default: all `dep_q`). The depth
+                decoder is causal over its steps, so later slices never change earlier tokens.
+            forced: per codebook, (B,) tokens given instead of sampled (the slice's head is
+                skipped; slices after the last sampled codebook are not run at all).
+            feed: per codebook, (B,) tokens fed to the next slice in place of the sampled one
+                (which is still returned): NVIDIA's teacher forcing of the user's codebooks.
 
         Returns:
-            (B, dep_q) int32 tokens.
+            (B, steps) int32 tokens.
         """
+        steps = len(self.slices) if steps is None else steps
+        forced = list(forced or []) + [None] * (steps - len(forced or []))
+        feed = list(feed or []) + [None] * (steps - len(feed or []))
+        sampled = [k for k in range(steps) if forced[k] is None]
+        run = sampled[-1] + 1 if sampled else 0  # slices whose outputs matter
         caches = self._caches()
         rows = transformer_out.shape[0]
         token = text_token
         tokens = []
-        for part in self.slices:
+        for k in range(steps):
+            if k >= run:
+                token = forced[k]
+                tokens.append(token)
+                continue
+            part = self.slices[k]
             token_in = mx.tile(token, rows // token.shape[0])  # the same token for both halves
             x = part.linear_in(transformer_out) + part.emb(token_in[:, None]).astype(
                 transformer_out.dtype
             )
             y = part.transformer.step(x, caches=caches)  # (B, 1, depformer_dim)
-            token = sample_fn(part.head(y)[:, 0])
+            token = forced[k] if forced[k] is not None else sample_fn(part.head(y)[:, 0])
             tokens.append(token)
-        return mx.stack(tokens, axis=1)
+            if feed[k] is not None:
+                token = feed[k]
+        return mx.stack(tokens, axis=1).astype(mx.int32)
