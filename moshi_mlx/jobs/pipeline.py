@@ -49,6 +49,16 @@ class Sampling:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Conditions of a conditioned model (Hibiki) and classifier-free guidance against
+    `cfg_conditions` (coefficient 1: none)."""
+
+    conditions: dict | None = None
+    cfg_coef: float = 1.0
+    cfg_conditions: dict | None = None
+
+
 @dataclass
 class FrameResult:
     """What one step produced.
@@ -84,11 +94,21 @@ class Pipeline:
         mimi: the codec (`Checkpoint.mimi`).
         tokenizer: the text tokenizer (`Checkpoint.tokenizer`), or None to skip text pieces.
         sampling: sampling settings and seed.
+        guidance: conditions and classifier-free guidance (conditioned models).
+        prompt: frames teacher-forced at the start of every session (`prompts.system_prompt`).
 
     The pipeline starts a fresh session when built and on `reset()`.
     """
 
-    def __init__(self, lm, mimi, tokenizer=None, sampling: Sampling | None = None):
+    def __init__(
+        self,
+        lm,
+        mimi,
+        tokenizer=None,
+        sampling: Sampling | None = None,
+        guidance: Guidance | None = None,
+        prompt=None,
+    ):
         sampling = sampling or Sampling()
         if sampling.seed is None:
             sampling = Sampling(**{**sampling.to_dict(), "seed": secrets.randbits(31)})
@@ -110,7 +130,11 @@ class Pipeline:
             audio_top_k=sampling.audio_top_k,
             top_p=sampling.top_p,
             seed=sampling.seed,
+            conditions=(guidance or Guidance()).conditions,
+            cfg_coef=(guidance or Guidance()).cfg_coef,
+            cfg_conditions=(guidance or Guidance()).cfg_conditions,
         )
+        self.prompt = prompt
         self._owner = threading.get_ident()
         self.reset()
 
@@ -140,6 +164,16 @@ class Pipeline:
         self._submitted = 0
         self.generator.reset()
         self.mimi.reset()
+        self._prompted = False  # the prompt is prefilled before the session's first frame
+
+    def prefill_prompt(self) -> None:
+        """Teacher-force the prompt now (else the first `submit` does it); once a session."""
+        self._check_thread()
+        if self.prompt is not None and not self._prompted and not self._submitted:
+            from .prompts import prefill_prompt
+
+            prefill_prompt(self.generator, self.prompt)
+        self._prompted = True
 
     def submit(self, pcm: np.ndarray) -> None:
         """Start the work of the next user frame without waiting for it.
@@ -148,6 +182,8 @@ class Pipeline:
             pcm: (FRAME_SIZE,) float samples at 24 kHz, the user's next 80 ms.
         """
         self._check_thread()
+        if not self._prompted:
+            self.prefill_prompt()
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         if pcm.shape[0] != FRAME_SIZE:
             raise ValueError(f"a frame is {FRAME_SIZE} samples, got {pcm.shape[0]}")

@@ -91,16 +91,35 @@ def resolve(checkpoint: str | Path, revision: str | None = None) -> CheckpointFi
     raise CheckpointError(f"{root} holds no Moshi weights: looked for {' or '.join(names)}")
 
 
+def tensor_names(path: Path) -> set[str]:
+    """The tensor names of a safetensors file, from its header (nothing else is read)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    return {k for k in header if k != "__metadata__"}
+
+
 def config_from(files: CheckpointFiles) -> LmConfig:
-    """The model configuration a checkpoint describes (7B when it says nothing)."""
+    """The model configuration a checkpoint describes (7B when it says nothing).
+
+    A repo whose config.json names no hyper-parameters (or has none) holds a 7B model; which
+    one is told by its tensors: a depth decoder of 16 steps is NVIDIA's PersonaPlex.
+    """
     raw = files.config
-    if raw is None:
-        return LmConfig()
-    if files.layout == "hf":
+    if raw is not None and files.layout == "hf":
         return LmConfig.from_hf_config(raw)
-    if "dim" not in raw:  # a Kyutai repo config that only names files: their 7B model
-        return LmConfig()
-    return LmConfig.from_dict(raw)
+    if raw is not None and "dim" in raw:
+        return LmConfig.from_dict(raw)
+    # Kyutai's 7B (their repo configs only name files), or PersonaPlex (a stub config.json)
+    names = set().union(*(tensor_names(f) for f in files.weights))
+    if is_personaplex(names):
+        return LmConfig.personaplex_7b()
+    return LmConfig()
+
+
+def is_personaplex(names: set[str]) -> bool:
+    """16 depth-decoder steps on 16 audio codebooks (PyTorch `linears.15`, MLX slice 15)."""
+    return "linears.15.weight" in names or any(n.startswith("depformer.slices.15.") for n in names)
 
 
 def read_tensors(files: list[Path]) -> dict[str, mx.array]:
