@@ -3,6 +3,7 @@ report what the quantization gave up.
 
     moshi-mlx-quantize kyutai/moshiko-pytorch-bf16 moshiko-q4 --recipe q4 --report
     moshi-mlx-quantize report kyutai/moshiko-pytorch-bf16 moshiko-q4 moshiko-q8
+    moshi-mlx-quantize voices personaplex/voices.tgz personaplex-q8/voices
 """
 
 from __future__ import annotations
@@ -79,6 +80,28 @@ def configure_report_parser(parser: argparse.ArgumentParser | None = None):
     return p
 
 
+def configure_voices_parser(parser: argparse.ArgumentParser | None = None):
+    """The `voices` command's arguments."""
+    p = parser or argparse.ArgumentParser(
+        prog="moshi-mlx-quantize voices",
+        description="Convert PersonaPlex's voice presets (voices.tgz of PyTorch .pt files) to "
+        "safetensors, once: `moshi-mlx --voice-prompt NAME` then reads them without PyTorch. "
+        "Put them in a `voices/` folder beside the model (or pass --voice-prompt FILE).",
+    )
+    p.add_argument("source", type=Path, help="voices.tgz, a folder of .pt files, or one .pt")
+    p.add_argument("output", type=Path, help="folder for NAME.safetensors (created)")
+    p.add_argument("--force", action="store_true", help="replace existing presets")
+    return p
+
+
+def _voices(args: argparse.Namespace) -> None:
+    from .voices import convert_voices
+
+    written = convert_voices(args.source, args.output, force=args.force)
+    names = " ".join(p.stem for p in written)
+    print(f"wrote {len(written)} voice presets to {args.output}: {names}")
+
+
 def _recipe_spec(args: argparse.Namespace) -> str:
     spec = args.recipe
     if args.embeddings:
@@ -130,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["report"]:
             args = configure_report_parser().parse_args(argv[1:])
             _report(args, args.source, args.quantized, args.json)
+        elif argv[:1] == ["voices"]:
+            _voices(configure_voices_parser().parse_args(argv[1:]))
         else:
             _convert(configure_parser().parse_args(argv))
     except KeyboardInterrupt:

@@ -109,12 +109,30 @@ def config_from(files: CheckpointFiles) -> LmConfig:
     if raw is not None and files.layout == "hf":
         return LmConfig.from_hf_config(raw)
     if raw is not None and "dim" in raw:
-        return LmConfig.from_dict(raw)
+        return with_user_stream(LmConfig.from_dict(raw), raw)
     # Kyutai's 7B (their repo configs only name files), or PersonaPlex (a stub config.json)
     names = set().union(*(tensor_names(f) for f in files.weights))
     if is_personaplex(names):
         return LmConfig.personaplex_7b()
     return LmConfig()
+
+
+def with_user_stream(cfg: LmConfig, raw: dict) -> LmConfig:
+    """A dialogue model whose depth decoder also predicts the user's codebooks (PersonaPlex's
+    layout in a full config.json: `dep_q == n_q`, the second half starting with a semantic
+    codebook of delay 0) generates only the first half."""
+    dialogue = raw.get("model_type") not in ("tts", "stt")
+    n = cfg.n_q
+    if (
+        cfg.generated_codebooks is None
+        and dialogue
+        and cfg.dep_q == n
+        and n % 2 == 0
+        and cfg.delays[1] == cfg.delays[1 + n // 2] == 0
+        and cfg.delays[1 : 1 + n // 2] == cfg.delays[1 + n // 2 :]
+    ):
+        cfg.generated_codebooks = n // 2
+    return cfg
 
 
 def is_personaplex(names: set[str]) -> bool:
