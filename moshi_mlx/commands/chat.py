@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import options
+from . import options, prompting
 
 PREFILL_FRAMES = 2  # the speaker's jitter buffer: 160 ms
 
@@ -17,6 +17,7 @@ def register(command) -> None:
         "talk with Moshi on the microphone and speaker (Ctrl-C ends; also --list-devices)",
     )
     options.add_model_options(chat)
+    prompting.add_prompt_options(chat)
     audio = chat.add_argument_group("audio")
     audio.add_argument(
         "--list-devices", action="store_true", help="list the audio devices and exit"
@@ -69,6 +70,7 @@ def _chat(args: argparse.Namespace) -> None:
     output_device = choose_device(args.output_device, "output", args.device_rate)
     if args.record is not None:
         check_record_dir(args.record, args.force)
+    prompting.apply_session(args)
     source = options.source_of(args)
     pipeline = options.pipeline(args, source)
     pipeline.warmup()
@@ -87,4 +89,4 @@ def _chat(args: argparse.Namespace) -> None:
         capacity_frames=PREFILL_FRAMES + max_lag_frames,
         log_played=args.record is not None,
     )
-    run_chat(pipeline, audio, chat_options, {"checkpoint": source})
+    run_chat(pipeline, audio, chat_options, pipeline.info)

@@ -221,12 +221,25 @@ def load(source: str):
 
 
 def pipeline(args: argparse.Namespace, source: str):
+    """Load the checkpoint and build the session pipeline: the model's sampling defaults,
+    guidance (Hibiki) and prompts (PersonaPlex); `pipeline.info` says what a replay needs."""
     from ..jobs.pipeline import Pipeline
+    from . import prompting
 
+    known = known_of(args)
+    prompting.check_prompts(args, known)
     if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
         print(f"loading {source} ...", file=sys.stderr, flush=True)
     ckpt = load(source)
 
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)
-    return Pipeline(ckpt.lm, ckpt.mimi, ckpt.tokenizer, sampling_of(args))
+    profile = prompting.profile_of(known, ckpt.lm)
+    guidance = prompting.guidance_of(args, profile, ckpt.lm)
+    prompt = prompting.build_prompt(args, profile, ckpt, source)
+    result = Pipeline(
+        ckpt.lm, ckpt.mimi, ckpt.tokenizer, sampling_of(args, profile), guidance, prompt
+    )
+    result.info = prompting.session_info(args, source, profile, guidance)
+    result.profile = profile
+    return result

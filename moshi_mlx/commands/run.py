@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mimi_mlx.cli_support import UsageError
 
-from . import options
+from . import options, prompting
 
 
 def register(command) -> None:
@@ -19,6 +19,7 @@ def register(command) -> None:
         "output", metavar="OUT", help="Moshi's audio (.wav); OUT.txt and OUT.json get the text"
     )
     options.add_model_options(run)
+    prompting.add_prompt_options(run)
     run.add_argument(
         "--float", dest="float32", action="store_true", help="write 32-bit float samples"
     )
@@ -43,6 +44,7 @@ def _run(args: argparse.Namespace) -> None:
     audio_info(args.input)
     for path in outputs:
         check_output(path, args.force)
+    prompting.apply_session(args)
     source = options.source_of(args)
     pipeline = options.pipeline(args, source)
     result = run_file(
@@ -51,7 +53,7 @@ def _run(args: argparse.Namespace) -> None:
         args.output,
         float32=args.float32,
         progress=False if args.quiet else None,
-        info={"checkpoint": source, "input": str(args.input)},
+        info={**pipeline.info, "input": str(args.input)},
     )
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)

@@ -127,9 +127,9 @@ class PromptFrames:
 
     Attributes:
         text: (T,) text tokens; audio: (8, T) Moshi's codes; user: (8, T) the user's codes.
-        embeddings: (E, dim) a voice preset's input embeddings, replayed before the frames
-            (its last two frames' tokens are the first two columns of the frames... see
-            `system_prompt`), or None.
+        embeddings: (E, dim) a voice preset's input embeddings, replayed before the frames,
+            or None. With a preset, the first two frames are the preset's last two (the tokens
+            its embeddings stand for, which later steps read); the others follow its steps.
     """
 
     text: np.ndarray
@@ -139,21 +139,26 @@ class PromptFrames:
 
     @property
     def steps(self) -> int:
+        """Generator steps the prompt takes."""
         return len(self.text) + (0 if self.embeddings is None else len(self.embeddings) - 2)
 
 
 def system_prompt(
     text_tokens: list[int] | None,
     voice: np.ndarray | VoicePreset | None,
+    user_fill: tuple[int, ...] = SINE_TOKENS,
+    drop_first: bool = True,
 ) -> PromptFrames:
     """NVIDIA's four prompt phases as the model's past (their generator's first frame dropped).
 
     Args:
         text_tokens: the SentencePiece tokens of `wrap_with_system_tags(prompt)`, or None.
         voice: Mimi codes (8, n) of a voice recording, a converted preset, or None.
+        user_fill: the user's codes during the prompts (NVIDIA's sine; silence for Moshi).
+        drop_first: drop the first frame as NVIDIA's generator does (False for Moshi's prefill).
     """
     silence = np.array(SILENCE_TOKENS)[:, None]
-    sine = np.array(SINE_TOKENS)[:, None]
+    sine = np.array(user_fill)[:, None]
     columns: list[tuple[int, np.ndarray, np.ndarray]] = []  # (text, audio (8,), user (8,))
     embeddings = None
     if isinstance(voice, VoicePreset):
@@ -166,7 +171,7 @@ def system_prompt(
     columns += [(PAD, silence[:, 0], sine[:, 0])] * SILENCE_FRAMES
     columns += [(int(t), silence[:, 0], sine[:, 0]) for t in text_tokens or []]
     columns += [(PAD, silence[:, 0], sine[:, 0])] * SILENCE_FRAMES
-    if embeddings is None:
+    if embeddings is None and drop_first:
         columns = columns[1:]  # NVIDIA's first call only writes the start tokens
     return PromptFrames(
         text=np.array([c[0] for c in columns], np.int64),

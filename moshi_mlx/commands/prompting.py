@@ -1,0 +1,198 @@
+"""The options `chat` and `run` share for prompts and conditioned models: `--prompt`,
+`--voice-prompt`, `--cfg-coef`, `--session` (replay a recorded session's settings).
+
+What a model accepts comes from the known-models table (`--model`), or, for another checkpoint,
+from what it is: a 16-step depth decoder is PersonaPlex, a "description" condition Hibiki.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mimi_mlx.cli_support import UsageError
+
+from ..model.known import MODELS, TRAINED, KnownModel
+
+PRESET_SUFFIX = ".safetensors"
+
+
+def add_prompt_options(sub: argparse.ArgumentParser) -> None:
+    g = sub.add_argument_group("prompts and guidance")
+    g.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help="a text persona before the conversation (PersonaPlex: "
+        '"You are a patient French teacher."; Moshiko/Moshika take it as an untrained prefill)',
+    )
+    g.add_argument(
+        "--voice-prompt",
+        metavar="FILE|PRESET",
+        help="a voice to speak with: a recording (any audio file) or a PersonaPlex preset name "
+        "(NATF0-3, NATM0-3, VARF0-4, VARM0-4, converted once by `moshi-mlx-quantize voices`) "
+        "or its .safetensors file",
+    )
+    g.add_argument(
+        "--cfg-coef",
+        type=float,
+        metavar="C",
+        help="classifier-free guidance of conditioned models (Hibiki: default 3; 1: none)",
+    )
+    g.add_argument(
+        "--session",
+        type=Path,
+        metavar="FILE",
+        help="a recorded session.json: its checkpoint, prompts, seed and sampling (options "
+        "given here win)",
+    )
+
+
+def apply_session(args: argparse.Namespace) -> None:
+    """Fill the options not given from a recorded `session.json` (`--session`)."""
+    path = getattr(args, "session", None)
+    if path is None:
+        return
+    try:
+        session = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the session {path}: {' '.join(str(e).split())}") from None
+    if not (args.checkpoint or args.hf_repo or args.model or args.voice):
+        args.checkpoint = session.get("checkpoint")
+    for key in ("prompt", "voice_prompt", "cfg_coef", "seed"):
+        if getattr(args, key, None) is None and session.get(key) is not None:
+            setattr(args, key, session[key])
+    sampling = session.get("sampling") or {}
+    for key in ("text_temperature", "audio_temperature", "text_top_k", "audio_top_k", "top_p"):
+        if getattr(args, key, None) is None and sampling.get(key) is not None:
+            setattr(args, key, sampling[key])
+
+
+def check_prompts(args: argparse.Namespace, known: KnownModel | None) -> None:
+    """Refuse prompts a known model cannot take (before loading anything)."""
+    if known is None:
+        return
+    for option, value, accepts in (
+        ("--prompt", args.prompt, known.text_prompt),
+        ("--voice-prompt", args.voice_prompt, known.voice_prompt),
+    ):
+        if value is not None and accepts is None:
+            takers = [n for n, m in MODELS.items() if m.text_prompt == TRAINED]
+            raise UsageError(
+                f"{known.name} takes no {option}: use --model {' or '.join(takers)} for a "
+                "persona and a voice"
+            )
+    if args.voice_prompt is not None:
+        _check_voice_file(args.voice_prompt)
+
+
+def _check_voice_file(value: str) -> None:
+    from mimi_mlx.audio import AudioError, audio_info
+
+    path = Path(value).expanduser()
+    if not path.exists():
+        if "/" in value or "." in Path(value).name:
+            raise UsageError(f"--voice-prompt: no such file: {value}")
+        return  # a preset name, looked up beside the model
+    if path.suffix == ".pt":
+        raise UsageError(
+            f"--voice-prompt {value}: PyTorch presets are converted once with "
+            f"`moshi-mlx-quantize voices {value} DIR`, then pass DIR/{path.stem}{PRESET_SUFFIX}"
+        )
+    if path.suffix != PRESET_SUFFIX:
+        try:
+            audio_info(path)
+        except AudioError as e:
+            raise UsageError(f"--voice-prompt: {e}") from None
+
+
+def profile_of(known: KnownModel | None, lm) -> KnownModel:
+    """The known model whose defaults apply: `known`, or the closest by structure."""
+    if known is not None:
+        return known
+    if lm.cfg.num_generated < lm.cfg.dep_q:
+        return MODELS["personaplex"]
+    if lm.condition_names:
+        return MODELS["hibiki"]
+    return MODELS["moshiko"]
+
+
+def guidance_of(args: argparse.Namespace, profile: KnownModel, lm):
+    """Conditions and guidance for a conditioned model (None for the others)."""
+    from ..jobs.pipeline import Guidance
+
+    if not lm.condition_names:
+        if args.cfg_coef not in (None, 1.0):
+            raise UsageError("--cfg-coef needs a conditioned model (Hibiki)")
+        return None
+    conditions = profile.conditions or {"description": "very_good"}
+    coef = profile.cfg_coef if args.cfg_coef is None else args.cfg_coef
+    negative = profile.cfg_conditions or {"description": "very_bad"}
+    return Guidance(conditions, coef, negative if coef != 1.0 else None)
+
+
+def build_prompt(args: argparse.Namespace, profile: KnownModel, ckpt, source: str):
+    """The frames to prefill before each session (None without --prompt / --voice-prompt)."""
+    from ..jobs.prompts import (
+        SILENCE_TOKENS,
+        SINE_TOKENS,
+        load_voice_preset,
+        system_prompt,
+        voice_codes,
+        wrap_with_system_tags,
+    )
+
+    check_prompts(args, profile)
+    if args.prompt is None and args.voice_prompt is None:
+        return None
+    if ckpt.lm.cfg.num_generated != 8 or ckpt.lm.cfg.card != 2048:
+        raise UsageError("prompts need Moshi's 8 + 8 Mimi codebooks of 2048 codes")
+    trained = TRAINED in (profile.text_prompt, profile.voice_prompt)
+    tokens = None
+    if args.prompt:
+        if ckpt.tokenizer is None:
+            raise UsageError("--prompt needs a checkpoint with a text tokenizer")
+        text = wrap_with_system_tags(args.prompt) if trained else args.prompt.strip()
+        tokens = ckpt.tokenizer.encode(text)
+    voice = None
+    if args.voice_prompt is not None:
+        path = _voice_path(args.voice_prompt, source, profile)
+        if path.suffix == PRESET_SUFFIX:
+            voice = load_voice_preset(path, ckpt.lm.cfg.delays)
+            if voice.embeddings.shape[1] != ckpt.lm.cfg.dim:
+                raise UsageError(f"the voice preset {path} was saved for another model size")
+        else:
+            voice = voice_codes(path, ckpt.mimi, 8)
+    # PersonaPlex hears a 440 Hz sine from the user during its prompts; Moshi, silence
+    user_fill = SINE_TOKENS if trained else SILENCE_TOKENS
+    return system_prompt(tokens, voice, user_fill=user_fill, drop_first=trained)
+
+
+def _voice_path(value: str, source: str, profile: KnownModel) -> Path:
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    from ..model.checkpoint import resolve
+
+    found = resolve(source).get(f"voices/{value}{PRESET_SUFFIX}")
+    if found is not None:
+        return found
+    hint = f" ({', '.join(profile.voices)})" if profile.voices else ""
+    raise UsageError(
+        f"no voice preset {value!r}{hint} beside the model: convert NVIDIA's voices.tgz once with "
+        "`moshi-mlx-quantize voices voices.tgz DIR/voices` (DIR: the checkpoint folder), or pass "
+        "an audio file"
+    )
+
+
+def session_info(args: argparse.Namespace, source: str, profile: KnownModel, guidance) -> dict:
+    """What `session.json` (and the transcript's JSON) records for a replay."""
+    info = {"checkpoint": source, "model": profile.name}
+    if args.prompt is not None:
+        info["prompt"] = args.prompt
+    if args.voice_prompt is not None:
+        path = Path(args.voice_prompt).expanduser()
+        info["voice_prompt"] = str(path.resolve()) if path.exists() else args.voice_prompt
+    if guidance is not None:
+        info["cfg_coef"] = guidance.cfg_coef
+    return info
