@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> None:
     from mimi_mlx.audio import AudioError, audio_info, output_format
     from mimi_mlx.output_file import check_output
 
-    from ..jobs.offline import run_file, transcript_paths
+    from ..jobs.offline import EndOfStream, run_file, transcript_paths
 
     try:
         output_format(args.output)
@@ -47,6 +47,9 @@ def _run(args: argparse.Namespace) -> None:
     prompting.apply_session(args)
     source = options.source_of(args)
     pipeline = options.pipeline(args, source)
+    end = None
+    if pipeline.profile.end_of_stream and pipeline.tokenizer is not None:
+        end = EndOfStream(pipeline.tokenizer.eos_id)  # translate to the end of what was said
     result = run_file(
         pipeline,
         args.input,
@@ -54,6 +57,7 @@ def _run(args: argparse.Namespace) -> None:
         float32=args.float32,
         progress=False if args.quiet else None,
         info={**pipeline.info, "input": str(args.input)},
+        end_of_stream=end,
     )
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)

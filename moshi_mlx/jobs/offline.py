@@ -6,6 +6,11 @@ fast as it goes. Moshi's audio is written to OUT (same length as the input: step
 what the live chat would play during that frame) and the transcript beside it, as `OUT.txt`
 (timestamped lines) and `OUT.json` (every token, pieces with timestamps). With the seed a live
 session reports, its recorded `user.wav` reproduces that session's text and audio.
+
+Translation models (Hibiki) keep talking after the input ends: with `end_of_stream`, the end of
+the input is marked as in Kyutai's `run_inference` (one frame of end-of-stream codes, all equal
+to the card), then silence is fed until the model says its end-of-text token, at most
+`max_tail_steps` steps; the output then runs past the input's length.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ from .pipeline import FRAME_SIZE, SAMPLE_RATE, Pipeline
 from .transcript import Transcript
 
 LOOKAHEAD = 1  # frames submitted ahead of the one being collected
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Feed Kyutai's end-of-stream frame after the input, then silence until `eos_token`."""
+
+    eos_token: int
+    max_tail_steps: int = 750  # 60 s
 
 
 @dataclass
@@ -53,6 +66,7 @@ def run_file(
     float32: bool = False,
     progress: bool | None = False,
     info: dict | None = None,
+    end_of_stream: EndOfStream | None = None,
 ) -> OfflineResult:
     """Feed an audio file through a fresh session of `pipeline`; write Moshi's audio and text.
 
@@ -64,6 +78,7 @@ def run_file(
         float32: write 32-bit float samples.
         progress: show a progress bar (None: only on a terminal).
         info: facts saved at the top of the transcript's JSON (checkpoint, ...).
+        end_of_stream: translation models: go on after the input until end-of-text.
 
     Returns:
         The transcript and timing.
@@ -91,13 +106,17 @@ def run_file(
     )
     try:
         with AudioWriter(dst, SAMPLE_RATE, float32) as out:
+            tail = end_of_stream is not None
+            tokens: list[int] = []  # the text token of every step
 
-            def take() -> None:
+            def take():
                 result = pipeline.collect()
+                tokens.append(result.token)
                 transcript.add(result)
-                audio = result.audio[: total - out.frames]
+                audio = result.audio if tail else result.audio[: total - out.frames]
                 out.write(audio)
-                bar.update(len(audio) / SAMPLE_RATE)
+                bar.update(min(len(audio), max(0, total - out.frames + len(audio))) / SAMPLE_RATE)
+                return result
 
             for pcm in iter_audio(src, SAMPLE_RATE, FRAME_SIZE):
                 fed += len(pcm)
@@ -106,6 +125,8 @@ def run_file(
                     take()
             while pipeline.pending:
                 take()
+            if tail:
+                _finish_stream(pipeline, take, tokens, end_of_stream)
     finally:
         bar.close()
         pipeline.reset()  # leave no session state behind, on errors too
@@ -114,3 +135,24 @@ def run_file(
     return OfflineResult(
         transcript, len(transcript.tokens), fed / SAMPLE_RATE, time.perf_counter() - start
     )
+
+
+def _finish_stream(pipeline: Pipeline, take, tokens: list[int], end: EndOfStream) -> None:
+    """Kyutai's `run_inference` end of input: the end-of-stream frame, then silence until the
+    end-of-text token has come out with its audio.
+
+    Their loop sees each text token with its audio, `audio_lag` steps after it is sampled, and
+    counts an end-of-text only once the end-of-stream frame is fed: a token sampled at step s
+    counts if s >= N + 1 - lag (N input frames), and the last step run is s + lag.
+    """
+    lag = pipeline.audio_lag
+    first = len(tokens) + 1 - lag
+    pipeline.submit_codes(pipeline.end_of_stream_codes())
+    take()
+    silence = np.zeros(FRAME_SIZE, np.float32)
+    for _ in range(end.max_tail_steps):
+        said = [s for s in range(max(first, 0), len(tokens)) if tokens[s] == end.eos_token]
+        if said and len(tokens) > said[0] + lag:
+            return
+        pipeline.submit(silence)
+        take()

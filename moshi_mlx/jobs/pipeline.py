@@ -188,9 +188,21 @@ class Pipeline:
         if pcm.shape[0] != FRAME_SIZE:
             raise ValueError(f"a frame is {FRAME_SIZE} samples, got {pcm.shape[0]}")
         user = self.mimi.encode_step(mx.array(pcm)[None, None], self.num_codebooks)
-        text, codes = self.generator.step(user)  # lazy, evaluation already started
+        self.submit_codes(user)
+
+    def submit_codes(self, user_codes) -> None:
+        """`submit` of the user's Mimi codes (1, n_user) instead of audio (Mimi's encoder is
+        not run: Kyutai's end-of-stream frame, all codes = card, is not audio)."""
+        self._check_thread()
+        if not self._prompted:
+            self.prefill_prompt()
+        text, codes = self.generator.step(user_codes)  # lazy, evaluation already started
         self._pending.append(_Pending(self._submitted, text, codes))
         self._submitted += 1
+
+    def end_of_stream_codes(self) -> mx.array:
+        """Kyutai's end-of-stream frame: every user codebook = `card` (Hibiki)."""
+        return mx.full((1, self.num_codebooks), self.lm.cfg.card, dtype=mx.int32)
 
     def collect(self) -> FrameResult:
         """Wait for the oldest submitted frame and return its result."""

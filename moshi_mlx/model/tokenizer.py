@@ -33,6 +33,11 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
+    @property
+    def eos_id(self) -> int:
+        """The end-of-text token (Hibiki says it when its translation is done)."""
+        return self.sp.eos_id()
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
