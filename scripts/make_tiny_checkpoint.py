@@ -1,6 +1,8 @@
 """Write a tiny random Moshi checkpoint folder in Kyutai's real repo layout.
 
     python scripts/make_tiny_checkpoint.py /tmp/tiny-moshi [--quantize 4|8] [--seed 0]
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-personaplex --kind personaplex
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-hibiki --kind hibiki
 
 The folder works wherever a Kyutai repo id does (`load_model`, `load_checkpoint`, the apps):
 config.json, the language model (Kyutai MLX layout), Mimi, and a SentencePiece tokenizer. The
@@ -10,8 +12,13 @@ weights are random, so Moshi makes noise, on any machine, without downloading an
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from moshi_mlx.model.tiny import make_tiny_checkpoint
+import numpy as np
+
+from moshi_mlx.model.tiny import TINY_KINDS, make_tiny_checkpoint
+
+TINY_VOICES = ("NATF0", "NATM0")  # PersonaPlex presets of the tiny checkpoint (random voices)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,15 +31,45 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=None,
         help="write model.q4 (group 32) or model.q8 (group 64) instead of float weights",
     )
+    parser.add_argument(
+        "--kind",
+        choices=sorted(TINY_KINDS),
+        default="moshi",
+        help="moshi (default), personaplex (16 depth steps, voice presets in voices/) or "
+        "hibiki (conditioned translation model)",
+    )
     return parser
+
+
+def write_tiny_voices(folder: Path, seed: int) -> list[Path]:
+    """PersonaPlex voice presets (NVIDIA's format, as `quantize voices` writes it) for random
+    voices of the tiny model, in `folder/voices/`."""
+    from safetensors.numpy import save_file
+
+    from moshi_mlx import load_model
+    from moshi_mlx.jobs.prompts import make_voice_preset
+
+    lm = load_model(folder)
+    (folder / "voices").mkdir(exist_ok=True)
+    written = []
+    for i, name in enumerate(TINY_VOICES):
+        voice = np.random.default_rng(seed + i).integers(0, lm.cfg.card, (8, 25))
+        path = folder / "voices" / f"{name}.safetensors"
+        save_file(make_voice_preset(lm, voice), str(path), metadata={"format": "personaplex-voice"})
+        written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:
     args = configure_parser(
         argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ).parse_args(argv)
-    folder = make_tiny_checkpoint(args.folder, seed=args.seed, quantize_bits=args.quantize)
-    print(f"wrote a tiny random Moshi checkpoint to {folder}")
+    folder = make_tiny_checkpoint(
+        args.folder, seed=args.seed, quantize_bits=args.quantize, kind=args.kind
+    )
+    if args.kind == "personaplex":
+        write_tiny_voices(folder, args.seed)
+    print(f"wrote a tiny random {args.kind} checkpoint to {folder}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ TINY = {
 }
 
 
-def seven_b(num_layers: int = 2, depformer_num_layers: int = 2) -> dict:
+def seven_b(num_layers: int = 2, depformer_num_layers: int = 1) -> dict:
     """NVIDIA's config (Kyutai's 7B with `dep_q` 16, their loaders.py L187) with fewer layers."""
     return {
         **R.seven_b(num_layers),
@@ -85,7 +85,8 @@ class NvidiaGen:
             self.offset += 1
             return None
         inp, tgt = (self.offset - 1) % CT, self.offset % CT
-        return cache[:, :, inp : inp + 1], provided[:, :, tgt : tgt + 1], cache[:, :, tgt : tgt + 1], inp, tgt
+        input_, target_ = cache[:, :, inp : inp + 1], cache[:, :, tgt : tgt + 1]
+        return input_, provided[:, :, tgt : tgt + 1], target_, inp, tgt
 
     @torch.no_grad()
     def step(self, user=None, moshi=None, text=None):
@@ -193,6 +194,7 @@ def run_nvidia(lm, voice_codes, text_tokens, user, preset=None) -> NvidiaGen:
             gen.system_prompts(voice_codes, text_tokens)
         gen.prompt_inputs = len(gen.inputs)
         gen.result = gen.converse(user)
+    gen.lm = None  # the results only: the model can be freed
     return gen
 
 

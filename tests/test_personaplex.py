@@ -173,8 +173,9 @@ def test_voice_preset_matches_nvidia_replay(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_7b_widths_two_layers_match_nvidia(tmp_path):
-    """NVIDIA's config at real widths (2 temporal and 2 depth layers, 16 weight sets), saved in
-    bfloat16 as their release is (the weights are bf16 values: exact)."""
+    """NVIDIA's config at real widths (2 temporal layers, 1 depth layer of its 16 weight sets:
+    1.2 G parameters, 4.8 GB in float32), saved in bfloat16 as their release is (the weights are
+    bf16 values: exact)."""
     cfg = P.seven_b()
     reference = P.make_lm(cfg, seed=41, bf16_exact=True)
     codes = R.random_codes(cfg, B=1, T=5, seed=5)

@@ -144,6 +144,8 @@ def source_of(args: argparse.Namespace) -> str:
     """The checkpoint the options name: --checkpoint, --hf-repo, --model, else the default."""
     from mimi_mlx.cli_support import UsageError
 
+    if (args.checkpoint or args.hf_repo) and getattr(args, "precision", None):
+        raise UsageError("--precision picks one of a --model's hub repos, not a checkpoint's")
     if args.checkpoint:
         return args.checkpoint
     if args.hf_repo:

@@ -23,6 +23,14 @@ def register(command) -> None:
     run.add_argument(
         "--float", dest="float32", action="store_true", help="write 32-bit float samples"
     )
+    run.add_argument(
+        "--max-tail",
+        type=options.non_negative,
+        default=60.0,
+        metavar="S",
+        help="translation models (Hibiki): after the input, go on until the model ends its "
+        "translation, at most S seconds (default 60)",
+    )
     run.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
@@ -49,7 +57,8 @@ def _run(args: argparse.Namespace) -> None:
     pipeline = options.pipeline(args, source)
     end = None
     if pipeline.profile.end_of_stream and pipeline.tokenizer is not None:
-        end = EndOfStream(pipeline.tokenizer.eos_id)  # translate to the end of what was said
+        # translate to the end of what was said
+        end = EndOfStream(pipeline.tokenizer.eos_id, round(args.max_tail * 12.5))
     result = run_file(
         pipeline,
         args.input,
@@ -62,7 +71,8 @@ def _run(args: argparse.Namespace) -> None:
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)
     print(
-        f"wrote {args.output} ({result.audio_seconds:.1f} s), {text_path} and {json_path}: "
+        f"wrote {args.output} ({result.steps * 0.08 if end else result.audio_seconds:.1f} s), "
+        f"{text_path} and {json_path}: "
         f"{result.steps} steps in {result.elapsed:.1f} s (real-time factor "
         f"{result.real_time_factor:.2f}, seed {pipeline.seed})",
         file=sys.stderr,

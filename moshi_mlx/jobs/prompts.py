@@ -207,3 +207,27 @@ def prefill_prompt(generator, prompt: PromptFrames) -> None:
         )
         prompt = PromptFrames(prompt.text[2:], prompt.audio[:, 2:], prompt.user[:, 2:])
     generator.prefill(text=rows(prompt.text), audio=rows(prompt.audio), user=rows(prompt.user))
+
+
+def make_voice_preset(lm, voice: np.ndarray) -> dict[str, np.ndarray]:
+    """A voice preset in NVIDIA's format from Mimi codes (8, V) of a voice recording.
+
+    What NVIDIA's `LMGen` saves after a voice prompt (`save_voice_prompt_embeddings`): the input
+    embeddings of its V - 1 steps, (V - 1, 1, 1, dim), and its token ring (1, 17, 4) (slots
+    their generator never reads again are left at the start tokens).
+    """
+    from ..model.lm import delay_codes
+
+    frames = system_prompt(None, voice)  # the voice frames, NVIDIA's first one dropped
+    n = voice.shape[1] - 1
+    codes = np.concatenate([frames.text[None], frames.audio, frames.user])[:, :n]
+    initial = lm.initial_tokens
+    delayed = delay_codes(mx.array(codes)[None], lm.cfg.delays, initial)
+    inputs = mx.concatenate([initial[None, :, None], delayed[:, :, : n - 1]], axis=2)
+    embeddings = np.array(lm.embed(inputs).astype(mx.float32))[0]  # (n, dim)
+    size = lm.cfg.max_delay + 3
+    cache = np.repeat(np.array(initial)[:, None], size, axis=1).astype(np.int32)
+    for t in (n - 2, n - 1):
+        for k, d in enumerate(lm.cfg.delays):
+            cache[k, (t + 1 + d) % size] = codes[k, t]
+    return {"embeddings": embeddings[:, None, None], "cache": cache[None]}

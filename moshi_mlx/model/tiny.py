@@ -61,6 +61,31 @@ TINY_LM = {
 }
 
 
+# NVIDIA's PersonaPlex at a tiny width: a 16-step depth decoder (8 for Moshi, 8 for the user).
+TINY_PERSONAPLEX = {**TINY_LM, "dep_q": 16, "depformer_context": 16}
+
+# Kyutai's Hibiki at a tiny width: the "description" condition, acoustic delay 2, 8 + 8 codebooks.
+TINY_HIBIKI = {
+    **TINY_LM,
+    "max_period": 100000,
+    "delays": [0, 0] + [2] * 7 + [0] + [2] * 7,
+    "conditioners": {
+        "description": {
+            "type": "lut",
+            "lut": {
+                "n_bins": 31,
+                "dim": 16,
+                "tokenizer": "noop",
+                "possible_values": ["very_bad", "bad", "neutral", "good", "very_good"],
+            },
+        }
+    },
+    "fuser": {"sum": ["description"]},
+}
+
+TINY_KINDS = {"moshi": TINY_LM, "personaplex": TINY_PERSONAPLEX, "hibiki": TINY_HIBIKI}
+
+
 def tiny_mimi_config() -> MimiConfig:
     """Mimi's structure (24 kHz, 12.5 Hz, 32 codebooks of 2048) at a tiny width."""
     return MimiConfig(
@@ -146,7 +171,7 @@ def save_random_lm(
 
 
 def make_tiny_checkpoint(
-    folder: str | Path, seed: int = 0, quantize_bits: int | None = None
+    folder: str | Path, seed: int = 0, quantize_bits: int | None = None, kind: str = "moshi"
 ) -> Path:
     """Write a tiny random Moshi repo folder (Kyutai's layout) and return its path.
 
@@ -155,9 +180,12 @@ def make_tiny_checkpoint(
         seed: seed of the random weights.
         quantize_bits: None for float weights (`model.safetensors`), 8 or 4 for Kyutai's
             `model.q8.safetensors` (group 64) / `model.q4.safetensors` (group 32).
+        kind: "moshi", "personaplex" (16 depth steps; its voice presets are written by
+            `scripts/make_tiny_checkpoint.py`) or "hibiki" (conditioned, delay 2).
     """
     folder = Path(folder)
-    moshi_name = save_random_lm(LmConfig.from_dict(TINY_LM), folder, seed, quantize_bits).name
+    lm_config = TINY_KINDS[kind]
+    moshi_name = save_random_lm(LmConfig.from_dict(lm_config), folder, seed, quantize_bits).name
     mimi = _random_mimi(seed + 1)
     save_mimi_kyutai(mimi, folder / KYUTAI_FILE)
     (folder / "mimi_config.json").write_text(json.dumps(mimi.cfg.to_dict(), indent=2))
@@ -165,12 +193,12 @@ def make_tiny_checkpoint(
     (folder / Path(TOKENIZER_FILE).with_suffix(".vocab").name).unlink(missing_ok=True)
 
     config = {
-        **TINY_LM,
+        **lm_config,
         "moshi_name": moshi_name,
         "mimi_name": KYUTAI_FILE,
         "mimi_config_name": "mimi_config.json",
         "tokenizer_name": TOKENIZER_FILE,
-        "model_type": "moshi",
+        "model_type": "hibiki" if kind == "hibiki" else "moshi",
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
