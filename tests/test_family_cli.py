@@ -1,0 +1,132 @@
+"""`moshi-mlx run` with PersonaPlex and Hibiki tiny checkpoints: prompts, presets, replay from
+session settings, the known-models table, and bad inputs as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from moshi_app import speech_wav, tiny_checkpoint
+
+from moshi_mlx.cli import main
+from moshi_mlx.model.known import MODELS, known_model
+
+__all__ = ["speech_wav", "tiny_checkpoint"]  # fixtures used here
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+
+@pytest.fixture(scope="module")
+def personaplex(tmp_path_factory) -> Path:
+    from make_tiny_checkpoint import write_tiny_voices
+
+    from moshi_mlx.model.tiny import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("pp") / "ckpt", kind="personaplex")
+    write_tiny_voices(folder, 0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hibiki(tmp_path_factory) -> Path:
+    from moshi_mlx.model.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("hib") / "ckpt", kind="hibiki")
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    status = main(["run", *map(str, args)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def one_line(err: str) -> str:
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_known_models_table():
+    assert MODELS["moshiko"].repo == "kyutai/moshiko-mlx-q4"
+    assert MODELS["personaplex"].repo == "nvidia/personaplex-7b-v1"
+    assert MODELS["hibiki"].cfg_conditions == {"description": "very_bad"}
+    assert {"stt-1b-en_fr", "stt-2.6b-en", "tts-1.6b-en_fr"} <= set(MODELS)
+    with pytest.raises(ValueError, match="unknown model 'bob'"):
+        known_model("bob")
+    with pytest.raises(ValueError, match="stt model"):
+        known_model("stt-2.6b-en", ("dialogue",))
+
+
+def test_personaplex_prompt_preset_and_replay(capsys, personaplex, speech_wav, tmp_path):
+    out = tmp_path / "a.wav"
+    args = ("--checkpoint", personaplex, "--prompt", "You are a patient French teacher.")
+    status, _, err = run(capsys, speech_wav, out, *args, "--voice-prompt", "NATF0", "--seed", 3)
+    assert status == 0, err
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["model"] == "personaplex" and info["voice_prompt"] == "NATF0"
+    assert info["prompt"] == "You are a patient French teacher."
+    # the recorded settings replay the session: same tokens and audio
+    session = tmp_path / "session.json"
+    session.write_text(json.dumps(info))
+    again = tmp_path / "b.wav"
+    status, _, err = run(capsys, speech_wav, again, "--session", session)
+    assert status == 0, err
+    replay = json.loads(again.with_suffix(".json").read_text())
+    assert replay["tokens"] == info["tokens"]
+    np.testing.assert_array_equal(sf.read(out)[0], sf.read(again)[0])
+    # the prompt matters: without it, another conversation
+    other = tmp_path / "c.wav"
+    assert run(capsys, speech_wav, other, "--checkpoint", personaplex, "--seed", 3)[0] == 0
+    assert json.loads(other.with_suffix(".json").read_text())["tokens"] != info["tokens"]
+    # a recorded voice instead of a preset
+    status, _, err = run(
+        capsys, speech_wav, tmp_path / "d.wav", "--checkpoint", personaplex,
+        "--voice-prompt", speech_wav,
+    )  # fmt: skip
+    assert status == 0, err
+
+
+def test_moshi_takes_a_text_prefill(capsys, tiny_checkpoint, speech_wav, tmp_path):
+    status, _, err = run(
+        capsys, speech_wav, tmp_path / "m.wav", "--checkpoint", tiny_checkpoint,
+        "--prompt", "Let us talk about cats.", "--seed", 1,
+    )  # fmt: skip
+    assert status == 0, err
+
+
+def test_hibiki_translates_to_the_end(capsys, hibiki, speech_wav, tmp_path):
+    out = tmp_path / "en.wav"
+    status, _, err = run(capsys, speech_wav, out, "--checkpoint", hibiki, "--max-tail", 1)
+    assert status == 0, err
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["model"] == "hibiki" and info["cfg_coef"] == 3.0
+    frames = -(-sf.info(speech_wav).frames // 1920)
+    # random weights never say end-of-text: the bound (1 s) after the end-of-stream frame
+    assert info["steps"] == frames + 1 + round(12.5)
+    assert sf.info(out).frames == info["steps"] * 1920
+
+
+def test_bad_inputs_are_one_line_errors(capsys, personaplex, hibiki, speech_wav, tmp_path):
+    out = tmp_path / "x.wav"
+    text = tmp_path / "voice.txt"
+    text.write_text("not audio")
+    pt = tmp_path / "NATF0.pt"
+    pt.write_bytes(b"x")
+    cases = [
+        (("--checkpoint", personaplex, "--voice-prompt", text), "cannot read"),
+        (("--checkpoint", personaplex, "--voice-prompt", pt), "moshi-mlx-quantize voices"),
+        (("--checkpoint", personaplex, "--voice-prompt", "NOPE"), "no voice preset 'NOPE'"),
+        (("--model", "hibiki", "--prompt", "hi"), "hibiki takes no --prompt"),
+        (("--checkpoint", hibiki, "--voice-prompt", speech_wav), "takes no --voice-prompt"),
+        (("--model", "nemo"), "unknown model 'nemo'"),
+        (("--checkpoint", personaplex, "--precision", "q8"), "--precision"),
+        (("--checkpoint", personaplex, "--cfg-coef", "2"), "--cfg-coef needs"),
+        (("--session", tmp_path / "none.json"), "cannot read the session"),
+    ]
+    for args, message in cases:
+        status, _, err = run(capsys, speech_wav, out, *args)
+        assert status in (1, 2) and message in one_line(err), (args, err)
+        assert not out.exists()
