@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 from moshi_app import speech_wav, tiny_checkpoint
+from pulse_audio import pulse
 
 from moshi_mlx.cli import main
 from moshi_mlx.model.known import MODELS, known_model
 
-__all__ = ["speech_wav", "tiny_checkpoint"]  # fixtures used here
+__all__ = ["pulse", "speech_wav", "tiny_checkpoint"]  # fixtures used here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -130,3 +131,27 @@ def test_bad_inputs_are_one_line_errors(capsys, personaplex, hibiki, speech_wav,
         status, _, err = run(capsys, speech_wav, out, *args)
         assert status in (1, 2) and message in one_line(err), (args, err)
         assert not out.exists()
+
+
+def test_live_personaplex_chat_is_replayed_by_run_from_its_session(
+    pulse, personaplex, speech_wav, tmp_path
+):
+    """A live chat with a persona and a preset voice, recorded; `run --session` on its
+    user.wav gives the same text and audio (the prompts are prefilled before the devices start,
+    and the same way offline)."""
+    from test_chat_live import _chat
+
+    args = ["--checkpoint", personaplex, "--prompt", "You are a pirate.", "--voice-prompt"]
+    args += ["NATM0", "--seed", 5, "--stats", "--max-lag", 1000]
+    live = _chat(pulse, tmp_path / "rec", speech_wav, args, tmp_path / "speaker.raw")
+    assert live.returncode == 0, live.stderr
+    assert live.summary["prompt"] == "You are a pirate." and live.summary["voice_prompt"] == "NATM0"
+    out = tmp_path / "replay.wav"
+    status = main(
+        ["run", str(tmp_path / "rec" / "user.wav"), str(out), "--float", "-q", "--session",
+         str(tmp_path / "rec" / "session.json")]
+    )  # fmt: skip
+    assert status == 0
+    recorded = json.loads((tmp_path / "rec" / "transcript.json").read_text())
+    assert json.loads(out.with_suffix(".json").read_text())["tokens"] == recorded["tokens"]
+    np.testing.assert_array_equal(sf.read(out)[0], sf.read(tmp_path / "rec" / "moshi.wav")[0])

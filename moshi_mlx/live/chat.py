@@ -167,6 +167,7 @@ class _Session:
         self.pipeline, self.audio, self.options = pipeline, audio, options
         self.console = _Console(options.show_text)
         pipeline.reset()
+        pipeline.prefill_prompt()  # prompts (PersonaPlex) before the devices start
         self.transcript = Transcript(
             pipeline.audio_lag,
             {**(info or {}), "seed": pipeline.seed, "sampling": pipeline.sampling.to_dict()},
