@@ -288,12 +288,16 @@ class MoshiGenerator:
         forced_text, forced_audio = self._forced.pop(
             self._step, (None, [None] * self.cfg.num_generated)
         )
-        if self._step < self.max_delay:  # codebooks of times before 0 are never used
-            initial = self._placeholder_audio([None] * self.cfg.num_generated)
-            forced_audio = [
-                initial[:, k] if a is None and self._step < d else a
-                for k, (a, d) in enumerate(zip(forced_audio, self._gen_delays, strict=True))
-            ]
+        if self._step < self.max_delay:
+            # codebooks of times before 0 are never used: not sampled, where no sampled
+            # codebook after them reads their token in the depth decoder
+            initial = self.model.initial_tokens
+            forced_audio = list(forced_audio)
+            for k in reversed(range(len(forced_audio))):
+                if forced_audio[k] is None:
+                    if self._step >= self._gen_delays[k]:
+                        break
+                    forced_audio[k] = mx.full((self.batch_size,), initial[1 + k], mx.int32)
         tokens = self._inputs()
         if self.cfg_coef != 1.0:
             tokens = mx.concatenate([tokens, tokens], axis=0)
