@@ -200,3 +200,28 @@ def test_7b_widths_two_layers_match_nvidia(tmp_path):
     gen = greedy(ours)
     prefill_prompt(gen, prompt)
     check_conversation(converse(gen, user), nvidia.result)
+
+
+def test_voice_recordings_are_normalised_to_minus_24_lufs(tiny_refs, tiny_mimi, tmp_path):
+    """NVIDIA's voice prompt: 24 kHz, -24 LUFS; so a quiet and a loud take give the same codes
+    (at another sample rate too), and a silent one is refused."""
+    import pyloudnorm
+    import soundfile as sf
+    import soxr
+
+    from mimi_mlx.audio import AudioError
+    from moshi_mlx.jobs.prompts import normalize_loudness, voice_codes
+
+    speech = tiny_refs.speech[: 24000 * 2]
+    normalized = normalize_loudness(speech, 24000)
+    assert abs(pyloudnorm.Meter(24000).integrated_loudness(normalized) - -24.0) < 0.01
+    sf.write(tmp_path / "loud.wav", 0.9 * speech / np.abs(speech).max(), 24000, subtype="FLOAT")
+    quiet = soxr.resample(0.05 * speech / np.abs(speech).max(), 24000, 48000)
+    sf.write(tmp_path / "quiet.wav", quiet, 48000, subtype="FLOAT")
+    loud_codes = voice_codes(tmp_path / "loud.wav", tiny_mimi)
+    assert loud_codes.shape == (8, 25)  # 2 s at 12.5 frames a second
+    same = voice_codes(tmp_path / "quiet.wav", tiny_mimi) == loud_codes
+    assert same[0].mean() > 0.9  # the first codebook; resampling moves a few deep codes
+    sf.write(tmp_path / "silent.wav", np.zeros(24000), 24000)
+    with pytest.raises(AudioError, match="silent"):
+        voice_codes(tmp_path / "silent.wav", tiny_mimi)
