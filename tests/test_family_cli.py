@@ -155,3 +155,14 @@ def test_live_personaplex_chat_is_replayed_by_run_from_its_session(
     recorded = json.loads((tmp_path / "rec" / "transcript.json").read_text())
     assert json.loads(out.with_suffix(".json").read_text())["tokens"] == recorded["tokens"]
     np.testing.assert_array_equal(sf.read(out)[0], sf.read(tmp_path / "rec" / "moshi.wav")[0])
+
+
+def test_live_hibiki_chat(pulse, hibiki, speech_wav, tmp_path):
+    """`chat` drives the translation model live, with guidance (two half-batches)."""
+    from test_chat_live import _chat
+
+    args = ["--checkpoint", hibiki, "--seed", 2, "--stats", "--max-lag", 1000]
+    live = _chat(pulse, tmp_path / "rec", speech_wav, args, tmp_path / "speaker.raw")
+    assert live.returncode == 0, live.stderr
+    assert live.summary["model"] == "hibiki" and live.summary["cfg_coef"] == 3.0
+    assert live.summary["steps"] > 50
