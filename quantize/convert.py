@@ -206,6 +206,11 @@ def _companions(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> d
             break
     else:
         warnings.append(f"{source.files.root} has no text tokenizer ({tokenizers[0]})")
+    voices = Path(source.files.root) / "voices"  # PersonaPlex's converted voice presets
+    if voices.is_dir() and any(voices.glob("*.safetensors")):
+        (stage / "voices").mkdir(exist_ok=True)
+        for preset in sorted(voices.glob("*.safetensors")):
+            _link_or_copy(preset, stage / "voices" / preset.name)
     return names
 
 

@@ -166,3 +166,20 @@ def test_live_hibiki_chat(pulse, hibiki, speech_wav, tmp_path):
     assert live.returncode == 0, live.stderr
     assert live.summary["model"] == "hibiki" and live.summary["cfg_coef"] == 3.0
     assert live.summary["steps"] > 50
+
+
+def test_quantized_personaplex_keeps_its_voices(capsys, personaplex, speech_wav, tmp_path):
+    from quantize.cli import main as quantize
+
+    assert quantize([str(personaplex), str(tmp_path / "q8"), "--recipe", "q8", "--quiet"]) == 0
+    config = json.loads((tmp_path / "q8" / "config.json").read_text())
+    assert config["dep_q"] == 16 and config["generated_codebooks"] == 8
+    assert (tmp_path / "q8" / "voices" / "NATF0.safetensors").is_file()
+    status, _, err = run(
+        capsys, speech_wav, tmp_path / "q.wav", "--checkpoint", tmp_path / "q8",
+        "--prompt", "Hello.", "--voice-prompt", "NATF0",
+    )  # fmt: skip
+    assert status == 0, err
+    # NVIDIA's PyTorch presets are refused with the command that converts them
+    assert quantize(["voices", str(speech_wav), str(tmp_path / "v")]) == 1
+    assert "cannot read" in capsys.readouterr().err
