@@ -20,7 +20,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def quiet_hub_logs() -> None:
-    """huggingface_hub logs retries on stderr; the tools report one error line instead."""
+    """huggingface_hub logs retries on stderr; the tools report one error line instead, and
+    say on a terminal what they ask of the hub before waiting for it."""
+    from . import hub
+
+    if sys.stderr.isatty():
+        hub.notice = lambda text: print(text, file=sys.stderr, flush=True)
     try:
         from huggingface_hub.utils import logging as hub_logging
 

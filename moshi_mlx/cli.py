@@ -22,7 +22,7 @@ examples:
                                                   # has its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
 
-Offline, without the hub: `huggingface-cli download kyutai/moshiko-mlx-q4 --local-dir DIR`
+Offline, without the hub: `hf download kyutai/moshiko-mlx-q4 --local-dir DIR`
 once, then `--checkpoint DIR`. A tiny random checkpoint (it makes noise) for any machine:
 `python scripts/make_tiny_checkpoint.py tiny/`, then `--checkpoint tiny/`.
 Exit status: 0 on success, 1 on a failure, 2 on a usage error."""

@@ -172,7 +172,7 @@ def test_no_network_and_no_cached_weights_says_what_to_download(speech_wav, tmp_
         r = cli("run", speech_wav, tmp_path / "o.wav", *extra, env=env)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1 and repo in r.stderr
-        assert "huggingface-cli download" in r.stderr and "--checkpoint" in r.stderr
+        assert "hf download" in r.stderr and "--checkpoint" in r.stderr
 
 
 def test_a_checkpoint_too_big_for_memory_is_refused_before_loading(

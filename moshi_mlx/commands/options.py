@@ -156,7 +156,7 @@ def load(source: str):
         if is_repo:
             raise CheckpointError(
                 f"{one_line(e)} A local folder is passed with --checkpoint DIR (for example "
-                f"after `huggingface-cli download {source} --local-dir DIR`)."
+                f"after `hf download {source} --local-dir DIR`)."
             ) from e
         raise
 
