@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class UsageError(Exception):
     """A bad command line (exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a closed terminal, `timeout`, a service manager): ends the run like Ctrl-C, so
+    every cleanup that Ctrl-C gets (partial outputs removed, recordings kept) runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,7 +82,8 @@ def run_cli(
 ) -> int:
     """Parse `argv` and run the command; every failure becomes one `error: ...` line.
 
-    Returns the exit status: 0, 1 for a failure, 2 for a usage error, 130 when interrupted.
+    Returns the exit status: 0, 1 for a failure, 2 for a usage error, 130 when interrupted (Ctrl-C)
+    and 143 when terminated (SIGTERM, handled as Ctrl-C).
     Setting the environment variable `debug_env` re-raises failures with their traceback.
     """
     try:
@@ -67,11 +93,14 @@ def run_cli(
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     try:
-        run(args)
+        with sigterm_as_interrupt():
+            run(args)
     except UsageError as e:
         return fail(str(e), 2)
+    except Terminated:
+        return fail("terminated (no partial output is left behind)", 143)
     except KeyboardInterrupt:
-        return fail("interrupted", 130)
+        return fail("interrupted (no partial output is left behind)", 130)
     except expected as e:
         if os.environ.get(debug_env):
             raise

@@ -53,6 +53,13 @@ def looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not str(name).startswith((".", "/", "~"))
 
 
+def recorded_name(name: str | Path) -> str:
+    """How outputs (JSON, codes files) record a checkpoint or file: an existing local path as an
+    absolute path (valid from any folder), anything else (a hub repo id) as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else str(name)
+
+
 def download_hint(repo_id: str) -> str:
     return f"`hf download {repo_id}`"
 

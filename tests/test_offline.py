@@ -140,7 +140,9 @@ def test_bad_outputs_fail_before_any_work(capsys, tiny_checkpoint, speech_wav, t
 def test_bad_options_are_usage_errors(capsys, speech_wav, tmp_path):
     out = tmp_path / "out.wav"
     cases = [
-        (("--temperature", "-1"), "must be 0 or more"),
+        (("--temperature", "-1"), "must be a finite number, 0 or more"),
+        (("--temperature", "inf"), "must be a finite number"),
+        (("--audio-temperature", "nan"), "must be a finite number"),
         (("--text-top-k", "0"), "must be positive"),
         (("--top-p", "0"), "must be in (0, 1]"),
         (("--seed", "x"), "not a whole number"),

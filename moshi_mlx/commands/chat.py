@@ -47,7 +47,7 @@ def register(command) -> None:
         "(default 240 ms)",
     )
     session.add_argument(
-        "--duration", type=options.non_negative, metavar="S", help="stop after S seconds"
+        "--duration", type=options.positive, metavar="S", help="stop after S seconds"
     )
     session.add_argument("-f", "--force", action="store_true", help="overwrite a recording")
     session.add_argument("-q", "--quiet", action="store_true", help="do not print the text")
