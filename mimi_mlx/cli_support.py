@@ -59,6 +59,26 @@ def quiet_hub_logs() -> None:
         pass
 
 
+BLAS_HINT = (
+    "hint: MLX runs on the reference BLAS its Linux wheel bundles (5-10x slower); preload "
+    "OpenBLAS: `sudo apt-get install libopenblas0-pthread` and "
+    "`export LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`"
+)
+_hinted = False
+
+
+def blas_hint() -> None:
+    """Print `BLAS_HINT` once per process, on a terminal, when MLX uses its slow bundled BLAS."""
+    global _hinted
+    if _hinted or not sys.stderr.isatty():
+        return
+    from .backend import on_reference_blas
+
+    _hinted = True
+    if on_reference_blas():
+        print(BLAS_HINT, file=sys.stderr, flush=True)
+
+
 def one_line(e: BaseException) -> str:
     """An exception as one line of text, naming the file of an OSError."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -94,6 +114,7 @@ def run_cli(
         return e.code if isinstance(e.code, int) else 0
     try:
         with sigterm_as_interrupt():
+            blas_hint()
             run(args)
     except UsageError as e:
         return fail(str(e), 2)

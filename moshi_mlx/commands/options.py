@@ -138,8 +138,31 @@ def sampling_of(args: argparse.Namespace):
     )
 
 
-def load(source: str):
-    """Load a checkpoint after checking that it fits in memory.
+LARGE_PARAMS = (
+    5e8  # Helium parameters (about 12 dim^2 per layer) beyond which live chat needs a GPU
+)
+
+
+def warn_if_too_slow_to_chat(cfg) -> None:
+    """On MLX's CPU backend a large model steps far slower than real time: say so, and what
+    works instead, before the long load."""
+    from mimi_mlx.backend import on_gpu
+
+    if on_gpu() or 12 * cfg.dim**2 * cfg.num_layers < LARGE_PARAMS:
+        return
+    print(
+        "warning: live chat with this model needs Apple silicon (or another GPU MLX runs on): "
+        "here MLX runs on its CPU backend, about 5 s per 80 ms frame for the 7B model. "
+        "`moshi-mlx run IN.wav OUT.wav` works here, and so does the chat with a tiny "
+        "checkpoint (scripts/make_tiny_checkpoint.py).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def load(source: str, live: bool = False):
+    """Load a checkpoint after checking that it fits in memory (and, for a `live` chat, that
+    the backend can run it in real time: a warning if not).
 
     Raises:
         CheckpointError: not found (offline and not cached: says what to download).
@@ -157,7 +180,10 @@ def load(source: str):
         mimi = None
         if files.layout == "kyutai":
             mimi = files.get((files.config or {}).get("mimi_name", MIMI_FILE))
-        check_memory(estimate_bytes(files.weights, config_from(files), mimi), source)
+        cfg = config_from(files)
+        check_memory(estimate_bytes(files.weights, cfg, mimi), source)
+        if live:
+            warn_if_too_slow_to_chat(cfg)
         return load_checkpoint(source)
     except CheckpointError as e:
         if is_repo:
@@ -168,12 +194,12 @@ def load(source: str):
         raise
 
 
-def pipeline(args: argparse.Namespace, source: str):
+def pipeline(args: argparse.Namespace, source: str, live: bool = False):
     from ..jobs.pipeline import Pipeline
 
     if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
         print(f"loading {source} ...", file=sys.stderr, flush=True)
-    ckpt = load(source)
+    ckpt = load(source, live)
 
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)
