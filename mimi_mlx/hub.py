@@ -70,7 +70,7 @@ class RepoFiles:
 
     repo_id: str
     names: frozenset[str]
-    revision: str | None  # the commit to download from (online), None offline
+    revision: str | None  # the revision to download from (online)
     snapshot: Path | None  # the cached snapshot folder (offline), None online
 
     @property
@@ -107,7 +107,9 @@ def _list_repo(repo_id: str, revision: str | None, offline: bool) -> RepoFiles:
         try:  # model_info is one request, not retried: no network fails at once
             info = HfApi().model_info(repo_id, revision=revision)
             names = frozenset(s.rfilename for s in info.siblings or ())
-            return RepoFiles(repo_id, names, info.sha or revision, None)
+            # downloads name the revision asked for (not info.sha): the cache then records
+            # refs/main, and the repo resolves offline afterwards
+            return RepoFiles(repo_id, names, revision, None)
         except (RepositoryNotFoundError, RevisionNotFoundError) as e:  # gated ones too
             raise CheckpointError(
                 f"the hub has no repo {repo_id!r}"
