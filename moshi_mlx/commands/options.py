@@ -138,9 +138,8 @@ def sampling_of(args: argparse.Namespace):
     )
 
 
-LARGE_PARAMS = (
-    5e8  # Helium parameters (about 12 dim^2 per layer) beyond which live chat needs a GPU
-)
+# Helium parameters (about 12 dim^2 per layer) beyond which live chat needs a GPU
+LARGE_PARAMS = 5e8
 
 
 def warn_if_too_slow_to_chat(cfg) -> None:
