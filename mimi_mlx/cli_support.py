@@ -47,14 +47,20 @@ class OneLineParser(argparse.ArgumentParser):
 def quiet_hub_logs() -> None:
     """huggingface_hub logs retries on stderr; the tools report one error line instead, and
     say on a terminal what they ask of the hub before waiting for it."""
+    import warnings
+
     from . import hub
 
     if sys.stderr.isatty():
         hub.notice = lambda text: print(text, file=sys.stderr, flush=True)
+    warnings.filterwarnings("ignore", module="huggingface_hub")
     try:
+        from huggingface_hub.utils import disable_progress_bars
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
+        if not sys.stderr.isatty():  # download bars only on a terminal, as ours
+            disable_progress_bars()
     except ImportError:
         pass
 

@@ -176,6 +176,28 @@ def test_json_outputs_record_absolute_paths(
     assert data["checkpoint"] == str((tmp_path / "ckpt").resolve())
 
 
+def test_quantize_report_records_absolute_paths(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    shutil.copytree(tiny_checkpoint, tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    argv = ["src", "q8", "--recipe", "q8", "--quiet", "--report", "--steps", "4", "--batch", "1"]
+    assert quantize_main(argv) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "q8" / "quantization_report.json").read_text())
+    assert report["source"] == str((tmp_path / "src").resolve())
+
+
+def test_hub_downloads_show_no_bars_into_a_pipe(capsys):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    from mimi_mlx.cli_support import quiet_hub_logs
+
+    try:
+        quiet_hub_logs()  # stderr is captured here: not a terminal
+        assert are_progress_bars_disabled()
+    finally:
+        enable_progress_bars()
+
+
 # -- the OpenBLAS hint ----------------------------------------------------------------------------
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 def test_reference_blas_hint_once_on_a_terminal(tmp_path):
