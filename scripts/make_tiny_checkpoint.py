@@ -12,17 +12,19 @@ weights are random, so Moshi makes noise, on any machine, without downloading an
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from mimi_mlx.cli_support import OneLineParser, run_cli
 from moshi_mlx.model.tiny import TINY_KINDS, make_tiny_checkpoint
 
 TINY_VOICES = ("NATF0", "NATM0")  # PersonaPlex presets of the tiny checkpoint (random voices)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("folder", help="output folder (created if needed)")
+    parser.add_argument("folder", help="output folder (created if needed; must be empty)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument(
         "--quantize",
@@ -37,6 +39,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default="moshi",
         help="moshi (default), personaplex (16 depth steps, voice presets in voices/) or "
         "hibiki (conditioned translation model)",
+    )
+    parser.add_argument(
+        "-f", "--force", action="store_true", help="write into a folder that is not empty"
     )
     return parser
 
@@ -60,17 +65,26 @@ def write_tiny_voices(folder: Path, seed: int) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = configure_parser(
-        argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ).parse_args(argv)
+def _run(args: argparse.Namespace) -> None:
+    folder = Path(args.folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not args.force:
+        raise ValueError(f"{folder} is not empty (use --force to write the checkpoint into it)")
     folder = make_tiny_checkpoint(
-        args.folder, seed=args.seed, quantize_bits=args.quantize, kind=args.kind
+        folder, seed=args.seed, quantize_bits=args.quantize, kind=args.kind
     )
     if args.kind == "personaplex":
         write_tiny_voices(folder, args.seed)
     print(f"wrote a tiny random {args.kind} checkpoint to {folder}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = configure_parser(
+        OneLineParser(prog="make_tiny_checkpoint.py", description=__doc__.splitlines()[0])
+    )
+    return run_cli(parser, argv, _run, (ValueError, OSError), "MOSHI_MLX_DEBUG")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -48,7 +48,7 @@ def register(command) -> None:
         "(default 240 ms)",
     )
     session.add_argument(
-        "--duration", type=options.non_negative, metavar="S", help="stop after S seconds"
+        "--duration", type=options.positive, metavar="S", help="stop after S seconds"
     )
     session.add_argument("-f", "--force", action="store_true", help="overwrite a recording")
     session.add_argument("-q", "--quiet", action="store_true", help="do not print the text")
@@ -72,7 +72,7 @@ def _chat(args: argparse.Namespace) -> None:
         check_record_dir(args.record, args.force)
     prompting.apply_session(args)
     source = options.source_of(args)
-    pipeline = options.pipeline(args, source)
+    pipeline = options.pipeline(args, source, live=True)
     pipeline.warmup()
     max_lag_frames = max(1, round(args.max_lag / 80))
     chat_options = ChatOptions(

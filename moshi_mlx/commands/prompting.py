@@ -187,12 +187,13 @@ def _voice_path(value: str, source: str, profile: KnownModel) -> Path:
 
 def session_info(args: argparse.Namespace, source: str, profile: KnownModel, guidance) -> dict:
     """What `session.json` (and the transcript's JSON) records for a replay."""
-    info = {"checkpoint": source, "model": profile.name}
+    from mimi_mlx.hub import recorded_name
+
+    info = {"checkpoint": recorded_name(source), "model": profile.name}
     if args.prompt is not None:
         info["prompt"] = args.prompt
     if args.voice_prompt is not None:
-        path = Path(args.voice_prompt).expanduser()
-        info["voice_prompt"] = str(path.resolve()) if path.exists() else args.voice_prompt
+        info["voice_prompt"] = recorded_name(args.voice_prompt)  # a file, or a preset name
     if guidance is not None:
         info["cfg_coef"] = guidance.cfg_coef
     return info

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mimi_mlx.cli_support import UsageError
+from mimi_mlx.hub import recorded_name
 
 from . import options, prompting
 
@@ -65,7 +66,7 @@ def _run(args: argparse.Namespace) -> None:
         args.output,
         float32=args.float32,
         progress=False if args.quiet else None,
-        info={**pipeline.info, "input": str(args.input)},
+        info={**pipeline.info, "input": recorded_name(args.input)},
         end_of_stream=end,
     )
     text_path, json_path = transcript_paths(args.output)
