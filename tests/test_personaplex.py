@@ -117,7 +117,7 @@ def test_prompts_and_conversation_match_nvidia(tiny, depformer_steps):
     voice = rng.integers(0, 2048, (8, 9))
     tokens = tokenizer.encode(wrap_with_system_tags("You are a patient French teacher."))
     assert len(tokens) > 5
-    user = rng.integers(0, 2048, (8, 30))
+    user = rng.integers(0, 2048, (8, 20))
     nvidia = P.run_nvidia(reference, voice, tokens, user)
 
     prompt = system_prompt(tokens, voice)
@@ -161,7 +161,7 @@ def test_voice_preset_matches_nvidia_replay(tiny, tmp_path):
     preset = load_voice_preset(path, ours.cfg.delays)
 
     tokens = tokenizer.encode(wrap_with_system_tags("Be brief."))
-    user = rng.integers(0, 2048, (8, 20))
+    user = rng.integers(0, 2048, (8, 12))
     nvidia = P.run_nvidia(reference, None, tokens, user, preset=(embeddings, cache))
     gen = greedy(ours)
     prefill_prompt(gen, system_prompt(tokens, preset))
