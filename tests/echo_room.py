@@ -178,3 +178,91 @@ def best_lag(reference: np.ndarray, signal: np.ndarray, max_lag: int) -> int:
     size = 1 << (n - 1).bit_length()
     corr = np.fft.irfft(np.fft.rfft(signal, size) * np.conj(np.fft.rfft(reference, size)), size)
     return int(np.argmax(corr[: max_lag + 1]))
+
+
+class LiveRoom:
+    """The room between PulseAudio's virtual speaker and microphone, in real time.
+
+    A thread reads the speaker's monitor (`parec`), applies `EchoPath`, adds the user's speech
+    (`say`) and a noise floor, and plays the sum into the virtual microphone (`pacat`). It keeps
+    every track on the microphone's timeline: `mic` (what it played), `echo`, `user`.
+    """
+
+    BLOCK = 240  # 10 ms
+
+    def __init__(self, pulse, room: Room):
+        import threading
+
+        self.path = EchoPath(room) if room.gain_db is not None else None
+        raw = ["--raw", "--format=float32le", f"--rate={RATE}", "--channels=1"]
+        self.reader = subprocess.Popen(
+            ["parec", "--device=spk.monitor", "--latency-msec=10", *raw],
+            env=pulse.env,
+            stdout=subprocess.PIPE,
+        )
+        self.writer = subprocess.Popen(
+            ["pacat", "--playback", "--device=mic", "--latency-msec=100", *raw],
+            env=pulse.env,
+            stdin=subprocess.PIPE,
+        )
+        self.noise = np.random.default_rng(7)
+        self.tracks: dict[str, list[np.ndarray]] = {"mic": [], "echo": [], "user": [], "spk": []}
+        self.position = 0  # samples written to the microphone
+        self._user = np.zeros(0, np.float32)  # user speech not yet played
+        self._echo = np.zeros(0, np.float32)
+        self.loud = 0.0  # seconds the speaker has been loud (> 0) or quiet (< 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def say(self, audio: np.ndarray) -> None:
+        """Start the user's `audio` at the microphone now (on top of what is still playing)."""
+        n = max(len(self._user), len(audio))
+        self._user = np.pad(self._user, (0, n - len(self._user))) + np.pad(
+            audio, (0, n - len(audio))
+        )
+
+    def _run(self) -> None:
+        size = self.BLOCK * 4
+        while not self._stop.is_set():
+            data = self.reader.stdout.read(size)
+            if not data:
+                break
+            spk = np.frombuffer(data, "<f4").copy()
+            loud = np.abs(spk).max() > 1e-3
+            step = len(spk) / RATE
+            self.loud = (max(self.loud, 0) + step) if loud else (min(self.loud, 0) - step)
+            echo = self.path.process(spk) if self.path is not None else np.zeros_like(spk)
+            self._echo = np.concatenate([self._echo, echo])
+            n = len(spk)  # the microphone runs at the speaker's pace (the drift stays in echo)
+            echo, self._echo = self._echo[:n], self._echo[n:]
+            echo = np.pad(echo, (0, n - len(echo)))
+            user, self._user = self._user[:n], self._user[n:]
+            user = np.pad(user, (0, n - len(user)))
+            noise = self.noise.standard_normal(n).astype(np.float32)
+            noise *= np.float32(10 ** ((SPEECH_DB + NOISE_DB) / 20))
+            mic = (echo + user + noise).astype(np.float32)
+            try:
+                self.writer.stdin.write(mic.astype("<f4").tobytes())
+                self.writer.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                break
+            for name, x in (("mic", mic), ("echo", echo), ("user", user), ("spk", spk)):
+                self.tracks[name].append(x)
+            self.position += n
+
+    def track(self, name: str) -> np.ndarray:
+        parts = self.tracks[name]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for proc in (self.reader, self.writer):
+            proc.terminate()
+        for proc in (self.reader, self.writer):
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._thread.join(timeout=5)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
@@ -41,7 +42,12 @@ class EchoCancelError(RuntimeError):
     """The echo canceller cannot run. The message says what to install."""
 
 
-def _engine(rate: int):
+def check_engine() -> None:
+    """Fail early (before a long model load) if the engine is not installed."""
+    _engine_class()
+
+
+def _engine_class():
     try:
         from pywebrtc_audio import AudioProcessor
     except ImportError as e:
@@ -49,7 +55,11 @@ def _engine(rate: int):
             f"echo cancellation needs pywebrtc-audio ({e}): `pip install pywebrtc-audio`, "
             "or run with --echo-cancel off"
         ) from e
-    return AudioProcessor(sample_rate=rate, echo_cancellation=True)
+    return AudioProcessor
+
+
+def _engine(rate: int):
+    return _engine_class()(sample_rate=rate, echo_cancellation=True)
 
 
 def power_db(x: np.ndarray) -> float:
@@ -95,6 +105,7 @@ class Canceller:
         self._mic: deque[np.ndarray] = deque(maxlen=ESTIMATE_WINDOW)
         self._ref: deque[np.ndarray] = deque(maxlen=ESTIMATE_WINDOW)
         self._reduction: deque[float] = deque(maxlen=ESTIMATE_WINDOW)
+        self._ref_db: deque[float] = deque(maxlen=round(MAX_DELAY / 0.08) + 1)
         self._frames = 0
         self.delay_ms: float | None = None  # echo delay after the reference's lead
         self.cpu_seconds = 0.0
@@ -106,6 +117,7 @@ class Canceller:
         self._mic.clear()
         self._ref.clear()
         self._reduction.clear()
+        self._ref_db.clear()
         self.delay_ms = None
 
     def process(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -118,21 +130,23 @@ class Canceller:
         self._mic.append(mic)
         self._ref.append(reference)
         # reduction of this frame if Moshi spoke just before (the echo arrives late)
-        recent = list(self._ref)[-4:]
-        if max(power_db(r) for r in recent) > ACTIVE_DB and power_db(mic) > ACTIVE_DB:
-            self._reduction.append(power_db(mic) - power_db(out))
+        self._ref_db.append(power_db(reference))
+        mic_db = power_db(mic)
+        if max(self._ref_db) > ACTIVE_DB and mic_db > ACTIVE_DB:
+            self._reduction.append(mic_db - power_db(out))
         self._frames += 1
         if self._frames % ESTIMATE_EVERY == 0:
             self._estimate_delay()
         return out
 
     def _estimate_delay(self) -> None:
-        ref, mic = np.concatenate(self._ref), np.concatenate(self._mic)
+        # on 8 kHz copies (3-sample means): enough for a delay, a tenth of the cost
+        ref, mic = _decimate(np.concatenate(self._ref)), _decimate(np.concatenate(self._mic))
         if power_db(ref) < ACTIVE_DB or power_db(mic) < ACTIVE_DB:
             return
-        lag, prominence = find_delay(ref, mic, round(MAX_DELAY * self.rate))
+        lag, prominence = find_delay(ref, mic, round(MAX_DELAY * self.rate / 3))
         if prominence > 8:
-            self.delay_ms = 1000 * lag / self.rate - 1000 * self.lead
+            self.delay_ms = 1000 * 3 * lag / self.rate - 1000 * self.lead
 
     @property
     def reduction_db(self) -> float | None:
@@ -162,10 +176,10 @@ class EchoPath:
     """
 
     RING_SECONDS = 8.0  # played audio kept
-    HISTORY = 50  # blocks in the offset's median
+    HISTORY = 100  # blocks in the offset's median (8 s of 80 ms blocks)
     JUMP_BLOCKS = 3  # consecutive off blocks that make a jump
-    JUMP = 0.010  # seconds off the offset that count as a jump
-    DRIFT_STEP = 0.001  # seconds the median moves before the offset follows (drift)
+    JUMP = 0.040  # seconds off the offset that count as a jump (a stall, a device change)
+    DRIFT_STEP = 0.005  # seconds the median moves before the offset follows (clock drift)
 
     def __init__(
         self,
@@ -309,11 +323,13 @@ class EchoPath:
             **self.canceller.stats(),
             "resets": len(self.resets),
             "reset_reasons": self.resets[-5:],
-            "offset_ms": None
-            if self.offset is None
-            else round(1000 * self.offset / self.out_rate, 1),
             "silent_reference_ms": round(1000 * self.silent_reference_samples / self.in_rate),
         }
+
+
+def _decimate(x: np.ndarray) -> np.ndarray:
+    n = len(x) // 3
+    return x[: 3 * n].reshape(n, 3).mean(axis=1)
 
 
 def _resampler(rate: int):
@@ -326,3 +342,69 @@ def _append(pending: np.ndarray, resampler, block: np.ndarray) -> np.ndarray:
     if resampler is not None:
         block = resampler.resample_chunk(np.asarray(block, np.float32))
     return np.concatenate([pending, np.asarray(block, np.float32)])
+
+
+OFFLINE_SEARCH = 120.0  # seconds of each file the offline delay search looks at
+
+
+@dataclass
+class OfflineResult:
+    """What `cancel_recording` did: the output and what it found."""
+
+    audio: np.ndarray  # (n,) the microphone without the echo, 24 kHz
+    delay_ms: float | None  # where the echo of PLAYED is in MIC (None: no echo found)
+    reduction_db: float | None  # echo reduction over the frames where PLAYED was heard
+    echo_seconds: float  # seconds of MIC where PLAYED was heard
+
+
+def cancel_recording(mic: np.ndarray, played: np.ndarray, lead: float = LEAD) -> OfflineResult:
+    """The chat's cancellation applied to a recorded microphone and what was played.
+
+    Both (n,) float32 at 24 kHz. The recordings carry no timestamps, so the reference is placed
+    by the bulk delay GCC-PHAT finds between them (the first `OFFLINE_SEARCH` s), `lead` ahead
+    of its echo as in the chat; then the same `Canceller` runs on the same 80 ms frames.
+    """
+    rate = SAMPLE_RATE
+    n = round(OFFLINE_SEARCH * rate)
+    a, b = _decimate(played[:n]), _decimate(mic[:n])
+    lag, prominence = find_delay(a, b, len(b) - 1, -(len(a) - 1))
+    lag *= 3
+    found = prominence > 8
+    if not found:
+        lag = 0
+    shift = lag - round(lead * rate)  # reference[t] = played[t - shift]
+    reference = np.zeros(len(mic), np.float32)
+    lo, hi = max(0, shift), min(len(mic), len(played) + shift)
+    if hi > lo:
+        reference[lo:hi] = played[lo - shift : hi - shift]
+    canceller = Canceller(rate, lead)
+    padded = np.pad(mic, (0, -len(mic) % FRAME_SIZE)).astype(np.float32)
+    reference = np.pad(reference, (0, len(padded) - len(reference)))
+    out = np.concatenate(
+        [
+            canceller.process(padded[i : i + FRAME_SIZE], reference[i : i + FRAME_SIZE])
+            for i in range(0, len(padded), FRAME_SIZE)
+        ]
+    )[: len(mic)]
+    # the reduction where the echo is: frames whose reference, `lead` earlier, was not silent
+    k = round(lead * rate)
+    heard = [
+        i
+        for i in range(0, len(mic) - FRAME_SIZE + 1, FRAME_SIZE)
+        if power_db(reference[max(0, i - k) : i + FRAME_SIZE - k]) > ACTIVE_DB
+    ]
+    reduction = None
+    if heard and found:
+        mic_power = sum(
+            float(np.sum(np.square(mic[i : i + FRAME_SIZE], dtype=np.float64))) for i in heard
+        )
+        out_power = sum(
+            float(np.sum(np.square(out[i : i + FRAME_SIZE], dtype=np.float64))) for i in heard
+        )
+        reduction = 10 * np.log10(max(mic_power, 1e-20) / max(out_power, 1e-20))
+    return OfflineResult(
+        out,
+        1000 * lag / rate if found else None,
+        None if reduction is None else float(reduction),
+        len(heard) * FRAME_SIZE / rate,
+    )
