@@ -53,8 +53,8 @@ def _echo_cancel(args: argparse.Namespace) -> None:
     print(
         f"echo of PLAYED found at {result.delay_ms:+.0f} ms in MIC (MIC's time minus PLAYED's: "
         f"the delay, less how much later MIC's recording started); echo reduced by "
-        f"{result.reduction_db:.1f} dB over the {result.echo_seconds:.1f} s where it played "
-        f"(less where someone spoke over it); wrote {args.output} "
+        f"{result.reduction_db:.1f} dB (median 80 ms frame of the {result.echo_seconds:.1f} s "
+        f"where it played); wrote {args.output} "
         f"({len(mic) / SAMPLE_RATE:.1f} s, 24 kHz)",
         file=sys.stderr,
     )

@@ -12,8 +12,12 @@ AEC3 finds the rest of the delay itself. Nothing played (before the speaker star
 stalled) is silence.
 
 The timestamps jitter, so the offset between the two streams' sample counts is the median over
-the last blocks, moved only when it drifts by more than `DRIFT_STEP`. A jump that persists
-(device change, a stall, lost blocks) re-anchors the offset and resets the canceller.
+the last blocks, moved only when it drifts by more than `DRIFT_STEP`. A jump that persists (a
+stall, lost blocks) re-anchors the offset. Timestamps can also be wrong (PulseAudio's ALSA plugin
+hides its own buffer, and jumps after a stall though nothing moved), so the echo itself has the
+last word: where the canceller's delay estimate finds the echo before its reference or more than
+`MAX_ALIGNED` after it (a device change, a bad jump), the reference moves onto the echo and the
+canceller starts afresh (a reset, reported once by the chat).
 
 `Canceller` is the engine on aligned frames (the offline `moshi-mlx echo-cancel` uses it too);
 `EchoPath` is the live pairing, driven by `AudioIO` on the caller's thread.
@@ -32,7 +36,8 @@ from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
 
 ENGINE = "WebRTC AEC3 (pywebrtc-audio)"
 LEAD = 0.02  # seconds the reference leads the microphone (guards against timestamp errors)
-MAX_DELAY = 0.6  # seconds of echo delay the delay estimate searches
+MAX_DELAY = 0.6  # seconds of echo delay the delay estimate searches (and 0.1 s before 0)
+MAX_ALIGNED = 0.45  # seconds after the reference beyond which the echo is re-aligned
 ESTIMATE_WINDOW = 50  # frames (4 s) behind the delay and reduction estimates
 ESTIMATE_EVERY = 12  # frames between two delay estimates (about 1 s)
 ACTIVE_DB = -50.0  # a reference frame at least this loud (dBFS) is "Moshi speaking"
@@ -112,12 +117,16 @@ class Canceller:
         self.frames = 0
 
     def reset(self) -> None:
-        """Forget the echo path (a new device, or the streams' timing jumped)."""
+        """Forget the echo path (the echo moved out of reach: a device change, a stall)."""
         self._aec.reset()
-        self._mic.clear()
-        self._ref.clear()
         self._reduction.clear()
         self._ref_db.clear()
+        self.forget_delay()
+
+    def forget_delay(self) -> None:
+        """Start the delay estimate afresh (the reference was moved)."""
+        self._mic.clear()
+        self._ref.clear()
         self.delay_ms = None
 
     def process(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -144,7 +153,7 @@ class Canceller:
         ref, mic = _decimate(np.concatenate(self._ref)), _decimate(np.concatenate(self._mic))
         if power_db(ref) < ACTIVE_DB or power_db(mic) < ACTIVE_DB:
             return
-        lag, prominence = find_delay(ref, mic, round(MAX_DELAY * self.rate / 3))
+        lag, prominence = find_delay(ref, mic, round(MAX_DELAY * self.rate / 3), -self.rate // 30)
         if prominence > 8:
             self.delay_ms = 1000 * 3 * lag / self.rate - 1000 * self.lead
 
@@ -177,7 +186,7 @@ class EchoPath:
 
     RING_SECONDS = 8.0  # played audio kept
     HISTORY = 100  # blocks in the offset's median (8 s of 80 ms blocks)
-    JUMP_BLOCKS = 3  # consecutive off blocks that make a jump
+    JUMP_BLOCKS = 2  # consecutive off blocks that make a jump
     JUMP = 0.040  # seconds off the offset that count as a jump (a stall, a device change)
     DRIFT_STEP = 0.005  # seconds the median moves before the offset follows (clock drift)
 
@@ -198,10 +207,12 @@ class EchoPath:
         self._stamps: deque[tuple[float, int]] = deque(maxlen=64)  # (dac time, first sample)
         self._mic: deque[tuple[float, np.ndarray]] = deque()
         self.mic_count = 0  # microphone samples paired so far
-        self.offset: float | None = None  # played sample index at mic sample 0
+        self.offset: float | None = None  # played sample index at mic sample 0 (timestamps)
+        self.correction = 0.0  # played samples added where the echo showed the timestamps off
         self._history: deque[float] = deque(maxlen=self.HISTORY)
         self._off = 0  # consecutive blocks off by more than JUMP
         self.resets: list[str] = []  # why the canceller was reset, oldest first
+        self.realigned: list[str] = []  # the timing jumps the reference followed
         self.silent_reference_samples = 0  # reference samples with nothing played (stalls)
         self._mic_rs = _resampler(in_rate)
         self._ref_rs = _resampler(in_rate)
@@ -232,12 +243,14 @@ class EchoPath:
             adc_time, block = self._mic[0]
             raw = self._raw_offset(adc_time)
             if raw is not None:  # wait for the reference to be played, unless it stalled
-                offset = raw if self.offset is None else self.offset
+                offset = (raw if self.offset is None else self.offset) + self.correction
                 end = offset + (self.mic_count + len(block) - 1) * self.ratio
                 if end > self.played_count - 1 and len(self._mic) <= self.max_wait_blocks:
                     break
             self._mic.popleft()
-            position = None if raw is None else self._update(raw) + self.mic_count * self.ratio
+            position = None
+            if raw is not None:
+                position = self._update(raw) + self.correction + self.mic_count * self.ratio
             reference = self._reference(position, len(block))
             self.mic_count += len(block)
             self._mic24 = _append(self._mic24, self._mic_rs, block)
@@ -250,15 +263,24 @@ class EchoPath:
             out.append((mic, self.canceller.process(mic, ref)))
         self._mic24 = self._mic24[n * FRAME_SIZE :]
         self._ref24 = self._ref24[n * FRAME_SIZE :]
+        self._check_delay()
         return out
 
+    def _check_delay(self) -> None:
+        """Where the echo shows the reference out of reach (after its echo, or too far ahead),
+        move the reference onto the echo found and reset the canceller."""
+        delay = self.canceller.delay_ms  # echo after the reference, less the lead
+        lead_ms = 1000 * self.lead
+        if delay is None or -lead_ms + 5 <= delay <= 1000 * MAX_ALIGNED - lead_ms:
+            return
+        self.correction -= delay / 1000 * self.out_rate
+        where = "before" if delay < -lead_ms else "after"
+        self.reset(f"the echo came {abs(delay + lead_ms):.0f} ms {where} its reference")
+
     def reset(self, reason: str) -> None:
-        """Reset the canceller and re-anchor the alignment (`reason` is kept for the report)."""
+        """Reset the canceller (`reason` is kept for the report)."""
         self.canceller.reset()
         self.resets.append(reason)
-        self._history.clear()
-        self._off = 0
-        self.offset = None
 
     def _raw_offset(self, adc_time: float) -> float | None:
         """The offset (played sample index at microphone sample 0) these timestamps give for
@@ -282,8 +304,10 @@ class EchoPath:
             self._off += 1
             if self._off >= self.JUMP_BLOCKS:  # it persists: re-anchor
                 jump = 1000 * (raw - self.offset) / self.out_rate
-                self.reset(f"the devices' timing jumped by {jump:+.0f} ms")
-                self.offset = raw
+                self.realigned.append(f"the devices' timing jumped by {jump:+.0f} ms")
+                self.canceller.forget_delay()
+                self.offset, self._off = raw, 0
+                self._history.clear()
             return self.offset
         self._off = 0
         self._history.append(raw)
@@ -323,6 +347,8 @@ class EchoPath:
             **self.canceller.stats(),
             "resets": len(self.resets),
             "reset_reasons": self.resets[-5:],
+            "realignments": len(self.realigned),
+            "realign_reasons": self.realigned[-5:],
             "silent_reference_ms": round(1000 * self.silent_reference_samples / self.in_rate),
         }
 
@@ -353,7 +379,7 @@ class OfflineResult:
 
     audio: np.ndarray  # (n,) the microphone without the echo, 24 kHz
     delay_ms: float | None  # where the echo of PLAYED is in MIC (None: no echo found)
-    reduction_db: float | None  # echo reduction over the frames where PLAYED was heard
+    reduction_db: float | None  # median echo reduction of the frames where PLAYED was heard
     echo_seconds: float  # seconds of MIC where PLAYED was heard
 
 
@@ -394,14 +420,11 @@ def cancel_recording(mic: np.ndarray, played: np.ndarray, lead: float = LEAD) ->
         if power_db(reference[max(0, i - k) : i + FRAME_SIZE - k]) > ACTIVE_DB
     ]
     reduction = None
-    if heard and found:
-        mic_power = sum(
-            float(np.sum(np.square(mic[i : i + FRAME_SIZE], dtype=np.float64))) for i in heard
+    if heard and found:  # the median frame, as the chat's estimate (robust to double talk)
+        m, o = mic[: len(out)], out
+        reduction = np.median(
+            [power_db(m[i : i + FRAME_SIZE]) - power_db(o[i : i + FRAME_SIZE]) for i in heard]
         )
-        out_power = sum(
-            float(np.sum(np.square(out[i : i + FRAME_SIZE], dtype=np.float64))) for i in heard
-        )
-        reduction = 10 * np.log10(max(mic_power, 1e-20) / max(out_power, 1e-20))
     return OfflineResult(
         out,
         1000 * lag / rate if found else None,
