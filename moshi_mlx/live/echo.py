@@ -209,6 +209,7 @@ class EchoPath:
         self.mic_count = 0  # microphone samples paired so far
         self.offset: float | None = None  # played sample index at mic sample 0 (timestamps)
         self.correction = 0.0  # played samples added where the echo showed the timestamps off
+        self._last_estimate: float | None = None
         self._history: deque[float] = deque(maxlen=self.HISTORY)
         self._off = 0  # consecutive blocks off by more than JUMP
         self.resets: list[str] = []  # why the canceller was reset, oldest first
@@ -270,9 +271,15 @@ class EchoPath:
         """Where the echo shows the reference out of reach (after its echo, or too far ahead),
         move the reference onto the echo found and reset the canceller."""
         delay = self.canceller.delay_ms  # echo after the reference, less the lead
-        lead_ms = 1000 * self.lead
-        if delay is None or -lead_ms + 5 <= delay <= 1000 * MAX_ALIGNED - lead_ms:
+        if delay is None or delay == self._last_estimate:
             return
+        previous, self._last_estimate = self._last_estimate, delay
+        lead_ms = 1000 * self.lead
+        if -lead_ms + 5 <= delay <= 1000 * MAX_ALIGNED - lead_ms:
+            return
+        if previous is None or abs(previous - delay) > 10:
+            return  # out of reach once: wait for the next estimate to agree
+        self._last_estimate = None
         self.correction -= delay / 1000 * self.out_rate
         where = "before" if delay < -lead_ms else "after"
         self.reset(f"the echo came {abs(delay + lead_ms):.0f} ms {where} its reference")
