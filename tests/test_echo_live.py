@@ -148,7 +148,12 @@ def _measure(live: LiveRoom, folder: Path, stderr: str) -> Measured:
     alone = talking & (frame_power(echo, F) < 1e-9)
     double = talking & echo_on
     summary = json.loads((folder / "session.json").read_text())
-    np.savez(folder / "measured.npz", mic=mic, user=user, echo=echo, clean=clean, t=t)
+    per_second = []  # the echo reduction of each second, for the report
+    for second in range(int(t.max()) + 1):
+        sel = only_echo & (t >= second) & (t < second + 1)
+        if sel.sum() >= 10:
+            per_second.append(f"{second}s:{erle_db(mic, user, sel, F):.0f}")
+    print("ERLE per second of the room's timeline (dB):", " ".join(per_second))
     return Measured(
         erle=erle_db(mic, user, only_echo & (t >= first + 2), F),
         erle_first=erle_db(mic, user, only_echo & (t < first + 2), F),

@@ -12,12 +12,13 @@ AEC3 finds the rest of the delay itself. Nothing played (before the speaker star
 stalled) is silence.
 
 The timestamps jitter, so the offset between the two streams' sample counts is the median over
-the last blocks, moved only when it drifts by more than `DRIFT_STEP`. A jump that persists (a
-stall, lost blocks) re-anchors the offset. Timestamps can also be wrong (PulseAudio's ALSA plugin
-hides its own buffer, and jumps after a stall though nothing moved), so the echo itself has the
-last word: where the canceller's delay estimate finds the echo before its reference or more than
-`MAX_ALIGNED` after it (a device change, a bad jump), the reference moves onto the echo and the
-canceller starts afresh (a reset, reported once by the chat).
+the last 8 s of blocks, moved only when it drifts by more than `DRIFT_STEP`. Timestamps can also
+be wrong (PulseAudio's ALSA plugin hides its own buffer; under load its timestamps jumped by
+50-300 ms after stalls though the audio did not move), so the echo itself has the last word:
+where the canceller's delay estimate finds the echo before its reference or more than
+`MAX_ALIGNED` after it (a device change, a real stall), the reference moves onto the echo and
+the canceller starts afresh (a reset, reported once by the chat). Within that window AEC3 follows
+delay changes itself.
 
 `Canceller` is the engine on aligned frames (the offline `moshi-mlx echo-cancel` uses it too);
 `EchoPath` is the live pairing, driven by `AudioIO` on the caller's thread.
@@ -186,7 +187,6 @@ class EchoPath:
 
     RING_SECONDS = 8.0  # played audio kept
     HISTORY = 100  # blocks in the offset's median (8 s of 80 ms blocks)
-    JUMP_BLOCKS = 2  # consecutive off blocks that make a jump
     JUMP = 0.040  # seconds off the offset that count as a jump (a stall, a device change)
     DRIFT_STEP = 0.005  # seconds the median moves before the offset follows (clock drift)
 
@@ -211,7 +211,6 @@ class EchoPath:
         self.correction = 0.0  # played samples added where the echo showed the timestamps off
         self._last_estimate: float | None = None
         self._history: deque[float] = deque(maxlen=self.HISTORY)
-        self._off = 0  # consecutive blocks off by more than JUMP
         self.resets: list[str] = []  # why the canceller was reset, oldest first
         self.realigned: list[str] = []  # the timing jumps the reference followed
         self.silent_reference_samples = 0  # reference samples with nothing played (stalls)
@@ -303,23 +302,24 @@ class EchoPath:
         return first + (t - dac) * self.out_rate - self.mic_count * self.ratio
 
     def _update(self, raw: float) -> float:
-        """Move the offset model by one block's `raw` offset; returns the offset to use."""
+        """Move the offset model by one block's `raw` offset; returns the offset to use.
+
+        The offset follows the median of the last `HISTORY` blocks, in steps of at least
+        `DRIFT_STEP`: drift, and a jump only once it has lasted half that window (timestamps
+        jump on their own after a stall, measured on PulseAudio; the echo check catches real
+        jumps sooner)."""
         if self.offset is None:
             self.offset = raw
             self._history.clear()
-        elif abs(raw - self.offset) > self.JUMP * self.out_rate:
-            self._off += 1
-            if self._off >= self.JUMP_BLOCKS:  # it persists: re-anchor
-                jump = 1000 * (raw - self.offset) / self.out_rate
-                self.realigned.append(f"the devices' timing jumped by {jump:+.0f} ms")
-                self.canceller.forget_delay()
-                self.offset, self._off = raw, 0
-                self._history.clear()
-            return self.offset
-        self._off = 0
         self._history.append(raw)
-        median = float(np.median(self._history))
-        if abs(median - self.offset) > self.DRIFT_STEP * self.out_rate:
+        median = float(np.sort(self._history)[len(self._history) // 2])  # one of them
+        step = median - self.offset
+        if abs(step) > self.DRIFT_STEP * self.out_rate:
+            if abs(step) > self.JUMP * self.out_rate:
+                self.realigned.append(
+                    f"the devices' timing moved by {1000 * step / self.out_rate:+.0f} ms"
+                )
+                self.canceller.forget_delay()
             self.offset = median
         return self.offset
 
