@@ -95,7 +95,8 @@ def test_the_reference_is_what_was_at_the_dac_lead_seconds_after_each_mic_sample
     expected = played[start : start + len(ref)]
     offset = find_delay(expected, ref, 200, -200)[0]
     assert abs(offset) <= 48, f"reference off by {offset} samples"  # within the 2 ms of jitter
-    np.testing.assert_array_equal(ref, played[start - offset : start - offset + len(ref)])
+    k = EchoPath.ANCHOR * B  # from then on the sample counts keep it, contiguous
+    np.testing.assert_array_equal(ref[k:], played[start - offset + k : start - offset + len(ref)])
     assert path.resets == [] and engine.resets == 0
 
 
@@ -117,31 +118,21 @@ def test_the_reference_leads_its_echo_so_the_canceller_can_find_it():
     assert lag == round((LEAD + 0.030) * RATE)  # echo delay + lead: the reference comes first
 
 
-def test_a_lasting_jump_in_the_devices_timing_is_followed_and_keeps_the_filter():
-    n = 100
+def test_later_timestamp_jumps_are_watched_not_followed():
+    """Once anchored, the sample counts keep the pairing: PulseAudio's timestamps moved by
+    50-700 ms after stalls though the audio did not (the echo check handles real moves)."""
+    n = 60
     played = _played(n + 4, seed=3)
     dac = 1.0 + 0.05 + np.arange(n + 4) * B / RATE
-    dac[20:] += 0.2  # the output stalled: later blocks play 200 ms later than counted
+    dac[20:] += 0.2  # the timestamps say: later blocks play 200 ms later than counted
     adc = 1.0 + np.arange(n) * B / RATE
     path, engine = _fresh()
     _drive(path, played, dac, np.zeros(n * B, np.float32), adc)
-    assert engine.resets == 0 and path.resets == []  # the room did not change
-    assert len(path.realigned) == 1 and "-200 ms" in path.realigned[0], path.realigned
+    assert engine.resets == 0 and path.resets == []
+    assert path.timestamps_moved_ms == -200.0
+    start = round((adc[0] + LEAD - dac[0]) * RATE)
     ref = np.concatenate(engine.ref)
-
-    def expected(m):  # the sample at the DAC at microphone sample m's time + LEAD
-        t = adc[0] + m / RATE + LEAD
-        j = int(np.searchsorted(dac, t, side="right") - 1)
-        k = j * B + round((t - dac[j]) * RATE)
-        return played[k : k + B]
-
-    # a short jump is not followed at once (timestamps jump on their own): the median follows
-    # once it has lasted 4 s; then each microphone sample gets its DAC time's sample again
-    np.testing.assert_array_equal(ref[10 * B : 11 * B], expected(10 * B))
-    np.testing.assert_array_equal(
-        ref[25 * B : 26 * B], played[25 * B + round((adc[0] + LEAD - dac[0]) * RATE) :][:B]
-    )
-    np.testing.assert_array_equal(ref[80 * B : 81 * B], expected(80 * B))
+    np.testing.assert_array_equal(ref[B:], played[start + B : start + n * B])
 
 
 def test_small_timing_noise_and_drift_do_not_reset():

@@ -11,14 +11,14 @@ so leads its echo by `lead` plus the acoustic and unreported converter delays, n
 AEC3 finds the rest of the delay itself. Nothing played (before the speaker starts, or where it
 stalled) is silence.
 
-The timestamps jitter, so the offset between the two streams' sample counts is the median over
-the last 8 s of blocks, moved only when it drifts by more than `DRIFT_STEP`. Timestamps can also
-be wrong (PulseAudio's ALSA plugin hides its own buffer; under load its timestamps jumped by
-50-300 ms after stalls though the audio did not move), so the echo itself has the last word:
+The timestamps jitter, so the offset between the two streams' sample counts is the median of
+the first `ANCHOR` blocks'; then the sample counts keep the pairing. Timestamps can also be
+wrong (PulseAudio's ALSA plugin hides its own buffer; under load its timestamps moved by
+50-700 ms after stalls though the audio did not move), so the echo itself has the last word:
 where the canceller's delay estimate finds the echo before its reference or more than
-`MAX_ALIGNED` after it (a device change, a real stall), the reference moves onto the echo and
-the canceller starts afresh (a reset, reported once by the chat). Within that window AEC3 follows
-delay changes itself.
+`MAX_ALIGNED` after it (a device change, a real stall, clock drift over minutes), the reference
+moves onto the echo and the canceller starts afresh (a reset, reported once by the chat).
+Within that window AEC3 follows delay changes itself.
 
 `Canceller` is the engine on aligned frames (the offline `moshi-mlx echo-cancel` uses it too);
 `EchoPath` is the live pairing, driven by `AudioIO` on the caller's thread.
@@ -186,9 +186,8 @@ class EchoPath:
     """
 
     RING_SECONDS = 8.0  # played audio kept
-    HISTORY = 100  # blocks in the offset's median (8 s of 80 ms blocks)
-    JUMP = 0.040  # seconds off the offset that count as a jump (a stall, a device change)
-    DRIFT_STEP = 0.005  # seconds the median moves before the offset follows (clock drift)
+    HISTORY = 100  # blocks of timestamps watched (8 s of 80 ms blocks)
+    ANCHOR = 12  # blocks whose timestamps place the reference (about 1 s)
 
     def __init__(
         self,
@@ -212,7 +211,6 @@ class EchoPath:
         self._last_estimate: float | None = None
         self._history: deque[float] = deque(maxlen=self.HISTORY)
         self.resets: list[str] = []  # why the canceller was reset, oldest first
-        self.realigned: list[str] = []  # the timing jumps the reference followed
         self.silent_reference_samples = 0  # reference samples with nothing played (stalls)
         self._mic_rs = _resampler(in_rate)
         self._ref_rs = _resampler(in_rate)
@@ -302,25 +300,14 @@ class EchoPath:
         return first + (t - dac) * self.out_rate - self.mic_count * self.ratio
 
     def _update(self, raw: float) -> float:
-        """Move the offset model by one block's `raw` offset; returns the offset to use.
-
-        The offset follows the median of the last `HISTORY` blocks, in steps of at least
-        `DRIFT_STEP`: drift, and a jump only once it has lasted half that window (timestamps
-        jump on their own after a stall, measured on PulseAudio; the echo check catches real
-        jumps sooner)."""
-        if self.offset is None:
-            self.offset = raw
-            self._history.clear()
+        """Add one block's `raw` offset; returns the offset to use: the median of the first
+        `ANCHOR` blocks' (timestamps jitter), then the sample counts keep it. Later timestamps
+        are only watched (`timestamps_moved_ms`): under load they moved by 50-700 ms after
+        stalls though the audio did not (measured on PulseAudio); the echo check moves the
+        reference where the echo really moved."""
         self._history.append(raw)
-        median = float(np.sort(self._history)[len(self._history) // 2])  # one of them
-        step = median - self.offset
-        if abs(step) > self.DRIFT_STEP * self.out_rate:
-            if abs(step) > self.JUMP * self.out_rate:
-                self.realigned.append(
-                    f"the devices' timing moved by {1000 * step / self.out_rate:+.0f} ms"
-                )
-                self.canceller.forget_delay()
-            self.offset = median
+        if len(self._history) <= self.ANCHOR:
+            self.offset = float(np.sort(self._history)[len(self._history) // 2])
         return self.offset
 
     def _reference(self, position: float | None, n: int) -> np.ndarray:
@@ -349,13 +336,20 @@ class EchoPath:
             out[valid] = (1 - frac) * self._ring[low % size] + frac * self._ring[high % size]
         return out
 
+    @property
+    def timestamps_moved_ms(self) -> float | None:
+        """How far the recent timestamps put the reference from where it is (ms)."""
+        if self.offset is None or not self._history:
+            return None
+        median = float(np.median(list(self._history)[-25:]))
+        return round(1000 * (median - self.offset) / self.out_rate, 1)
+
     def stats(self) -> dict:
         return {
             **self.canceller.stats(),
             "resets": len(self.resets),
             "reset_reasons": self.resets[-5:],
-            "realignments": len(self.realigned),
-            "realign_reasons": self.realigned[-5:],
+            "timestamps_moved_ms": self.timestamps_moved_ms,
             "silent_reference_ms": round(1000 * self.silent_reference_samples / self.in_rate),
         }
 
