@@ -199,7 +199,8 @@ def test_echo_is_removed_where_only_moshi_speaks(cancelled):
 def test_the_user_is_kept_while_moshi_is_silent(cancelled):
     m = cancelled
     assert abs(m.alone_level) < 1.5  # not turned down
-    assert m.alone_distance < m.alone_distance_mic + 2.0  # its spectrum as the microphone's
+    # its band energies close to the clean speech's (3 dB RMS; bench: 1.3 dB, raw mic 1.2)
+    assert m.alone_distance < max(3.0, m.alone_distance_mic + 1.0)
 
 
 def test_double_talk_is_measured(cancelled):

@@ -37,7 +37,7 @@ from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
 
 ENGINE = "WebRTC AEC3 (pywebrtc-audio)"
 LEAD = 0.02  # seconds the reference leads the microphone (guards against timestamp errors)
-MAX_DELAY = 0.6  # seconds of echo delay the delay estimate searches (and 0.1 s before 0)
+MAX_DELAY = 1.0  # seconds of echo delay the delay estimate searches (and 0.1 s before 0)
 MAX_ALIGNED = 0.45  # seconds after the reference beyond which the echo is re-aligned
 ESTIMATE_WINDOW = 50  # frames (4 s) behind the delay and reduction estimates
 ESTIMATE_EVERY = 12  # frames between two delay estimates (about 1 s)
@@ -114,6 +114,7 @@ class Canceller:
         self._ref_db: deque[float] = deque(maxlen=round(MAX_DELAY / 0.08) + 1)
         self._frames = 0
         self.delay_ms: float | None = None  # echo delay after the reference's lead
+        self.estimates = 0  # delay estimates made (each updates `delay_ms`)
         self.cpu_seconds = 0.0
         self.frames = 0
 
@@ -157,6 +158,7 @@ class Canceller:
         lag, prominence = find_delay(ref, mic, round(MAX_DELAY * self.rate / 3), -self.rate // 30)
         if prominence > 8:
             self.delay_ms = 1000 * 3 * lag / self.rate - 1000 * self.lead
+            self.estimates += 1
 
     @property
     def reduction_db(self) -> float | None:
@@ -209,6 +211,7 @@ class EchoPath:
         self.offset: float | None = None  # played sample index at mic sample 0 (timestamps)
         self.correction = 0.0  # played samples added where the echo showed the timestamps off
         self._last_estimate: float | None = None
+        self._estimates_seen = 0
         self._history: deque[float] = deque(maxlen=self.HISTORY)
         self.resets: list[str] = []  # why the canceller was reset, oldest first
         self.silent_reference_samples = 0  # reference samples with nothing played (stalls)
@@ -268,8 +271,10 @@ class EchoPath:
         """Where the echo shows the reference out of reach (after its echo, or too far ahead),
         move the reference onto the echo found and reset the canceller."""
         delay = self.canceller.delay_ms  # echo after the reference, less the lead
-        if delay is None or delay == self._last_estimate:
+        count = getattr(self.canceller, "estimates", 0)
+        if delay is None or count == self._estimates_seen:
             return
+        self._estimates_seen = count
         previous, self._last_estimate = self._last_estimate, delay
         lead_ms = 1000 * self.lead
         if -lead_ms + 5 <= delay <= 1000 * MAX_ALIGNED - lead_ms:
