@@ -211,6 +211,8 @@ class LiveRoom:
         self._user = np.zeros(0, np.float32)  # user speech not yet played
         self._echo = np.zeros(0, np.float32)
         self.loud = 0.0  # seconds the speaker has been loud (> 0) or quiet (< 0)
+        for proc in (self.reader, self.writer):
+            _raise_priority(proc.pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -223,6 +225,9 @@ class LiveRoom:
         )
 
     def _run(self) -> None:
+        import threading
+
+        _raise_priority(threading.get_native_id())
         size = self.BLOCK * 4
         while not self._stop.is_set():
             data = self.reader.stdout.read(size)
@@ -266,3 +271,15 @@ class LiveRoom:
                 proc.kill()
                 proc.wait()
         self._thread.join(timeout=5)
+
+
+def _raise_priority(task: int) -> None:
+    """A room does not stall: on a loaded machine the room's thread and pipes would, and each
+    stall of the stream into the microphone adds its length to the echo's delay for good (the
+    canceller then has to find it again). Where allowed (root), run them at a higher priority."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, task, -10)
+    except OSError:
+        pass

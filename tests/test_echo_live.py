@@ -129,11 +129,13 @@ def _measure(live: LiveRoom, folder: Path, stderr: str) -> Measured:
     starts = _locate(mic[: k * FRAME].reshape(k, FRAME), live.track("mic"))
     keep = (starts >= 0) & (starts + FRAME <= len(live.track("echo")))
     print(f"{keep.sum()} of {k} recorded frames found in what the room played")
-    assert keep.mean() > 0.9
+    assert keep.mean() > 0.8
     # AEC3 delays its output by about 10 ms: measure on its own timeline
     lag = best_lag(mic, user, RATE // 20)
     user = np.concatenate([user[lag:], np.zeros(lag, np.float32)])
     frames = np.flatnonzero(keep)
+    lost = np.flatnonzero(~keep[:-1] & keep[1:]) + 1  # first frame found after a lost run
+    stalled = starts[lost]  # room time where its stream resumed
     starts = starts[keep]
     index = (starts[:, None] + np.arange(FRAME)[None, :]).reshape(-1)
     take = (frames[:, None] * FRAME + np.arange(FRAME)[None, :]).reshape(-1)
@@ -144,6 +146,17 @@ def _measure(live: LiveRoom, folder: Path, stderr: str) -> Measured:
     first = t[np.argmax(echo_on)]
     quiet_user = frame_power(clean, F) == 0
     only_echo = echo_on & quiet_user
+    # where what the chat heard is not what the room played (the room's stream into the
+    # microphone ran dry and PulseAudio filled silence, or the capture lost samples: both only
+    # on a loaded machine), the echo's delay jumped for good: like at the start, the canceller
+    # gets 2 s to find it again
+    restarts = [first] + [s / RATE for s in stalled]
+    settled = np.ones(len(t), bool)
+    for r in restarts:
+        settled &= ~((t >= r) & (t < r + 2))
+    seconds = (only_echo & settled).sum() * F / RATE
+    print(f"discontinuities: {len(stalled)}; echo-only seconds measured: {seconds:.1f}")
+    assert seconds > 2, "under 2 s of echo to measure"
     talking = active(clean, 30, F)
     alone = talking & (frame_power(echo, F) < 1e-9)
     double = talking & echo_on
@@ -155,7 +168,7 @@ def _measure(live: LiveRoom, folder: Path, stderr: str) -> Measured:
             per_second.append(f"{second}s:{erle_db(mic, user, sel, F):.0f}")
     print("ERLE per second of the room's timeline (dB):", " ".join(per_second))
     return Measured(
-        erle=erle_db(mic, user, only_echo & (t >= first + 2), F),
+        erle=erle_db(mic, user, only_echo & settled, F),
         erle_first=erle_db(mic, user, only_echo & (t < first + 2), F),
         alone_level=level_db(user, clean, alone, F),
         alone_distance=spectral_distance(user, clean, alone),
@@ -168,7 +181,7 @@ def _measure(live: LiveRoom, folder: Path, stderr: str) -> Measured:
     )
 
 
-ROOM = Room(delay=0.12, gain_db=3.0, seed=3)
+ROOM = Room(delay=0.12, gain_db=3.0, seed=3)  # (+ about 100 ms through PulseAudio and pipes)
 
 
 @pytest.fixture(scope="module")
