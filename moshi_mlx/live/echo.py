@@ -37,7 +37,7 @@ from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
 
 ENGINE = "WebRTC AEC3 (pywebrtc-audio)"
 LEAD = 0.02  # seconds the reference leads the microphone (guards against timestamp errors)
-MAX_DELAY = 1.0  # seconds of echo delay the delay estimate searches (and 0.1 s before 0)
+MAX_DELAY = 1.0  # seconds the delay estimate searches, after and before the reference
 MAX_ALIGNED = 0.45  # seconds after the reference beyond which the echo is re-aligned
 ESTIMATE_WINDOW = 50  # frames (4 s) behind the delay and reduction estimates
 ESTIMATE_EVERY = 12  # frames between two delay estimates (about 1 s)
@@ -155,7 +155,8 @@ class Canceller:
         ref, mic = _decimate(np.concatenate(self._ref)), _decimate(np.concatenate(self._mic))
         if power_db(ref) < ACTIVE_DB or power_db(mic) < ACTIVE_DB:
             return
-        lag, prominence = find_delay(ref, mic, round(MAX_DELAY * self.rate / 3), -self.rate // 30)
+        reach = round(MAX_DELAY * self.rate / 3)
+        lag, prominence = find_delay(ref, mic, reach, -reach)
         if prominence > 8:
             self.delay_ms = 1000 * 3 * lag / self.rate - 1000 * self.lead
             self.estimates += 1
