@@ -212,7 +212,7 @@ class LiveRoom:
         self._echo = np.zeros(0, np.float32)
         self.loud = 0.0  # seconds the speaker has been loud (> 0) or quiet (< 0)
         for proc in (self.reader, self.writer):
-            _raise_priority(proc.pid)
+            raise_priority(proc.pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -227,7 +227,7 @@ class LiveRoom:
     def _run(self) -> None:
         import threading
 
-        _raise_priority(threading.get_native_id())
+        raise_priority(threading.get_native_id())
         size = self.BLOCK * 4
         while not self._stop.is_set():
             data = self.reader.stdout.read(size)
@@ -273,10 +273,11 @@ class LiveRoom:
         self._thread.join(timeout=5)
 
 
-def _raise_priority(task: int) -> None:
-    """A room does not stall: on a loaded machine the room's thread and pipes would, and each
-    stall of the stream into the microphone adds its length to the echo's delay for good (the
-    canceller then has to find it again). Where allowed (root), run them at a higher priority."""
+def raise_priority(task: int) -> None:
+    """Real-time audio on a shared, loaded machine: a room does not stall, the room's thread and
+    pipes would, and each stall of the stream into the microphone adds its length to the echo's
+    delay for good; the chat's own streams stall too (on a laptop it is the app in front).
+    Where allowed (root), run them at a higher priority (nice -10; threads included)."""
     import os
 
     try:

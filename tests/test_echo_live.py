@@ -34,6 +34,7 @@ from echo_room import (
     erle_db,
     frame_power,
     level_db,
+    raise_priority,
     spectral_distance,
     speech,
 )
@@ -77,6 +78,7 @@ def _session(pulse, ckpt: Path, folder: Path, room: Room, mode: str) -> Measured
             stderr=subprocess.PIPE,
             text=True,
         )
+        raise_priority(proc.pid)  # real-time audio on a shared machine (see raise_priority)
         try:
             said, heard_moshi = 0, False
             deadline = time.monotonic() + 90
