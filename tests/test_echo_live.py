@@ -8,7 +8,8 @@ speak, fall silent and speak again (`echo_chat.py`), recording its session.
 
 Measured on what Moshi heard (`user.wav`) against the raw microphone (`mic.wav`), on the
 microphone's timeline the room kept:
-- echo reduction over the frames where only Moshi is heard, from 2 s after it first spoke;
+- echo reduction over the frames where only Moshi is heard, from 2 s after it first spoke (and
+  2 s after each break in the test's own audio path, where the echo's delay jumped);
 - the user's speech while Moshi is silent: level and band-energy distance to the clean speech;
 - double talk (the user over Moshi): reported, not asserted.
 The same setup with `--echo-cancel off` must show the echo.

@@ -272,7 +272,7 @@ class EchoPath:
         """Where the echo shows the reference out of reach (after its echo, or too far ahead),
         move the reference onto the echo found and reset the canceller."""
         delay = self.canceller.delay_ms  # echo after the reference, less the lead
-        count = getattr(self.canceller, "estimates", 0)
+        count = self.canceller.estimates
         if delay is None or count == self._estimates_seen:
             return
         self._estimates_seen = count
