@@ -209,6 +209,7 @@ class LiveRoom:
         self.tracks: dict[str, list[np.ndarray]] = {"mic": [], "echo": [], "user": [], "spk": []}
         self.position = 0  # samples written to the microphone
         self._user = np.zeros(0, np.float32)  # user speech not yet played
+        self._user_lock = threading.Lock()
         self._echo = np.zeros(0, np.float32)
         self.loud = 0.0  # seconds the speaker has been loud (> 0) or quiet (< 0)
         for proc in (self.reader, self.writer):
@@ -219,10 +220,11 @@ class LiveRoom:
 
     def say(self, audio: np.ndarray) -> None:
         """Start the user's `audio` at the microphone now (on top of what is still playing)."""
-        n = max(len(self._user), len(audio))
-        self._user = np.pad(self._user, (0, n - len(self._user))) + np.pad(
-            audio, (0, n - len(audio))
-        )
+        with self._user_lock:
+            n = max(len(self._user), len(audio))
+            self._user = np.pad(self._user, (0, n - len(self._user))) + np.pad(
+                audio, (0, n - len(audio))
+            )
 
     def _run(self) -> None:
         import threading
@@ -242,7 +244,8 @@ class LiveRoom:
             n = len(spk)  # the microphone runs at the speaker's pace (the drift stays in echo)
             echo, self._echo = self._echo[:n], self._echo[n:]
             echo = np.pad(echo, (0, n - len(echo)))
-            user, self._user = self._user[:n], self._user[n:]
+            with self._user_lock:
+                user, self._user = self._user[:n], self._user[n:]
             user = np.pad(user, (0, n - len(user)))
             noise = self.noise.standard_normal(n).astype(np.float32)
             noise *= np.float32(10 ** ((SPEECH_DB + NOISE_DB) / 20))
