@@ -22,7 +22,14 @@ from echo_room import (
 )
 from moshi_app import cli, read
 
-from moshi_mlx.live.echo import LEAD, Canceller, EchoPath, cancel_recording, find_delay
+from moshi_mlx.live.echo import (
+    LEAD,
+    REALIGN_MARGIN,
+    Canceller,
+    EchoPath,
+    cancel_recording,
+    find_delay,
+)
 
 RATE = 24000
 B = 1920  # samples per block
@@ -308,7 +315,8 @@ def test_an_echo_out_of_reach_moves_the_reference_onto_it_and_resets(found_ms, s
     ref = np.concatenate(engine.ref)
     before = round((adc[0] + LEAD - dac[0]) * RATE)
     np.testing.assert_array_equal(ref[:B], played[before : before + B])
-    # after the reset, the reference is shifted so the echo comes LEAD after it
+    # after the reset, the reference is shifted so that the echo (found by the second estimate)
+    # comes LEAD + REALIGN_MARGIN after it
     m = 30 * B
-    k = before - round((found_ms + step) / 1000 * RATE) + m  # (the second estimate)
+    k = before - round((found_ms + step - 1000 * REALIGN_MARGIN) / 1000 * RATE) + m
     np.testing.assert_array_equal(ref[m : m + B], played[k : k + B])

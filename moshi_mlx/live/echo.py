@@ -39,8 +39,9 @@ ENGINE = "WebRTC AEC3 (pywebrtc-audio)"
 LEAD = 0.02  # seconds the reference leads the microphone (guards against timestamp errors)
 MAX_DELAY = 1.0  # seconds the delay estimate searches, after and before the reference
 MAX_ALIGNED = 0.45  # seconds after the reference beyond which the echo is re-aligned
-ESTIMATE_WINDOW = 50  # frames (4 s) behind the delay and reduction estimates
-ESTIMATE_EVERY = 12  # frames between two delay estimates (about 1 s)
+ESTIMATE_WINDOW = 25  # frames (2 s) behind the delay and reduction estimates
+ESTIMATE_EVERY = 6  # frames between two delay estimates (about 0.5 s)
+REALIGN_MARGIN = 0.03  # seconds after the reference plus lead where a re-aligned echo lands
 ACTIVE_DB = -50.0  # a reference frame at least this loud (dBFS) is "Moshi speaking"
 
 
@@ -283,7 +284,7 @@ class EchoPath:
         if previous is None or abs(previous - delay) > 10:
             return  # out of reach once: wait for the next estimate to agree
         self._last_estimate = None
-        self.correction -= delay / 1000 * self.out_rate
+        self.correction -= (delay - 1000 * REALIGN_MARGIN) / 1000 * self.out_rate
         where = "before" if delay < -lead_ms else "after"
         self.reset(f"the echo came {abs(delay + lead_ms):.0f} ms {where} its reference")
 
