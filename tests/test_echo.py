@@ -102,8 +102,8 @@ def test_the_reference_is_what_was_at_the_dac_lead_seconds_after_each_mic_sample
     start = round((adc[0] + LEAD - dac[0]) * RATE)
     expected = played[start : start + len(ref)]
     offset = find_delay(expected, ref, 200, -200)[0]
-    assert abs(offset) <= 48, f"reference off by {offset} samples"  # within the 2 ms of jitter
-    k = EchoPath.ANCHOR * B  # from then on the sample counts keep it, contiguous
+    assert abs(offset) <= 72, f"reference off by {offset} samples"  # within the 3 ms of jitter
+    k = 0  # jitter under FOLLOW_STEP never moves it: contiguous from the start
     np.testing.assert_array_equal(ref[k:], played[start - offset + k : start - offset + len(ref)])
     assert path.resets == [] and engine.resets == 0
 
@@ -126,21 +126,28 @@ def test_the_reference_leads_its_echo_so_the_canceller_can_find_it():
     assert lag == round((LEAD + 0.030) * RATE)  # echo delay + lead: the reference comes first
 
 
-def test_later_timestamp_jumps_are_watched_not_followed():
-    """Once anchored, the sample counts keep the pairing: PulseAudio's timestamps moved by
-    50-700 ms after stalls though the audio did not (the echo check handles real moves)."""
+def test_a_lasting_jump_in_the_timestamps_is_followed_and_keeps_the_filter():
     n = 60
     played = _played(n + 4, seed=3)
     dac = 1.0 + 0.05 + np.arange(n + 4) * B / RATE
-    dac[20:] += 0.2  # the timestamps say: later blocks play 200 ms later than counted
+    dac[20:] += 0.2  # the output stalled: later blocks play 200 ms later than counted
     adc = 1.0 + np.arange(n) * B / RATE
     path, engine = _fresh()
     _drive(path, played, dac, np.zeros(n * B, np.float32), adc)
-    assert engine.resets == 0 and path.resets == []
-    assert path.timestamps_moved_ms == -200.0
-    start = round((adc[0] + LEAD - dac[0]) * RATE)
+    assert engine.resets == 0 and path.resets == []  # the room did not change
+    assert path.moves == ["-200 ms"], path.moves
     ref = np.concatenate(engine.ref)
-    np.testing.assert_array_equal(ref[B:], played[start + B : start + n * B])
+
+    def expected(m):  # the sample at the DAC at microphone sample m's time + LEAD
+        t = adc[0] + m / RATE + LEAD
+        j = int(np.searchsorted(dac, t, side="right") - 1)
+        k = j * B + round((t - dac[j]) * RATE)
+        return played[k : k + B]
+
+    # once the median of the last 2 s has moved, each microphone sample gets its DAC time's
+    # sample again (before that, for about 1 s, the sample counts carry on)
+    np.testing.assert_array_equal(ref[10 * B : 11 * B], expected(10 * B))
+    np.testing.assert_array_equal(ref[50 * B : 51 * B], expected(50 * B))
 
 
 def test_small_timing_noise_and_drift_do_not_reset():

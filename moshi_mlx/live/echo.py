@@ -11,10 +11,11 @@ so leads its echo by `lead` plus the acoustic and unreported converter delays, n
 AEC3 finds the rest of the delay itself. Nothing played (before the speaker starts, or where it
 stalled) is silence.
 
-The timestamps jitter, so the offset between the two streams' sample counts is the median of
-the first `ANCHOR` blocks'; then the sample counts keep the pairing. Timestamps can also be
-wrong (PulseAudio's ALSA plugin hides its own buffer; under load its timestamps moved by
-50-700 ms after stalls though the audio did not move), so the echo itself has the last word:
+The timestamps jitter, so the offset between the two streams' sample counts is the median over
+the last 2 s of blocks, followed when it moves by more than `FOLLOW_STEP` (drift; a stall the
+timestamps report). Timestamps can also be wrong (PulseAudio's ALSA plugin hides its own
+buffer; under load its timestamps sometimes moved by 50-700 ms after stalls though the audio did
+not, sometimes with it), so the echo itself has the last word:
 where the canceller's delay estimate finds the echo before its reference or more than
 `MAX_ALIGNED` after it (a device change, a real stall, clock drift over minutes), the reference
 moves onto the echo and the canceller starts afresh (a reset, reported once by the chat).
@@ -190,8 +191,9 @@ class EchoPath:
     """
 
     RING_SECONDS = 8.0  # played audio kept
-    HISTORY = 100  # blocks of timestamps watched (8 s of 80 ms blocks)
-    ANCHOR = 12  # blocks whose timestamps place the reference (about 1 s)
+    HISTORY = 25  # blocks in the timestamps' median (2 s of 80 ms blocks)
+    FOLLOW_STEP = 0.005  # seconds the median moves before the reference follows
+    JUMP = 0.04  # seconds of a move that restarts the delay estimate
 
     def __init__(
         self,
@@ -216,6 +218,7 @@ class EchoPath:
         self._estimates_seen = 0
         self._history: deque[float] = deque(maxlen=self.HISTORY)
         self.resets: list[str] = []  # why the canceller was reset, oldest first
+        self.moves: list[str] = []  # the timestamps' jumps the reference followed
         self.silent_reference_samples = 0  # reference samples with nothing played (stalls)
         self._mic_rs = _resampler(in_rate)
         self._ref_rs = _resampler(in_rate)
@@ -307,14 +310,21 @@ class EchoPath:
         return first + (t - dac) * self.out_rate - self.mic_count * self.ratio
 
     def _update(self, raw: float) -> float:
-        """Add one block's `raw` offset; returns the offset to use: the median of the first
-        `ANCHOR` blocks' (timestamps jitter), then the sample counts keep it. Later timestamps
-        are only watched (`timestamps_moved_ms`): under load they moved by 50-700 ms after
-        stalls though the audio did not (measured on PulseAudio); the echo check moves the
-        reference where the echo really moved."""
+        """Add one block's `raw` offset; returns the offset to use: the median of the last
+        `HISTORY` blocks' (timestamps jitter), followed when it moves by more than
+        `FOLLOW_STEP` (drift, a stall the timestamps saw). A move of more than `JUMP` also
+        restarts the delay estimate, whose check then confirms or corrects it (timestamps can
+        move when the audio did not: measured on PulseAudio under load)."""
         self._history.append(raw)
-        if len(self._history) <= self.ANCHOR:
-            self.offset = float(np.sort(self._history)[len(self._history) // 2])
+        median = float(np.sort(self._history)[len(self._history) // 2])  # one of them
+        if self.offset is None:
+            self.offset = median
+        step = median - self.offset
+        if abs(step) > self.FOLLOW_STEP * self.out_rate:
+            if abs(step) > self.JUMP * self.out_rate:
+                self.moves.append(f"{1000 * step / self.out_rate:+.0f} ms")
+                self.canceller.forget_delay()
+            self.offset = median
         return self.offset
 
     def _reference(self, position: float | None, n: int) -> np.ndarray:
@@ -343,20 +353,12 @@ class EchoPath:
             out[valid] = (1 - frac) * self._ring[low % size] + frac * self._ring[high % size]
         return out
 
-    @property
-    def timestamps_moved_ms(self) -> float | None:
-        """How far the recent timestamps put the reference from where it is (ms)."""
-        if self.offset is None or not self._history:
-            return None
-        median = float(np.median(list(self._history)[-25:]))
-        return round(1000 * (median - self.offset) / self.out_rate, 1)
-
     def stats(self) -> dict:
         return {
             **self.canceller.stats(),
             "resets": len(self.resets),
             "reset_reasons": self.resets[-5:],
-            "timestamps_moved_ms": self.timestamps_moved_ms,
+            "timestamp_jumps_followed": self.moves[-5:],
             "silent_reference_ms": round(1000 * self.silent_reference_samples / self.in_rate),
         }
 
