@@ -7,9 +7,9 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, run
+from .commands import chat, run, transcribe
 
-COMMANDS = (chat, run)  # each module's `register(command)` adds its subcommand
+COMMANDS = (chat, run, transcribe)  # each module's `register(command)` adds its subcommand
 
 EXAMPLES = """\
 examples:
@@ -21,6 +21,8 @@ examples:
   moshi-mlx run talk/user.wav again.wav --seed N  # replay a recorded chat (talk/session.json
                                                   # has its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
+  moshi-mlx transcribe talk.wav --format srt -o talk.srt   # speech to text (Kyutai STT)
+  moshi-mlx transcribe                            # dictation from the microphone
 
 Offline, without the hub: `huggingface-cli download kyutai/moshiko-mlx-q4 --local-dir DIR`
 once, then `--checkpoint DIR`. A tiny random checkpoint (it makes noise) for any machine:

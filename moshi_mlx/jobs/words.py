@@ -4,8 +4,9 @@ Kyutai's STT models write each word as SentencePiece pieces (the first one start
 separated by padding (token 3); an end-of-padding token (0) comes just before each new word.
 As in Kyutai's timestamp example (`stt_from_file_pytorch.py`), a word starts at the step of its
 first piece and ends at the next end-of-padding token (or at the next word, whichever comes
-first); the last word of a stream ends one second after it started at most. Times are shifted
-by the text's delay behind the audio, so they are seconds of the input audio.
+first), and lasts one second at most (their rule for the last word, applied to every word, so a
+word before a pause is closed one second after it started rather than when the speaker
+resumes). Times are shifted by the text's delay behind the audio: seconds of the input audio.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 END_OF_PADDING = 0
-LAST_WORD_SECONDS = 1.0  # the longest a word without an end marker lasts (Kyutai's rule)
+LAST_WORD_SECONDS = 1.0  # the longest a word lasts (Kyutai's rule for a stream's last word)
 
 
 @dataclass
@@ -59,7 +60,9 @@ class WordBuilder:
         is_piece = self.tokenizer.piece(token) is not None
         starts_word = is_piece and self.tokenizer.sp.id_to_piece(int(token)).startswith("▁")
         if self._pieces and (token == END_OF_PADDING or starts_word):
-            done += self._close(audio_time)
+            done += self._close(min(audio_time, self._start + LAST_WORD_SECONDS))
+        elif self._pieces and not is_piece and audio_time >= self._start + LAST_WORD_SECONDS:
+            done += self._close(self._start + LAST_WORD_SECONDS)
         if is_piece:
             if not self._pieces:
                 self._start = audio_time
