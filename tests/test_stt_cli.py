@@ -112,3 +112,26 @@ def test_bad_inputs_are_one_line_errors_and_nothing_is_half_written(
     status, _, err = run(capsys, audio[0], "--checkpoint", no_heads, "-o", out)  # without --vad
     assert status == 0, err
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_quantized_stt_checkpoints_transcribe_and_report_the_text_stream(
+    capsys, stt, audio, tmp_path
+):
+    from quantize import accuracy_report, convert
+
+    q8 = tmp_path / "q8"
+    convert(stt, q8, "q8", progress=False)
+    names = mx.load(str(q8 / "model.q8.safetensors")).keys()
+    assert not any(n.startswith("depformer") for n in names)
+    assert "extra_heads.2.scales" in names  # the voice-activity heads are kept (quantized)
+    assert json.loads((q8 / "config.json").read_text())["model_type"] == "stt"
+    status, out, err = run(capsys, audio[0], "--checkpoint", q8, "--vad", "--format", "json")
+    assert status == 0, err
+    assert json.loads(out)["words"]
+    report = accuracy_report(stt, [q8], audio=audio[0])
+    assert list(report.results[0].streams) == ["text"]  # no audio streams: text only
+    text = report.results[0].streams["text"]
+    assert text.positions > 0 and text.kl < 1e-3 and text.top1 > 0.9
+    assert (
+        "audio mean" not in report.table() and report.to_dict()["results"][0]["mean_audio"] is None
+    )
