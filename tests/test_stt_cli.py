@@ -63,7 +63,7 @@ def test_several_files_go_to_a_folder(capsys, stt, audio, tmp_path):
     assert status == 0, err
     texts = [json.loads((tmp_path / "out" / f"{p.stem}.json").read_text()) for p in audio]
     assert [t["file"] for t in texts] == [str(p) for p in audio]
-    assert all("end_of_turn" in t for t in texts)
+    assert all(t["end_of_turn"] for t in texts)  # (the tiny model's heads do fire)
 
 
 def error(capsys, *args) -> str:

@@ -86,6 +86,8 @@ def test_feeding_samples_in_any_chunks_equals_the_file_mode(ckpt, wavs):
     words = [w for s in steps for w in s[0].words] + closed[0]
     assert words == file_mode.words
     assert all(0 <= s[0].end_of_turn <= 1 for s in steps)
+    ended = [s[0].heard - 0.5 for s in steps if s[0].turn_ended]
+    assert ended and [max(0.0, t) for t in ended] == pytest.approx(file_mode.end_of_turn)
 
 
 def test_a_long_stream_runs_in_bounded_memory(stt_checkpoint):

@@ -66,7 +66,7 @@ def test_live_words_are_the_file_modes_on_the_same_audio(pulse, stt, speech_wav,
     again = json.loads(file_json.read_text())
     assert live["tokens"] == again["tokens"]
     assert live["words"] == again["words"] and live["words"]
-    assert live["end_of_turn"] == again["end_of_turn"]
+    assert live["end_of_turn"] == again["end_of_turn"] and live["end_of_turn"]
     # piped: plain lines (no carriage returns), the words in order
     printed = out.text()
     assert "\r" not in printed

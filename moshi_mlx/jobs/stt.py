@@ -101,6 +101,8 @@ class SttStep:
         words: the words this token completed.
         end_of_turn: probability that the speaker finished (with `vad`), else None.
         heads: (num_heads, 6) probabilities of every extra head (with `vad`), else None.
+        turn_ended: the probability passed 0.5 after some words (Kyutai's marker rule, except
+            that no marker comes before the first word): once per turn.
     """
 
     index: int
@@ -110,6 +112,7 @@ class SttStep:
     words: list[Word]
     end_of_turn: float | None = None
     heads: np.ndarray | None = None
+    turn_ended: bool = False
 
 
 @dataclass
@@ -168,6 +171,7 @@ class SttStream:
         self._submitted = 0
         self._samples = np.zeros((self.batch_size, self.settings.prefix_samples), np.float32)
         self.builders = [self._builder() for _ in range(self.batch_size)]
+        self._in_turn = [False] * self.batch_size  # words since the last end of turn
 
     def _builder(self) -> WordBuilder:
         return WordBuilder(self.tokenizer, self.settings.word_offset, FRAME_SECONDS)
@@ -218,7 +222,12 @@ class SttStream:
             words = self.builders[b].add(token, audio_time)
             piece = self.tokenizer.piece(token)
             eot = None if probs is None else float(probs[VAD_HEAD, VAD_CLASS])
-            steps.append(SttStep(job.index, token, piece, heard, words, eot, probs))
+            ended = eot is not None and eot > VAD_THRESHOLD and self._in_turn[b]
+            if ended:
+                self._in_turn[b] = False
+            if piece is not None:
+                self._in_turn[b] = True
+            steps.append(SttStep(job.index, token, piece, heard, words, eot, probs, ended))
         return steps
 
     def step(self, frames: np.ndarray) -> list[list[SttStep]]:
@@ -259,6 +268,7 @@ class SttStream:
         audio_time = (self._submitted - len(self._pending)) * FRAME_SECONDS
         words = self.builders[row].finish(audio_time)
         self.builders[row] = self._builder()
+        self._in_turn[row] = False
         return words
 
     def partial(self, row: int = 0) -> str:

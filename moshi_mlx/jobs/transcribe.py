@@ -20,7 +20,7 @@ from tqdm import tqdm
 from mimi_mlx.audio import audio_info, iter_audio
 
 from .pipeline import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
-from .stt import VAD_THRESHOLD, SttSettings, SttStep, SttStream
+from .stt import SttSettings, SttStep, SttStream
 from .words import Word
 
 
@@ -85,7 +85,6 @@ class _Row:
         self.steps = settings.frames(samples)
         self.result = Transcription(path, samples / SAMPLE_RATE, end_of_turn=[] if vad else None)
         self.settings = settings
-        self._in_turn = False
 
     def next_frame(self) -> np.ndarray:
         return next(self.frames, None) if self.frames is not None else None
@@ -94,12 +93,8 @@ class _Row:
         r = self.result
         r.tokens.append(step.token)
         r.words += step.words
-        if step.piece is not None:
-            self._in_turn = True
-        if r.end_of_turn is not None and step.end_of_turn is not None:
-            if step.end_of_turn > VAD_THRESHOLD and self._in_turn:
-                r.end_of_turn.append(max(0.0, step.heard - self.settings.audio_delay_seconds))
-                self._in_turn = False
+        if r.end_of_turn is not None and step.turn_ended:
+            r.end_of_turn.append(max(0.0, step.heard - self.settings.audio_delay_seconds))
 
 
 def transcribe_files(

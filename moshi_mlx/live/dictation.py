@@ -23,7 +23,7 @@ from pathlib import Path
 from mimi_mlx.audio import AudioWriter
 
 from ..jobs.pipeline import FRAME_SECONDS, SAMPLE_RATE
-from ..jobs.stt import VAD_THRESHOLD, SttStep, SttStream
+from ..jobs.stt import SttStep, SttStream
 from ..jobs.transcribe import Transcription
 from ..jobs.words import LAST_WORD_SECONDS
 from .chat import LAG_REPORT_INTERVAL, NO_INPUT_TIMEOUT, POLL, SessionError, _StopOnSigint
@@ -107,7 +107,7 @@ def run_dictation(stream: SttStream, mic: Microphone, options: DictationOptions)
     tty = sys.stdout.isatty() if options.tty is None else options.tty
     lines = _Lines(tty)
     result = Transcription(Path("<microphone>"), 0.0, end_of_turn=[] if stream.vad else None)
-    state = {"last_word_end": None, "in_turn": False, "heard": 0.0}
+    state = {"last_word_end": None, "heard": 0.0}
     fed = 0
 
     def take(steps: list[list[SttStep]]) -> None:
@@ -118,19 +118,9 @@ def run_dictation(stream: SttStream, mic: Microphone, options: DictationOptions)
                 result.words.append(w)
                 lines.add(w.word)
                 state["last_word_end"] = w.end
-            if step.piece is not None:
-                state["in_turn"] = True
-            eot = step.end_of_turn
-            if (
-                eot is not None
-                and eot > VAD_THRESHOLD
-                and state["in_turn"]
-                and not stream.partial()
-            ):
-                result.end_of_turn.append(
-                    max(0.0, step.heard - stream.settings.audio_delay_seconds)
-                )
-                state["in_turn"] = False
+            if step.turn_ended:
+                delay = stream.settings.audio_delay_seconds
+                result.end_of_turn.append(max(0.0, step.heard - delay))
                 lines.end_line(END_OF_TURN)
             elif _paused(state, stream) and lines.words:
                 lines.end_line()

@@ -92,6 +92,7 @@ STT_KEYS = {
     "lm_gen_config": {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50},
 }
 KINDS = ("moshi", "stt")
+HEAD_SCALE = 12.0  # the random extra heads' weights, scaled so their softmax is not flat
 
 
 def tiny_mimi_config() -> MimiConfig:
@@ -165,6 +166,8 @@ def save_random_lm(
     folder.mkdir(parents=True, exist_ok=True)
     mx.random.seed(seed)
     lm = Lm(cfg)  # lazy random weights: nothing is computed yet
+    for head in lm.extra_heads:  # confident voice-activity heads: ends of turn do happen
+        head.weight = head.weight * HEAD_SCALE
     name = "model.safetensors"
     if quantize_bits is not None:
         nn.quantize(lm, group_size=QUANTIZATION[quantize_bits], bits=quantize_bits)
