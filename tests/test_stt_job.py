@@ -146,3 +146,67 @@ def test_subtitles_do_not_overlap_and_keep_lines_short():
     assert re.search(r"\n\d+\n00:00:20,000 --> 00:00:20,\d{3}\nafter pause\n", srt)
     vtt = to_vtt(words)
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> ")
+
+
+class _BurstMicrophone:
+    """A microphone whose frames come in bursts of `burst` (a model far behind real time)."""
+
+    def __init__(self, audio: np.ndarray, burst: int):
+        from types import SimpleNamespace
+
+        n = len(audio) // 1920
+        self.frames = [audio[i * 1920 : (i + 1) * 1920] for i in range(n)]
+        self.burst, self.ready = burst, 0
+        self.device = SimpleNamespace(name="burst")
+        self.capture = SimpleNamespace(pace=SimpleNamespace(count=n))
+        self.active = True
+        self.dropped = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def frames_waiting(self) -> int:
+        if self.ready == 0:  # the next burst
+            self.ready = min(self.burst, len(self.frames))
+        return self.ready
+
+    def drop_frames(self, keep: int = 1) -> int:
+        n = max(0, self.frames_waiting() - keep)
+        self.frames, self.ready, self.dropped = self.frames[n:], self.ready - n, self.dropped + n
+        return n
+
+    def read_frame(self):
+        if not self.frames_waiting():
+            return None
+        self.ready -= 1
+        return self.frames.pop(0)
+
+    def stats(self) -> dict:
+        return {"skipped_frames": self.dropped}
+
+
+def test_dictation_skips_what_it_cannot_keep_up_with_and_says_so(ckpt, wavs, tmp_path, capsys):
+    from moshi_mlx.live.dictation import DictationOptions, run_dictation
+
+    audio, _ = sf.read(str(wavs[0]), dtype="float32")
+    mic = _BurstMicrophone(np.concatenate([audio] * 3), burst=10)
+    total = len(mic.frames)
+    heard = tmp_path / "heard.wav"
+    stream = SttStream(ckpt.lm, ckpt.mimi, ckpt.tokenizer)
+    options = DictationOptions(duration=4.0, max_lag_frames=3, save_audio=heard, tty=True)
+    result = run_dictation(stream, mic, options)
+    out, err = capsys.readouterr()
+    kept = total - mic.dropped
+    assert mic.dropped > total // 2 and "lagging: skipped" in err
+    assert options.stats["skipped_frames"] == mic.dropped
+    assert len(read_wav(heard)) == kept * 1920 == round(result.duration * 24000)
+    assert "\r" in out and out.endswith("\n")  # the line rewritten in place on a terminal
+    (again,) = transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [heard])
+    assert again.tokens == result.tokens and again.words == result.words
+
+
+def read_wav(path) -> np.ndarray:
+    return sf.read(str(path), dtype="float32")[0]

@@ -78,9 +78,10 @@ def register(command) -> None:
     live.add_argument(
         "--max-lag",
         type=options.positive_int,
-        default=240,
+        default=1000,
         metavar="MS",
-        help="how far the words may fall behind the speech before audio is skipped (240 ms)",
+        help="how far the model may fall behind the microphone before the oldest audio is "
+        "skipped and reported (default 1000 ms: a transcript is read, not answered)",
     )
     live.add_argument("--duration", type=options.non_negative, metavar="S", help="stop after S s")
     live.add_argument(
