@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mimi_mlx.cli_support import UsageError
+from mimi_mlx.hub import recorded_name
 
 from . import options
 
@@ -83,7 +84,7 @@ def register(command) -> None:
         help="how far the model may fall behind the microphone before the oldest audio is "
         "skipped and reported (default 1000 ms: a transcript is read, not answered)",
     )
-    live.add_argument("--duration", type=options.non_negative, metavar="S", help="stop after S s")
+    live.add_argument("--duration", type=options.positive, metavar="S", help="stop after S s")
     live.add_argument(
         "--save-audio", type=Path, metavar="WAV", help="also save what the model heard (24 kHz)"
     )
@@ -212,7 +213,7 @@ def _files(args: argparse.Namespace, fmt: str, outputs: list[Path] | None) -> No
         progress=False if args.quiet else None,
     )
     elapsed = time.perf_counter() - started
-    _write(results, fmt, outputs, {"checkpoint": source})
+    _write(results, fmt, outputs, {"checkpoint": recorded_name(source)})
     audio = sum(r.duration for r in results)
     print(
         f"transcribed {len(results)} file(s), {audio:.1f} s of audio in {elapsed:.1f} s "
@@ -237,7 +238,7 @@ def _microphone(args: argparse.Namespace, fmt: str, outputs: list[Path] | None) 
     )
     result = run_dictation(stream, Microphone(device), dictation)
     if outputs is not None:
-        _write([result], fmt, outputs, {"checkpoint": source})
+        _write([result], fmt, outputs, {"checkpoint": recorded_name(source)})
     if args.save_audio is not None:
         print(f"wrote {args.save_audio} ({result.duration:.1f} s)", file=sys.stderr)
     skipped = dictation.stats.get("skipped_frames", 0)

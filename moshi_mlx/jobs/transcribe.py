@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mimi_mlx.audio import audio_info, iter_audio
+from mimi_mlx.hub import recorded_name
 
 from .pipeline import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
 from .stt import SttSettings, SttStep, SttStream
@@ -47,7 +48,7 @@ class Transcription:
 
     def to_dict(self) -> dict:
         d = {
-            "file": str(self.path),
+            "file": recorded_name(self.path),  # absolute: valid from any folder
             "duration": round(self.duration, 3),
             "text": self.text,
             "words": [w.to_dict() for w in self.words],
