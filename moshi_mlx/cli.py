@@ -7,9 +7,10 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, echo_cancel, run
+from .commands import chat, echo_cancel, run, transcribe
 
-COMMANDS = (chat, run, echo_cancel)  # each module's `register(command)` adds its subcommand
+# each module's `register(command)` adds its subcommand
+COMMANDS = (chat, run, transcribe, echo_cancel)
 
 EXAMPLES = """\
 examples:
@@ -24,6 +25,8 @@ examples:
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
   moshi-mlx chat --echo-cancel off                # headphones: the raw microphone
   moshi-mlx echo-cancel talk/mic.wav talk/played.wav clean.wav  # check a room offline
+  moshi-mlx transcribe talk.wav --format srt -o talk.srt   # speech to text (Kyutai STT)
+  moshi-mlx transcribe                            # dictation from the microphone
 
 Offline: `hf download kyutai/moshiko-mlx-q4` once; hub ids then work from the local cache
 (HF_HUB_OFFLINE=1 skips asking the hub). Or `--local-dir DIR` and `--checkpoint DIR`.

@@ -5,6 +5,7 @@ python scripts/bench.py mimi        # Mimi: batch 10 s, streaming per 80 ms fram
 python scripts/bench.py lm          # Moshi's LM: ms per step for each precision, memory
 python scripts/bench.py quantize    # conversion time and memory, quantization report
 python scripts/bench.py aec         # echo cancellers: ERLE, double talk, CPU on simulated rooms
+python scripts/bench.py stt         # Kyutai STT 1B: real-time factor, batch of 8, vs PyTorch
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ COMMANDS = {
     "lm": ("bench_lm", "Moshi language model: step time, memory, load time"),
     "quantize": ("bench_quantize", "checkpoint conversion and the quantization report"),
     "aec": ("bench_aec", "echo cancellers on the same simulated rooms"),
+    "stt": ("bench_stt", "Kyutai STT 1B: real-time factor and memory, ours vs Kyutai's PyTorch"),
 }
 
 

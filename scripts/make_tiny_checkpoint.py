@@ -1,6 +1,7 @@
 """Write a tiny random Moshi checkpoint folder in Kyutai's real repo layout.
 
     python scripts/make_tiny_checkpoint.py /tmp/tiny-moshi [--quantize 4|8] [--seed 0]
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-stt --kind stt   # Kyutai STT's layout
 
 The folder works wherever a Kyutai repo id does (`load_model`, `load_checkpoint`, the apps):
 config.json, the language model (Kyutai MLX layout), Mimi, and a SentencePiece tokenizer. The
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
-from moshi_mlx.model.tiny import make_tiny_checkpoint
+from moshi_mlx.model.tiny import KINDS, make_tiny_checkpoint
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,6 +29,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="write model.q4 (group 32) or model.q8 (group 64) instead of float weights",
     )
     parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="moshi",
+        help="moshi (kyutai/moshiko-mlx-*) or stt (kyutai/stt-1b-en_fr-mlx, with the "
+        "voice-activity heads)",
+    )
+    parser.add_argument(
         "-f", "--force", action="store_true", help="write into a folder that is not empty"
     )
     return parser
@@ -39,8 +47,11 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"{folder} is a file, not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not args.force:
         raise ValueError(f"{folder} is not empty (use --force to write the checkpoint into it)")
-    folder = make_tiny_checkpoint(folder, seed=args.seed, quantize_bits=args.quantize)
-    print(f"wrote a tiny random Moshi checkpoint to {folder}")
+    folder = make_tiny_checkpoint(
+        folder, seed=args.seed, quantize_bits=args.quantize, kind=args.kind
+    )
+    what = "STT" if args.kind == "stt" else "Moshi"
+    print(f"wrote a tiny random {what} checkpoint to {folder}")
 
 
 def main(argv: list[str] | None = None) -> int:
