@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 import mlx.core as mx
 import mlx.nn as nn
 
+from .compiled import compile_enabled, compiled_layer_step
 from .kv_cache import RingKVCache
 from .streaming import StreamingModule
 
@@ -237,17 +238,21 @@ class Transformer(StreamingModule):
     streaming the same tokens.
     """
 
-    def __init__(self, cfg: TransformerConfig, step_tokens: int = 1):
+    def __init__(self, cfg: TransformerConfig, step_tokens: int = 1, compile_steps: bool = False):
         """Args:
         cfg: the hyper-parameters.
         step_tokens: tokens a streaming step usually carries (2 for Mimi's 25 Hz transformers
             at one 12.5 Hz frame a step); the rings get room for them beyond the context.
+        compile_steps: run one-token streaming steps through compiled layers
+            (`mimi_mlx.compiled`); the outputs are the same.
         """
         super().__init__()
         self.cfg = cfg
         self.step_tokens = step_tokens
         self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
         self._caches: list[RingKVCache] | None = None
+        self._compile_steps = compile_steps and compile_enabled()
+        self._compiled: list | None = None
 
     def make_caches(self) -> list[RingKVCache]:
         """Fresh caches, one a layer, each holding the attention context."""
@@ -266,7 +271,12 @@ class Transformer(StreamingModule):
         if self.cfg.causal:  # one mask for all layers
             queries = mx.arange(offset, offset + T, dtype=mx.int32)
             mask = attention_mask(queries, caches[0].key_positions(T), self.cfg.context)
-        for layer, cache in zip(self.layers, caches, strict=True):
+        layers = self.layers
+        if self._compile_steps and T == 1:
+            if self._compiled is None:
+                self._compiled = [compiled_layer_step(layer) for layer in self.layers]
+            layers = self._compiled
+        for layer, cache in zip(layers, caches, strict=True):
             x = layer(x, cache, mask)
         return x
 
