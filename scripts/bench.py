@@ -4,6 +4,10 @@
 python scripts/bench.py mimi        # Mimi: batch 10 s, streaming per 80 ms frame, vs PyTorch
 python scripts/bench.py lm          # Moshi's LM: ms per step for each precision, memory
 python scripts/bench.py quantize    # conversion time and memory, quantization report
+python scripts/bench.py step        # one LM step: ours vs Kyutai's moshi_mlx 0.3.0, graph size
+
+Every job prints the MLX device and the dtypes it measured, and runs unchanged on Metal, CUDA
+and the CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ COMMANDS = {
     "mimi": ("bench_mimi", "Mimi codec: ours vs Kyutai's PyTorch reference"),
     "lm": ("bench_lm", "Moshi language model: step time, memory, load time"),
     "quantize": ("bench_quantize", "checkpoint conversion and the quantization report"),
+    "step": ("bench_step", "one LM step, ours vs Kyutai's moshi_mlx 0.3.0 (in .venv-kyutai/)"),
 }
 
 
