@@ -21,16 +21,26 @@ bfloat16, so greedy tokens must agree on every such decision.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from moshi_app import FRAME, REPO, read, speech_wav, tiny_checkpoint
+from pulse_audio import pulse
 
 from mimi_mlx.backend import LM_DTYPE_ENV, lm_compute_dtype
-from moshi_mlx import LmConfig, MoshiGenerator, load_model
+from moshi_mlx import LmConfig, MoshiGenerator, load_checkpoint, load_model
+from moshi_mlx.cli import main
+from moshi_mlx.jobs import pipeline as pipeline_module
 from moshi_mlx.model import depformer as depformer_module
 from moshi_mlx.model.tiny import TINY_LM, save_random_lm
+
+__all__ = ["pulse", "speech_wav", "tiny_checkpoint"]  # fixtures used here
 
 U = 2.0**-8  # spacing of bfloat16 values relative to their size
 REL_BOUND = {"float": 4 * U, "q8": 8 * U, "q4": 8 * U}
@@ -204,3 +214,70 @@ def _flat(tree):
     from mlx.utils import tree_flatten
 
     return tree_flatten(tree)
+
+
+def test_pipeline_runs_mimi_in_float32_and_the_lm_in_bfloat16(tiny_checkpoint, monkeypatch):
+    """The GPU's split: Mimi's weights and audio in float32, the language model in bfloat16."""
+    monkeypatch.setenv(LM_DTYPE_ENV, "bfloat16")
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt.lm.dtype == mx.bfloat16
+    assert {p.dtype for _, p in _flat(ckpt.mimi.parameters())} == {mx.float32}
+    pipe = pipeline_module.Pipeline(ckpt.lm, ckpt.mimi, ckpt.tokenizer)
+    rng = np.random.default_rng(0)
+    results = [pipe.step((0.1 * rng.standard_normal(FRAME)).astype(np.float32)) for _ in range(12)]
+    audio = np.concatenate([r.audio for r in results])
+    assert audio.dtype == np.float32 and np.isfinite(audio).all()
+    assert np.abs(audio[FRAME:]).max() > 0 and not audio[:FRAME].any()  # audio lags 1 step
+    assert all(0 <= r.token < TINY_LM["text_card"] for r in results)
+
+
+def test_run_in_bfloat16(tiny_checkpoint, speech_wav, tmp_path, monkeypatch, capsys):
+    """`moshi-mlx run` end to end with the language model in bfloat16 (the pipeline it builds
+    is inspected)."""
+    monkeypatch.setenv(LM_DTYPE_ENV, "bfloat16")
+    built = []
+    original = pipeline_module.Pipeline.__init__
+
+    def spy(self, lm, mimi, *args, **kwargs):
+        built.append((lm.dtype, {p.dtype for _, p in _flat(mimi.parameters())}))
+        original(self, lm, mimi, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "__init__", spy)
+    out = tmp_path / "answer.wav"
+    status = main(["run", str(speech_wav), str(out), "--checkpoint", str(tiny_checkpoint), "-q"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert built == [(mx.bfloat16, {mx.float32})]
+    answer = read(out)
+    assert len(answer) == len(read(speech_wav)) and np.isfinite(answer).all()
+    assert np.abs(answer[FRAME:]).max() > 0.01
+    assert json.loads(out.with_suffix(".json").read_text())["steps"] > 40
+
+
+def test_chat_in_bfloat16(pulse, tiny_checkpoint, speech_wav, tmp_path):
+    """The live chat on (virtual) audio devices with the language model in bfloat16: it keeps
+    up, ends cleanly on Ctrl-C and records what it said."""
+    folder = tmp_path / "rec"
+    cmd = [sys.executable, "-m", "moshi_mlx", "chat", "--checkpoint", str(tiny_checkpoint)]
+    cmd += ["--seed", "1", "--stats", "--max-lag", "1000", "--record", str(folder)]
+    env = {**pulse.env, LM_DTYPE_ENV: "bfloat16"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline and not any("[stats]" in x for x in lines):
+            lines.append(proc.stderr.readline())
+        pulse.play_into_mic(speech_wav).wait(timeout=30)
+        proc.send_signal(signal.SIGINT)
+        err = "".join(lines) + proc.stderr.read()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "session:" in err
+    summary = json.loads((folder / "session.json").read_text())
+    assert summary["steps"] > 40
+    said = read(folder / "moshi.wav")
+    assert np.isfinite(said).all() and np.abs(said).max() > 0.01
