@@ -87,4 +87,5 @@ def _chat(args: argparse.Namespace) -> None:
         capacity_frames=PREFILL_FRAMES + max_lag_frames,
         log_played=args.record is not None,
     )
-    run_chat(pipeline, audio, chat_options, {"checkpoint": source})
+    with options.resident(pipeline):
+        run_chat(pipeline, audio, chat_options, {"checkpoint": source})

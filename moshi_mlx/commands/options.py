@@ -142,6 +142,7 @@ def load(source: str):
 
     from ..model.checkpoint import MIMI_FILE, config_from, load_checkpoint, resolve
     from ..model.memory import check_memory, estimate_bytes
+    from ..model.wired import residency_warning
 
     quiet_hub_logs()
     is_repo = looks_like_repo_id(source) and not Path(source).expanduser().exists()
@@ -150,7 +151,11 @@ def load(source: str):
         mimi = None
         if files.layout == "kyutai":
             mimi = files.get((files.config or {}).get("mimi_name", MIMI_FILE))
-        check_memory(estimate_bytes(files.weights, config_from(files), mimi), source)
+        needed = estimate_bytes(files.weights, config_from(files), mimi)
+        check_memory(needed, source)
+        warning = residency_warning(needed, source)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         return load_checkpoint(source)
     except CheckpointError as e:
         if is_repo:
@@ -159,6 +164,13 @@ def load(source: str):
                 f"after `huggingface-cli download {source} --local-dir DIR`)."
             ) from e
         raise
+
+
+def resident(pipeline):
+    """Context: the pipeline's models stay resident on Metal while it runs (no-op elsewhere)."""
+    from ..model.wired import session_bytes, wired_limit
+
+    return wired_limit(session_bytes(pipeline.lm, pipeline.mimi))
 
 
 def pipeline(args: argparse.Namespace, source: str):
