@@ -128,9 +128,9 @@ class GatedMLP(nn.Module):
         self.activation = activation
 
     def __call__(self, x: mx.array) -> mx.array:
-        B, T, _ = x.shape
-        h = self.linear_in(x).reshape(B, T, 2, -1)
-        return self.linear_out(ACTIVATIONS[self.activation](h[:, :, 0]) * h[:, :, 1])
+        h = self.linear_in(x)
+        hidden = h.shape[-1] // 2
+        return self.linear_out(ACTIVATIONS[self.activation](h[..., :hidden]) * h[..., hidden:])
 
 
 class MLP(nn.Module):
@@ -191,14 +191,14 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.in_proj(x)
-        q = qkv[..., : H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3)
-        k = qkv[..., H * D : (H + KV) * D].reshape(B, T, KV, D).transpose(0, 2, 1, 3)
+        qk = qkv[..., : (H + KV) * D].reshape(B, T, H + KV, D).transpose(0, 2, 1, 3)
         v = qkv[..., (H + KV) * D :].reshape(B, T, KV, D).transpose(0, 2, 1, 3)
-        offset = cache.offset
-        if self.rope:
+        if self.rope:  # queries and keys in one call: the same rotation for every head
             # Kyutai rotates interleaved pairs (x0, x1), (x2, x3), ...: MLX's "traditional" RoPE.
-            q = mx.fast.rope(q, D, traditional=True, base=self.max_period, scale=1.0, offset=offset)
-            k = mx.fast.rope(k, D, traditional=True, base=self.max_period, scale=1.0, offset=offset)
+            qk = mx.fast.rope(
+                qk, D, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset
+            )
+        q, k = qk[:, :H], qk[:, H:]
         keys, values = cache.update_and_fetch(k, v)
         return self.out_proj(attend(q, keys, values, mask))
 

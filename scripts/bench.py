@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 COMMANDS = {
     "mimi": ("bench_mimi", "Mimi codec: ours vs Kyutai's PyTorch reference"),
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         module.configure_parser(p)
         p.set_defaults(run=module.run)
     args = parser.parse_args(argv)
+    if args.command != "step":  # (step prints it with its own header)
+        from mimi_mlx.backend import device_description
+
+        print(f"device {device_description()}", flush=True)
     return args.run(args) or 0
 
 
