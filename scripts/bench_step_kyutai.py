@@ -5,10 +5,12 @@ same import name): it never imports our code. Kyutai's app path (their `local.py
 cast to the activation dtype, quantize, `load_weights`, `warmup`, then per frame
 `LmGen.step(user)`, `text[0].item()` and `last_audio_tokens()`. Prints one JSON line.
 
-    python bench_step_kyutai.py CONFIG.json WEIGHTS.safetensors DTYPE BITS STEPS WARMUP SAMPLING
+    python bench_step_kyutai.py CONFIG.json WEIGHTS DTYPE BITS STEPS WARMUP SAMPLING FULL
 
 SAMPLING `app`: their app's samplers (top-p 0.95, temperature 0.8, a sort of the whole
-vocabulary); `topk`: ours (text top-k 25 at 0.7, audio top-k 250 at 0.8).
+vocabulary); `topk`: ours (text top-k 25 at 0.7, audio top-k 250 at 0.8). FULL `1`: after
+the warmup, every layer's ring is made full, as after a long session (Kyutai's holds
+`max_seq_len` = 4096 steps and attends only the filled part before that).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> None:
     import moshi_mlx
     from moshi_mlx import models, utils
 
-    config, weights, dtype_name, bits, steps, warmup, sampling = argv
+    config, weights, dtype_name, bits, steps, warmup, sampling, full = argv
     bits, steps, warmup = int(bits), int(steps), int(warmup)
     if moshi_mlx.__version__ != "0.3.0":
         raise SystemExit(f"expected Kyutai's moshi_mlx 0.3.0, got {moshi_mlx.__version__}")
@@ -73,6 +75,12 @@ def main(argv: list[str]) -> None:
 
     for _ in range(warmup):
         frame()
+    if full == "1":  # steady state: a full ring, every slot attended
+        for layer_cache in model.transformer_cache:
+            c = layer_cache.self_attn
+            shape = (1, c.n_kv_heads, c.max_size, c.k_head_dim)
+            c.keys, c.values = mx.zeros(shape, c.keys.dtype), mx.zeros(shape, c.values.dtype)
+            c.offset = c._idx = c.max_size
     text = gen.step(user)  # lazy: the graph of one step (its host syncs already done)
     nodes = _count_nodes(text, gen.gen_sequence)
     mx.eval(text, gen.gen_sequence)
