@@ -53,9 +53,9 @@ def compiled_layer_step(layer: nn.Module) -> LayerStep:
 
     compiled = mx.compile(pure, inputs=layer.state)
 
-    def run(x: mx.array, cache: RingKVCache, mask: mx.array | None) -> mx.array:
-        if x.shape[1] != 1 or not cache.reserve(1):
-            return layer(x, cache, mask)
+    def run(x: mx.array, cache: RingKVCache, mask: mx.array | None, *extra) -> mx.array:
+        if any(e is not None for e in extra) or x.shape[1] != 1 or not cache.reserve(1):
+            return layer(x, cache, mask, *extra)  # e.g. cross-attention: not compiled here
         offset = mx.array(cache.offset, dtype=mx.int32)
         y, cache.keys, cache.values = compiled(
             x, mask, offset, cache.keys, cache.values, cache.capacity

@@ -1,26 +1,22 @@
-"""`mx.compile` for streaming steps whose shapes never change.
+"""`mx.compile` for the depth decoder's per-codebook steps, whose shapes never change.
 
-A compiled function is traced once and replayed as one graph with fused element-wise kernels:
-fewer, larger operations for the device, and far less Python per step. MLX compiles pure
-functions, so a step that reads and writes ring KV caches gets their arrays as inputs and
-returns them; the cache objects are rebuilt inside the trace and updated after the call.
-Compiling is on by default; `MOSHI_MLX_COMPILE=0` turns it off (the outputs are identical).
+Codebook k always runs at position k of caches that hold one time step, so each slice's step
+(input projection, embedding, transformer, head) is one compiled graph: fused element-wise
+kernels and no Python per operation. MLX compiles pure functions, so the caches' arrays are
+inputs and outputs; the cache objects are rebuilt inside the trace and updated after the call.
+`MOSHI_MLX_COMPILE=0` turns it off (the outputs are identical). The temporal transformer's
+one-token steps are compiled in `mimi_mlx.compiled`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
+from mimi_mlx.compiled import compile_enabled
 from mimi_mlx.kv_cache import RingKVCache
-
-
-def compile_enabled() -> bool:
-    """False when the environment says `MOSHI_MLX_COMPILE=0`."""
-    return os.environ.get("MOSHI_MLX_COMPILE", "1") != "0"
 
 
 def compiled_step(
