@@ -7,9 +7,9 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, run
+from .commands import chat, echo_cancel, run
 
-COMMANDS = (chat, run)  # each module's `register(command)` adds its subcommand
+COMMANDS = (chat, run, echo_cancel)  # each module's `register(command)` adds its subcommand
 
 EXAMPLES = """\
 examples:
@@ -22,6 +22,8 @@ examples:
                                   # replay a recorded chat bit for bit (talk/session.json has
                                   # its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
+  moshi-mlx chat --echo-cancel off                # headphones: the raw microphone
+  moshi-mlx echo-cancel talk/mic.wav talk/played.wav clean.wav  # check a room offline
 
 Offline: `hf download kyutai/moshiko-mlx-q4` once; hub ids then work from the local cache
 (HF_HUB_OFFLINE=1 skips asking the hub). Or `--local-dir DIR` and `--checkpoint DIR`.

@@ -5,9 +5,10 @@ python scripts/bench.py mimi        # Mimi: batch 10 s, streaming per 80 ms fram
 python scripts/bench.py lm          # Moshi's LM: ms per step for each precision, memory
 python scripts/bench.py quantize    # conversion time and memory, quantization report
 python scripts/bench.py step        # one LM step: ours vs Kyutai's moshi_mlx 0.3.0, graph size
+python scripts/bench.py aec         # echo cancellers: ERLE, double talk, CPU on simulated rooms
 
-Every job prints the MLX device and the dtypes it measured, and runs unchanged on Metal, CUDA
-and the CPU.
+Every job prints the MLX device (and the LM jobs their dtypes), and runs unchanged on Metal,
+CUDA and the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COMMANDS = {
     "lm": ("bench_lm", "Moshi language model: step time, memory, load time"),
     "quantize": ("bench_quantize", "checkpoint conversion and the quantization report"),
     "step": ("bench_step", "one LM step, ours vs Kyutai's moshi_mlx 0.3.0 (in .venv-kyutai/)"),
+    "aec": ("bench_aec", "echo cancellers on the same simulated rooms"),
 }
 
 
