@@ -7,16 +7,17 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, models, run
+from .commands import chat, echo_cancel, models, run, transcribe
 
-COMMANDS = (chat, run, models)  # each module's `register(command)` adds its subcommand
+# each module's `register(command)` adds its subcommand
+COMMANDS = (chat, run, transcribe, echo_cancel, models)
 
 EXAMPLES = """\
 examples:
   moshi-mlx chat                                  # talk with Moshiko (kyutai/moshiko-mlx-q4)
   moshi-mlx chat --model moshika --record talk/   # Moshika; save both voices and the text
-  moshi-mlx chat --model personaplex --prompt "You are a patient French teacher." \
-      --voice-prompt NATF2                        # PersonaPlex: a persona and a voice
+  moshi-mlx chat --model personaplex --voice-prompt NATF2 --prompt "You are a patient teacher."
+                                                  # PersonaPlex: a voice and a persona
   moshi-mlx chat --model hibiki                   # speak French, hear English
   moshi-mlx models                                # the known models and their hub repos
   moshi-mlx chat --list-devices                   # the microphones and speakers PortAudio sees
@@ -26,6 +27,10 @@ examples:
                                   # replay a recorded chat bit for bit (talk/session.json has
                                   # its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
+  moshi-mlx chat --echo-cancel off                # headphones: the raw microphone
+  moshi-mlx echo-cancel talk/mic.wav talk/played.wav clean.wav  # check a room offline
+  moshi-mlx transcribe talk.wav --format srt -o talk.srt   # speech to text (Kyutai STT)
+  moshi-mlx transcribe                            # dictation from the microphone
 
 Offline: `hf download kyutai/moshiko-mlx-q4` once; hub ids then work from the local cache
 (HF_HUB_OFFLINE=1 skips asking the hub). Or `--local-dir DIR` and `--checkpoint DIR`.

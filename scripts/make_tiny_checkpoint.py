@@ -1,6 +1,7 @@
 """Write a tiny random Moshi checkpoint folder in Kyutai's real repo layout.
 
     python scripts/make_tiny_checkpoint.py /tmp/tiny-moshi [--quantize 4|8] [--seed 0]
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-stt --kind stt   # Kyutai STT's layout
     python scripts/make_tiny_checkpoint.py /tmp/tiny-personaplex --kind personaplex
     python scripts/make_tiny_checkpoint.py /tmp/tiny-hibiki --kind hibiki
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
-from moshi_mlx.model.tiny import TINY_KINDS, make_tiny_checkpoint
+from moshi_mlx.model.tiny import KINDS, make_tiny_checkpoint
 
 TINY_VOICES = ("NATF0", "NATM0")  # PersonaPlex presets of the tiny checkpoint (random voices)
 
@@ -35,9 +36,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--kind",
-        choices=sorted(TINY_KINDS),
+        choices=KINDS,
         default="moshi",
-        help="moshi (default), personaplex (16 depth steps, voice presets in voices/) or "
+        help="moshi (kyutai/moshiko-mlx-*), stt (kyutai/stt-1b-en_fr-mlx, with the "
+        "voice-activity heads), personaplex (16 depth steps, voice presets in voices/) or "
         "hibiki (conditioned translation model)",
     )
     parser.add_argument(
@@ -76,7 +78,8 @@ def _run(args: argparse.Namespace) -> None:
     )
     if args.kind == "personaplex":
         write_tiny_voices(folder, args.seed)
-    print(f"wrote a tiny random {args.kind} checkpoint to {folder}")
+    what = {"stt": "STT", "moshi": "Moshi"}.get(args.kind, args.kind)
+    print(f"wrote a tiny random {what} checkpoint to {folder}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,15 +60,16 @@ def _run(args: argparse.Namespace) -> None:
     if pipeline.profile.end_of_stream and pipeline.tokenizer is not None:
         # translate to the end of what was said
         end = EndOfStream(pipeline.tokenizer.eos_id, round(args.max_tail * 12.5))
-    result = run_file(
-        pipeline,
-        args.input,
-        args.output,
-        float32=args.float32,
-        progress=False if args.quiet else None,
-        info={**pipeline.info, "input": recorded_name(args.input)},
-        end_of_stream=end,
-    )
+    with options.resident(pipeline):
+        result = run_file(
+            pipeline,
+            args.input,
+            args.output,
+            float32=args.float32,
+            progress=False if args.quiet else None,
+            info={**pipeline.info, "input": recorded_name(args.input)},
+            end_of_stream=end,
+        )
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)
     print(

@@ -159,7 +159,8 @@ class LmConfig:
                 f"got {len(self.delays)}"
             )
         schedule = self.depformer_weights_per_step_schedule
-        if schedule is not None and len(schedule) != self.dep_q:
+        # (a model without a depth decoder, as Kyutai's STT, ignores its depformer_* keys)
+        if self.dep_q > 0 and schedule is not None and len(schedule) != self.dep_q:
             raise ValueError(f"depformer_weights_per_step_schedule needs {self.dep_q} entries")
         if self.generated_codebooks is not None and not 0 < self.generated_codebooks <= self.dep_q:
             raise ValueError(f"generated_codebooks must be in 1..dep_q ({self.dep_q})")
@@ -169,6 +170,11 @@ class LmConfig:
             raise NotImplementedError("cross-attention models are not supported")
 
     # -- derived facts -------------------------------------------------------------------------
+    @property
+    def model_type(self) -> str:
+        """Kyutai's `model_type`: "moshi", "hibiki", "stt", "tts" (absent: "moshi")."""
+        return self.extra.get("model_type", "moshi")
+
     @property
     def num_codebooks(self) -> int:
         """Streams in the model's input: text + audio (17 for Moshi)."""

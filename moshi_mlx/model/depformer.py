@@ -16,6 +16,7 @@ import mlx.nn as nn
 
 from mimi_mlx.transformer import Transformer, make_norm
 
+from .compiled import compiled_step
 from .config import LmConfig
 from .embedding import ScaledEmbedding
 
@@ -36,6 +37,11 @@ class DepFormerSlice(nn.Module):
 
     def head(self, x: mx.array) -> mx.array:
         return self.linear_out(self.norm(x) if "norm" in self else x)
+
+    def step(self, transformer_out: mx.array, token: mx.array, caches: list) -> mx.array:
+        """Logits (R, card) of this codebook from (R, 1, dim) and the previous token (R,)."""
+        x = self.linear_in(transformer_out) + self.emb(token[:, None]).astype(transformer_out.dtype)
+        return self.head(self.transformer.step(x, caches=caches))[:, 0]
 
 
 class DepFormer(nn.Module):
@@ -86,8 +92,8 @@ class DepFormer(nn.Module):
             sample_fn: (R, card) logits -> (B,) tokens.
             steps: how many codebooks (slices) to run (default: all `dep_q`). The depth
                 decoder is causal over its steps, so later slices never change earlier tokens.
-            forced: per codebook, (B,) tokens given instead of sampled (the slice's head is
-                skipped; slices after the last sampled codebook are not run at all).
+            forced: per codebook, (B,) tokens given instead of sampled (slices after the last
+                sampled codebook are not run at all).
             feed: per codebook, (B,) tokens fed to the next slice in place of the sampled one
                 (which is still returned): NVIDIA's teacher forcing of the user's codebooks.
 
@@ -108,14 +114,17 @@ class DepFormer(nn.Module):
                 token = forced[k]
                 tokens.append(token)
                 continue
-            part = self.slices[k]
             token_in = mx.tile(token, rows // token.shape[0])  # the same token for both halves
-            x = part.linear_in(transformer_out) + part.emb(token_in[:, None]).astype(
-                transformer_out.dtype
-            )
-            y = part.transformer.step(x, caches=caches)  # (B, 1, depformer_dim)
-            token = forced[k] if forced[k] is not None else sample_fn(part.head(y)[:, 0])
+            logits = self._step(k)(transformer_out, token_in, caches)
+            token = forced[k] if forced[k] is not None else sample_fn(logits)
             tokens.append(token)
             if feed[k] is not None:
                 token = feed[k]
         return mx.stack(tokens, axis=1).astype(mx.int32)
+
+    def _step(self, k: int) -> Callable[[mx.array, mx.array, list], mx.array]:
+        """Slice k's `step`, compiled (its shapes never change: the caches hold 1 step)."""
+        steps = self.__dict__.setdefault("_compiled", {})
+        if k not in steps:
+            steps[k] = compiled_step(self.slices[k].step, self.slices[k], position=k)
+        return steps[k]
