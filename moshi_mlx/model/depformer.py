@@ -26,7 +26,11 @@ class DepFormerSlice(nn.Module):
         num = cfg.text_card + 1 if codebook == 0 else cfg.card + 1
         dim = cfg.depformer_dim
         self.emb = ScaledEmbedding(
-            num, dim, low_rank=cfg.depformer_low_rank_embeddings, norm=cfg.norm_emb
+            num,
+            dim,
+            low_rank=cfg.depformer_low_rank_embeddings,
+            norm=cfg.norm_emb,
+            demux_second_stream=codebook == 0 and cfg.demux_second_text_stream,
         )
         self.linear_in = nn.Linear(cfg.dim, dim, bias=False)
         self.transformer = Transformer(cfg.depformer_config(codebook))
