@@ -1,6 +1,7 @@
-"""Write a tiny random Moshi checkpoint folder in Kyutai's real repo layout.
+"""Write a tiny random Moshi (or TTS) checkpoint folder in Kyutai's real repo layout.
 
     python scripts/make_tiny_checkpoint.py /tmp/tiny-moshi [--quantize 4|8] [--seed 0]
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-tts --tts  # + voices/tiny, voices/tiny2
 
 The folder works wherever a Kyutai repo id does (`load_model`, `load_checkpoint`, the apps):
 config.json, the language model (Kyutai MLX layout), Mimi, and a SentencePiece tokenizer. The
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from moshi_mlx.model.tiny import make_tiny_checkpoint
+from moshi_mlx.model.tiny import make_tiny_checkpoint, make_tiny_tts_checkpoint
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,6 +25,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=None,
         help="write model.q4 (group 32) or model.q8 (group 64) instead of float weights",
     )
+    parser.add_argument(
+        "--tts",
+        action="store_true",
+        help="a text-to-speech model (kyutai/tts-1.6b-en_fr's layout) with two tiny voices",
+    )
     return parser
 
 
@@ -31,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     args = configure_parser(
         argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ).parse_args(argv)
-    folder = make_tiny_checkpoint(args.folder, seed=args.seed, quantize_bits=args.quantize)
-    print(f"wrote a tiny random Moshi checkpoint to {folder}")
+    make = make_tiny_tts_checkpoint if args.tts else make_tiny_checkpoint
+    folder = make(args.folder, seed=args.seed, quantize_bits=args.quantize)
+    kind = "TTS" if args.tts else "Moshi"
+    print(f"wrote a tiny random {kind} checkpoint to {folder}")
 
 
 if __name__ == "__main__":

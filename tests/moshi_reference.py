@@ -152,7 +152,7 @@ TINY_TTS = {
     "n_q": 6,
     "dep_q": 6,
     "card": 40,
-    "text_card": 60,
+    "text_card": 210,  # room for the tiny SentencePiece model's 200 pieces
     "context": 20,
     "layer_scale": 0.1,
     "delays": [0, 0, 2, 2, 2, 2, 2],

@@ -15,9 +15,14 @@ t - delay_k. Complete audio frames therefore lag the text by the largest delay: 
 
 Every cache is bounded (the temporal transformer's ring holds its 3000-step context, the delay
 buffers hold `max_delay + 1` steps): a session can run for hours.
+
+Text-driven models (Kyutai's TTS, see `tts.py`) have no user stream (`step(None)`), and steer a
+step through `text_hook` (the text token fed back) and `silent` (codebooks not generated yet).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import mlx.core as mx
 
@@ -40,8 +45,11 @@ class MoshiGenerator:
         cfg_coef: classifier-free guidance (1: none); logits become
             `null + cfg_coef * (conditioned - null)`, the null ones computed with
             `cfg_conditions` (default: no value, Kyutai's learnt padding).
+        num_codebooks: generate only the first `num_codebooks` of the `dep_q` codebooks (Kyutai's
+            TTS `n_q`); the others are fed as "no input" (-1), as Kyutai's `TTSModel` does.
 
-    A temperature of 0 means greedy decoding.
+    A temperature of 0 means greedy decoding. Tensor conditions (Kyutai's TTS voices, fused by
+    cross-attention) are turned into every layer's keys and values once, here.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class MoshiGenerator:
         conditions: dict | list[dict] | None = None,
         cfg_coef: float = 1.0,
         cfg_conditions: dict | list[dict] | None = None,
+        num_codebooks: int | None = None,
     ):
         self.model = model
         self.cfg = model.cfg
@@ -66,8 +75,13 @@ class MoshiGenerator:
         self.rng = Rng(seed)
         self.batch_size = batch_size
         cfg = self.cfg
-        self._gen_delays = cfg.delays[1 : 1 + cfg.dep_q]
-        self._user_delays = cfg.delays[1 + cfg.dep_q :]
+        n = cfg.dep_q if num_codebooks is None else num_codebooks
+        if not 1 <= n <= cfg.dep_q:
+            raise ValueError(f"num_codebooks must be in 1..{cfg.dep_q}, got {n}")
+        self.num_codebooks = n
+        self._gen_delays = cfg.delays[1 : 1 + n]
+        self._user_delays = cfg.delays[1 + n :]
+        self._n_user = cfg.num_user_codebooks  # given by the caller; the rest are -1
         self.cfg_coef = cfg_coef
         if cfg_coef != 1.0:  # classifier-free guidance: a second, unconditioned half-batch
             rows = [conditions] * batch_size if isinstance(conditions, dict) else conditions
@@ -77,8 +91,10 @@ class MoshiGenerator:
                 raise ValueError("classifier-free guidance needs conditions and cfg_conditions")
             null = [n if n is not None else dict.fromkeys(rows[0]) for n in null]
             self._condition = model.condition(list(rows) + list(null), 2 * batch_size)
+            self._cross = model.cross_condition(list(rows) + list(null), 2 * batch_size)
         else:
             self._condition = model.condition(conditions, batch_size)
+            self._cross = model.cross_condition(conditions, batch_size)
         self.reset()
 
     @property
@@ -100,16 +116,23 @@ class MoshiGenerator:
         self._user: list[mx.array] = []  # user frames (B, n_user) of the last steps
 
     def _user_frame(self, user_codes) -> mx.array:
-        codes = mx.array(user_codes) if not isinstance(user_codes, mx.array) else user_codes
+        n = self._n_user
+        if user_codes is None and n == 0:
+            codes = mx.zeros((self.batch_size, 0), dtype=mx.int32)
+        else:
+            codes = mx.array(user_codes) if not isinstance(user_codes, mx.array) else user_codes
         if codes.ndim == 3:
             codes = codes[:, :, 0]
-        n = self.cfg.num_user_codebooks
         if codes.ndim != 2 or codes.shape[0] != self.batch_size or codes.shape[1] < n:
             raise ValueError(
                 f"user codes must be ({self.batch_size}, {n}) or ({self.batch_size}, {n}, 1), "
                 f"got shape {tuple(codes.shape)}"
             )
-        return codes[:, :n].astype(mx.int32)
+        codes = codes[:, :n].astype(mx.int32)
+        skipped = len(self._user_delays) - n  # codebooks not generated: "no input"
+        if skipped:
+            codes = mx.concatenate([mx.full((self.batch_size, skipped), -1, mx.int32), codes], 1)
+        return codes
 
     def _inputs(self) -> mx.array:
         """(B, K, 1) input tokens of this step from the stored history."""
@@ -126,7 +149,7 @@ class MoshiGenerator:
             if s - 1 - d >= 0:
                 columns.append(self._user[-age][:, j])
             else:
-                columns.append(mx.full((B,), initial[1 + self.cfg.dep_q + j]))
+                columns.append(mx.full((B,), initial[1 + self.num_codebooks + j]))
         return mx.stack(columns, axis=1).astype(mx.int32)[:, :, None]
 
     def _guided(self, logits: mx.array) -> mx.array:
@@ -136,17 +159,27 @@ class MoshiGenerator:
         conditioned, null = mx.split(logits, 2, axis=0)
         return null + (conditioned - null) * self.cfg_coef
 
-    def step(self, user_codes) -> tuple[mx.array, mx.array | None]:
+    def step(
+        self,
+        user_codes,
+        text_hook: Callable[[mx.array], mx.array] | None = None,
+        silent: list[bool] | None = None,
+    ) -> tuple[mx.array, mx.array | None]:
         """Advance one 80 ms step.
 
         Args:
             user_codes: (B, n_user) or (B, n_user, 1) integer Mimi codes of the user's frame
-                (mx.array or NumPy), n_user = 8 for Moshi; extra codebooks are ignored.
+                (mx.array or NumPy), n_user = 8 for Moshi; extra codebooks are ignored. None
+                for models without a user stream.
+            text_hook: maps the sampled text tokens (B,) to the ones fed back to the model and
+                to the depth decoder (Kyutai's TTS state machine).
+            silent: per generated codebook, True where this step's token must be "no audio"
+                (-1) instead of sampled; the depth decoder is skipped when all are.
 
         Returns:
             text_token: (B,) int32, the text token of this step.
-            audio_codes: (B, dep_q) int32 Moshi's codes for time `step - max_delay`, ready for
-                Mimi, or None during the first `max_delay` steps.
+            audio_codes: (B, num_codebooks) int32 Moshi's codes for time `step - max_delay`,
+                ready for Mimi, or None during the first `max_delay` steps.
 
         The results are lazy MLX arrays whose evaluation has been started (`mx.async_eval`);
         nothing here waits for a value.
@@ -155,11 +188,19 @@ class MoshiGenerator:
         tokens = self._inputs()
         if self.cfg_coef != 1.0:
             tokens = mx.concatenate([tokens, tokens], axis=0)
-        out, text_logits = self.model.step(tokens, self._condition)
+        out, text_logits = self.model.step(tokens, self._condition, self._cross)
         text = self.text_sampler(self._guided(text_logits[:, 0]), self.rng)
-        audio = self.model.depformer.sample(
-            out, text, lambda logits: self.audio_sampler(self._guided(logits), self.rng)
-        )
+        if text_hook is not None:
+            text = text_hook(text)
+        B, n = self.batch_size, self.num_codebooks
+        if silent is not None and all(silent):
+            audio = mx.full((B, n), -1, mx.int32)
+        else:
+            audio = self.model.depformer.sample(
+                out, text, lambda logits: self.audio_sampler(self._guided(logits), self.rng), n
+            )
+            if silent is not None and any(silent):
+                audio = mx.where(mx.array(silent)[None], mx.array(-1, mx.int32), audio)
         self._text = text
         self._audio = (self._audio + [audio])[-(self.max_delay + 1) :]
         self._step += 1

@@ -77,6 +77,7 @@ class DepFormer(nn.Module):
         transformer_out: mx.array,
         text_token: mx.array,
         sample_fn: Callable[[mx.array], mx.array],
+        count: int | None = None,
     ) -> mx.array:
         """Generate the audio tokens of one time step.
 
@@ -85,15 +86,16 @@ class DepFormer(nn.Module):
                 2 B with classifier-free guidance (conditioned rows, then unconditioned).
             text_token: (B,) the text token sampled for this step.
             sample_fn: (R, card) logits -> (B,) tokens.
+            count: generate only the first `count` codebooks (default: all `dep_q`).
 
         Returns:
-            (B, dep_q) int32 tokens.
+            (B, count) int32 tokens.
         """
         caches = self._caches()
         rows = transformer_out.shape[0]
         token = text_token
         tokens = []
-        for part in self.slices:
+        for part in self.slices[:count]:
             token_in = mx.tile(token, rows // token.shape[0])  # the same token for both halves
             x = part.linear_in(transformer_out) + part.emb(token_in[:, None]).astype(
                 transformer_out.dtype
