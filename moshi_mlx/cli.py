@@ -7,9 +7,9 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, run
+from .commands import chat, run, speak
 
-COMMANDS = (chat, run)  # each module's `register(command)` adds its subcommand
+COMMANDS = (chat, run, speak)  # each module's `register(command)` adds its subcommand
 
 EXAMPLES = """\
 examples:
@@ -21,6 +21,8 @@ examples:
   moshi-mlx run talk/user.wav again.wav --seed N  # replay a recorded chat (talk/session.json
                                                   # has its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
+  moshi-mlx speak "Hello there." hello.wav        # text to speech (kyutai/tts-1.6b-en_fr)
+  moshi-mlx speak "Hello there."                  # spoken on the speaker as it is generated
 
 Offline, without the hub: `huggingface-cli download kyutai/moshiko-mlx-q4 --local-dir DIR`
 once, then `--checkpoint DIR`. A tiny random checkpoint (it makes noise) for any machine:
@@ -32,7 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Build the `moshi-mlx` argument parser, one subcommand per module of `COMMANDS`."""
     parser = parser or OneLineParser(
         prog="moshi-mlx",
-        description="Kyutai's Moshi speech model on MLX: full-duplex voice chat, or file to file.",
+        description="Kyutai's Moshi speech models on MLX: full-duplex voice chat, file to file, "
+        "text to speech.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
