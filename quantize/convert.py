@@ -215,7 +215,8 @@ def _config_json(source: SourceCheckpoint, files: dict[str, str], quantization: 
     config = {**base, **source.config.to_dict()}
     for key in (*FILE_KEYS, "quantization"):
         config.pop(key, None)
-    return {**config, "model_type": "moshi", **files, "quantization": quantization}
+    model_type = base.get("model_type", "moshi")  # "tts", "stt", ...: kept
+    return {**config, "model_type": model_type, **files, "quantization": quantization}
 
 
 def convert(

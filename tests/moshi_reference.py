@@ -524,3 +524,29 @@ def kyutai_generate(
             out = gen.step(torch.from_numpy(frame[:, :, None]))
             frames.append(None if out is None else out[:, 1 : 1 + dep_q, 0].numpy())
     return np.stack(texts, axis=1), frames
+
+
+TTS_TOKENIZER = "tokenizer_spm_8k_en_fr_audio.model"
+
+
+def save_tts_folder(model, cfg: dict, folder: Path) -> Path:
+    """Kyutai's TTS repo layout around a reference LM: its weights (PyTorch names), a tiny Mimi,
+    a tiny SentencePiece model and two voices `voices/v0`, `voices/v1` (as `kyutai/tts-voices`)."""
+    import mlx.core as mx
+
+    from moshi_mlx.model.tiny import KYUTAI_FILE, write_tiny_mimi, write_tiny_tokenizer
+
+    save_pytorch(model, cfg, folder)
+    write_tiny_mimi(folder, seed=3)
+    write_tiny_tokenizer(folder, TTS_TOKENIZER)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(mimi_name=KYUTAI_FILE, mimi_config_name="mimi_config.json")
+    config.update(tokenizer_name=TTS_TOKENIZER)
+    (folder / "config.json").write_text(json.dumps(config))
+    dim = cfg["conditioners"]["speaker_wavs"]["tensor"]["dim"]
+    sig = cfg["model_id"]
+    for i, v in enumerate(random_voices(dim, 2, seed=9)):
+        path = folder / "voices" / f"v{i}.{sig['sig']}@{sig['epoch']}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        mx.save_safetensors(str(path), {"speaker_wavs": mx.array(v)})
+    return folder

@@ -7,42 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
 import moshi_reference as R
 from moshi_mlx import load_checkpoint
 from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
-from moshi_mlx.model.tiny import KYUTAI_FILE, write_tiny_mimi, write_tiny_tokenizer
 
-TOKENIZER = "tokenizer_spm_8k_en_fr_audio.model"
+TOKENIZER = R.TTS_TOKENIZER
 TEXTS = [
     ["Hello, world. How are you today?"],
     ['A long word, antidisestablishmentarianism <break time="0.5s"/> puis: ça va, l’été!'],
     ["First line.\n\nAfter an empty line (and a remark)."],
 ]
 DIALOGUE = ["Hello there, how are you?", "Very well, thank you.", "Good."]
-
-
-def make_folder(reference, cfg: dict, folder: Path) -> Path:
-    """Kyutai's TTS repo layout: the reference LM (PyTorch names), Mimi, tokenizer, voices."""
-    import json
-
-    R.save_pytorch(reference, cfg, folder)
-    write_tiny_mimi(folder, seed=3)
-    write_tiny_tokenizer(folder, TOKENIZER)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(mimi_name=KYUTAI_FILE, mimi_config_name="mimi_config.json")
-    config.update(tokenizer_name=TOKENIZER)
-    (folder / "config.json").write_text(json.dumps(config))
-    dim = cfg["conditioners"]["speaker_wavs"]["tensor"]["dim"]
-    sig = cfg["model_id"]
-    for i, v in enumerate(R.random_voices(dim, 2, seed=9)):
-        path = folder / "voices" / f"v{i}.{sig['sig']}@{sig['epoch']}.safetensors"
-        path.parent.mkdir(exist_ok=True)
-        mx.save_safetensors(str(path), {"speaker_wavs": mx.array(v)})
-    return folder
 
 
 class _Codec:
@@ -91,7 +69,7 @@ def our_generate(tts: TextToSpeech, script, voices, n_q):
 def tiny(tmp_path_factory):
     cfg = R.TINY_TTS
     reference = R.make_kyutai_lm(cfg, seed=31)
-    folder = make_folder(reference, cfg, tmp_path_factory.mktemp("tts"))
+    folder = R.save_tts_folder(reference, cfg, tmp_path_factory.mktemp("tts"))
     return cfg, reference, folder, TextToSpeech(load_checkpoint(folder))
 
 
