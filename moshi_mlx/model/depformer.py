@@ -46,6 +46,11 @@ class DepFormer(nn.Module):
     def __init__(self, cfg: LmConfig):
         super().__init__()
         self.slices = [DepFormerSlice(cfg, k) for k in range(cfg.dep_q)]
+        # Slices with the same weight set (Kyutai's schedule, e.g. the TTS's 32 steps on 11
+        # sets) share one transformer: the weights are held once, though every slice names them.
+        first: dict[int, Transformer] = {}
+        for k, part in enumerate(self.slices):
+            part.transformer = first.setdefault(cfg.weight_set(k), part.transformer)
 
     def _caches(self):
         return self.slices[0].transformer.make_caches()

@@ -404,8 +404,14 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
         )
     quantize_layers(model, quantized)
     ours = {k: v for k, v in tree_flatten(model.parameters())}
+    # A parameter shared by several names (depth-decoder slices on one weight set) is loaded
+    # once, through its first name.
+    first = {}
+    rows = [r for r in rows if first.setdefault(id(ours.get(r[0], r)), r[0]) == r[0]]
     state = {name: fn(*(tensors[s] for s in sources)) for name, sources, fn in rows}
     for path in quantized:
+        if f"{path}.weight" not in state:
+            continue  # a shared layer, loaded through another name
         for part in ("scales", "biases"):
             state[f"{path}.{part}"] = tensors[f"{path}.{part}"]
     tensors.clear()  # the sources now live only in `state`'s lazy graphs
