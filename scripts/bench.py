@@ -4,6 +4,7 @@
 python scripts/bench.py mimi        # Mimi: batch 10 s, streaming per 80 ms frame, vs PyTorch
 python scripts/bench.py lm          # Moshi's LM: ms per step for each precision, memory
 python scripts/bench.py quantize    # conversion time and memory, quantization report
+python scripts/bench.py tts         # TTS: time to first audio, real-time factor, vs PyTorch
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ COMMANDS = {
     "mimi": ("bench_mimi", "Mimi codec: ours vs Kyutai's PyTorch reference"),
     "lm": ("bench_lm", "Moshi language model: step time, memory, load time"),
     "quantize": ("bench_quantize", "checkpoint conversion and the quantization report"),
+    "tts": ("bench_tts", "Kyutai's TTS: time to first audio, real-time factor, memory, vs PyTorch"),
 }
 
 
