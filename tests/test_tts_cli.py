@@ -124,3 +124,26 @@ def test_streaming_to_the_speaker_records_exactly_the_file_output(pulse, tts_che
     recorded = read_raw(raw)
     offset = align(expected, recorded)
     np.testing.assert_array_equal(recorded[offset : offset + len(expected)], expected)
+
+
+def test_long_text_in_chunks_streams_without_a_break(tts_checkpoint):
+    """A long text is spoken utterance by utterance (whole sentences each), one stream of frames
+    and words, the generator's state reset between utterances (bounded memory)."""
+    from moshi_mlx import load_checkpoint
+    from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
+
+    tts = TextToSpeech(load_checkpoint(tts_checkpoint))
+    sentences = ["Hello there.", "How are you today?", "The sun is shining.", "Good bye!"]
+    text = " ".join(sentences)
+    chunks = tts.chunks(text, budget=8)
+    assert len(chunks) > 2 and " ".join(c[0] for c in chunks) == text
+    settings = TTSSettings(temperature=0, chunk_tokens=8)
+    frames = list(tts.frames(text, [load_voice("tiny", tts)], settings))
+    assert [f.index for f in frames if f.codes.size] == list(range(len(frames)))
+    words = [w for f in frames for w in f.words]
+    assert [w.text for w in words] == text.split()
+    assert all(a.start < b.start for a, b in zip(words, words[1:], strict=False))
+    one = list(tts.frames(sentences[0], [load_voice("tiny", tts)], settings))
+    np.testing.assert_array_equal(  # each chunk is a fresh utterance: the first one matches
+        np.stack([f.codes for f in one]), np.stack([f.codes for f in frames[: len(one)]])
+    )

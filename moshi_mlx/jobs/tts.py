@@ -54,6 +54,8 @@ class TTSSettings:
         seed: random seed (None: random).
         padding_between: pads forced after each word (1 articulates a bit better).
         initial_padding, max_padding, final_padding: see `StateMachine`; steps after the end.
+        chunk_tokens: text tokens per utterance of a long text (default: a quarter of the
+            model's attention context).
     """
 
     temperature: float = 0.6
@@ -64,6 +66,7 @@ class TTSSettings:
     initial_padding: int = 2
     max_padding: int = 8
     final_padding: int = 4
+    chunk_tokens: int | None = None
 
 
 @dataclass
@@ -216,7 +219,7 @@ class TextToSpeech:
         gen = self.generator(voices, settings)
         index = 0
         max_delay = self.lm.cfg.max_delay
-        for chunk in self.chunks(text):
+        for chunk in self.chunks(text, settings.chunk_tokens):
             start = index  # the chunk's first audio frame is its step `delay_steps + max_delay`
             pending: list[Word] = []
             entries = self.entries(chunk, settings.padding_between)
@@ -247,10 +250,10 @@ class TextToSpeech:
         return np.clip(np.array(pcm[0, 0]), -1, 1)
 
     # -- long texts ------------------------------------------------------------------------------
-    def chunks(self, text: str | list[str]) -> list[list[str]]:
+    def chunks(self, text: str | list[str], budget: int | None = None) -> list[list[str]]:
         """Cut a text into scripts that fit the attention context: whole sentences (whole turns
-        for a dialogue), about a quarter of the context in text tokens each."""
-        budget = max(8, (self.lm.cfg.context or 3000) // 4)
+        for a dialogue), about `budget` text tokens each (default a quarter of the context)."""
+        budget = budget or max(8, (self.lm.cfg.context or 3000) // 4)
         if isinstance(text, str):
             sentences = [s for s in re.split(r"(?<=[.!?…])\s+", text.strip()) if s]
             return [[" ".join(c)] for c in self._groups(sentences, budget)]
