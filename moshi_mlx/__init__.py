@@ -20,12 +20,21 @@ Streaming, one 80 ms frame at a time::
         out_pcm = ck.mimi.decode_step(audio_codes[:, :, None])  # (1, 1, 1920)
     piece = ck.tokenizer.piece(int(text_token[0]))  # None for padding
     gen.reset()  # between sessions
+
+Text to speech (Kyutai's TTS, `kyutai/tts-1.6b-en_fr`)::
+
+    from moshi_mlx import TextToSpeech, load_checkpoint, load_voice
+    tts = TextToSpeech(load_checkpoint("kyutai/tts-1.6b-en_fr"))
+    voice = load_voice("expresso/ex03-ex01_happy_001_channel1_334s.wav", tts)
+    for pcm in tts.audio("Hello there.", [voice]):  # (1920,) float32 blocks, as generated
+        ...
 """
 
 from mimi_mlx.hub import CheckpointError
 
 from .jobs.generate import MoshiGenerator
 from .jobs.sampling import Rng, Sampler
+from .jobs.tts import TextToSpeech, TTSSettings, load_voice
 from .model.checkpoint import Checkpoint, load_checkpoint, load_model
 from .model.config import LmConfig
 from .model.lm import Lm, LmOutput
@@ -40,7 +49,10 @@ __all__ = [
     "MoshiGenerator",
     "Rng",
     "Sampler",
+    "TTSSettings",
     "TextTokenizer",
+    "TextToSpeech",
     "load_checkpoint",
     "load_model",
+    "load_voice",
 ]
