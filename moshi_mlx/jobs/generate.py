@@ -102,6 +102,11 @@ class MoshiGenerator:
         return self.cfg.max_delay
 
     @property
+    def audio_delays(self) -> list[int]:
+        """The delay of each generated codebook (steps behind the text)."""
+        return list(self._gen_delays)
+
+    @property
     def step_index(self) -> int:
         """Steps taken since the last reset."""
         return self._step

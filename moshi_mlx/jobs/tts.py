@@ -23,6 +23,7 @@ stays bounded (ring caches, nothing kept but the word timings).
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,9 +181,14 @@ class TextToSpeech:
         )
 
     def utterance(
-        self, gen: MoshiGenerator, entries: list[Entry], settings: TTSSettings
+        self,
+        gen: MoshiGenerator,
+        entries: list[Entry],
+        settings: TTSSettings,
+        seed: int | None = None,
     ) -> Iterator[Step]:
-        """One utterance, step by step, as Kyutai's `TTSModel.generate`."""
+        """One utterance, step by step, as Kyutai's `TTSModel.generate` (the generator reset,
+        its random stream seeded with `seed`, default `settings.seed`)."""
         machine = StateMachine(
             self.token_ids,
             self.second_stream_ahead,
@@ -191,9 +197,10 @@ class TextToSpeech:
         )
         state = machine.new_state(entries)
         gen.reset()
-        if settings.seed is not None:
-            gen.rng = Rng(settings.seed)
-        delays = gen._gen_delays
+        seed = settings.seed if seed is None else seed
+        if seed is not None:
+            gen.rng = Rng(seed)
+        delays = gen.audio_delays
         step = 0
 
         def feed(text: mx.array) -> mx.array:
@@ -219,11 +226,12 @@ class TextToSpeech:
         gen = self.generator(voices, settings)
         index = 0
         max_delay = self.lm.cfg.max_delay
-        for chunk in self.chunks(text, settings.chunk_tokens):
+        base = settings.seed if settings.seed is not None else secrets.randbits(62)
+        for i, chunk in enumerate(self.chunks(text, settings.chunk_tokens)):
             start = index  # the chunk's first audio frame is its step `delay_steps + max_delay`
             pending: list[Word] = []
             entries = self.entries(chunk, settings.padding_between)
-            for st in self.utterance(gen, entries, settings):
+            for st in self.utterance(gen, entries, settings, base + i):  # a new stream each
                 pending += [Word(w, (start + s) / FRAME_RATE) for w, s in st.words]
                 codes = st.codes
                 if codes is None or st.step - max_delay < self.delay_steps:

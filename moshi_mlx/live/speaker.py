@@ -81,7 +81,8 @@ class Speaker:
         deadline = time.monotonic() + (timeout if timeout is not None else seconds + 5.0)
         while self.buffer.buffered > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(2 * FRAME_SIZE / SAMPLE_RATE)  # the device's own buffer
+        # what the callbacks handed over is still in the host's buffers: let it play
+        time.sleep(max(2 * FRAME_SIZE / SAMPLE_RATE, 2 * self.player.stream.latency) + 0.2)
 
     def close(self) -> None:
         stream = self.player.stream
