@@ -137,14 +137,17 @@ def found_in_order(expected: np.ndarray, recorded: np.ndarray) -> tuple[int, int
     often the search had to resynchronise (on a loaded machine a starved client leaves gaps in
     the sink; every sample that reached the speaker must still be the file's)."""
     pos, found, resyncs = align(expected, recorded), 0, 0
+    cursor = 0  # where the last piece found ends in `recorded`
     for i in range(0, len(expected), PIECE):
         piece = expected[i : i + PIECE]
-        if not np.array_equal(recorded[pos + i : pos + i + len(piece)], piece):
-            after = max(0, pos + i - PIECE)
-            starts = np.flatnonzero(recorded[after:] == piece[0]) + after
+        at = pos + i
+        if not (at >= cursor and np.array_equal(recorded[at : at + len(piece)], piece)):
+            starts = np.flatnonzero(recorded[cursor:] == piece[0]) + cursor
             starts = [j for j in starts if np.array_equal(recorded[j : j + len(piece)], piece)]
             if not starts:
                 continue  # this piece never reached the sink intact
-            pos, resyncs = starts[0] - i, resyncs + 1
+            at = starts[0]
+            pos, resyncs = at - i, resyncs + 1
+        cursor = at + len(piece)
         found += 1
     return found, resyncs
