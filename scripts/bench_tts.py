@@ -154,7 +154,14 @@ def _kyutai(args: argparse.Namespace, folder: Path) -> dict:
     lm = loaders.get_moshi_lm(
         folder / "model.safetensors", lm_kwargs, device="cpu", dtype=torch.float32
     )
-    mimi = loaders.get_mimi(folder / config["mimi_name"], device="cpu")
+    from safetensors.torch import load_file
+
+    mimi = loaders.get_mimi(None, device="cpu")  # our writer stores no `_initialized` flags
+    missing, _ = mimi.load_state_dict(load_file(folder / config["mimi_name"]), strict=False)
+    assert all(k.endswith("_initialized") for k in missing), missing[:3]
+    for name, buffer in mimi.named_buffers():
+        if name.endswith("_initialized"):
+            buffer.fill_(1)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(folder / config["tokenizer_name"]))
     load_s = time.perf_counter() - start
     machine = StateMachine(TokenIds(lm.text_card + 1), second_stream_ahead=2, max_padding=8)
