@@ -6,6 +6,8 @@ Reading goes block by block (`iter_audio`), so a file longer than memory can be 
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,11 +175,27 @@ class AudioWriter:
         audio = np.asarray(audio, np.float32).reshape(-1)
         if self.subtype not in ("FLOAT", "DOUBLE"):
             audio = np.clip(audio, -1.0, 1.0)
-        self._file.write(audio)
+        try:
+            self._file.write(audio)
+        except (sf.SoundFileError, RuntimeError) as e:
+            raise self._write_error(e) from e
         self.frames += len(audio)
 
+    def _write_error(self, e: Exception) -> AudioError:
+        """libsndfile says "System error." for a full disk: say which."""
+        from .output_file import disk_full
+
+        reason = os.strerror(errno.ENOSPC) if disk_full(self.path) else _reason(e)
+        return AudioError(f"cannot write {self.path}: {reason}")
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except (sf.SoundFileError, RuntimeError) as e:
+            if exc is None:  # else the block's own error is the one to report
+                error = self._write_error(e)
+                self._commit.__exit__(AudioError, error, None)  # removes the partial file
+                raise error from e
         self._commit.__exit__(exc_type, exc, tb)
 
 

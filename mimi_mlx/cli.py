@@ -175,12 +175,18 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "encode":
         result = encode_file(model, args.input, args.num_quantizers, args.stream, progress)
         save_codes(args.output, result)
-    elif args.command == "decode":
+        print(
+            f"wrote {args.output}: {result.num_codebooks} codebooks x {result.num_frames} frames "
+            f"({result.duration:.2f} s of audio)"
+        )
+        return
+    if args.command == "decode":
         decode_file(
             model, codes, args.output, args.num_quantizers, args.stream, progress, args.float32
         )
+        n_q = args.num_quantizers or codes.num_codebooks
     else:
-        roundtrip_file(
+        codes = roundtrip_file(
             model,
             args.input,
             args.output,
@@ -189,6 +195,11 @@ def _run(args: argparse.Namespace) -> None:
             progress,
             args.float32,
         )
+        n_q = codes.num_codebooks
+    print(
+        f"wrote {args.output}: {codes.duration:.2f} s at {model.sample_rate} Hz "
+        f"({n_q} codebooks{', 32-bit float' if args.float32 else ''})"
+    )
 
 
 def _load_model(checkpoint: str | None, codes):

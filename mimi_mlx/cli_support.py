@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class UsageError(Exception):
     """A bad command line (exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a closed terminal, `timeout`, a service manager): ends the run like Ctrl-C, so
+    every cleanup that Ctrl-C gets (partial outputs removed, recordings kept) runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -20,13 +45,44 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def quiet_hub_logs() -> None:
-    """huggingface_hub logs retries on stderr; the tools report one error line instead."""
+    """huggingface_hub logs retries on stderr; the tools report one error line instead, and
+    say on a terminal what they ask of the hub before waiting for it."""
+    import warnings
+
+    from . import hub
+
+    if sys.stderr.isatty():
+        hub.notice = lambda text: print(text, file=sys.stderr, flush=True)
+    warnings.filterwarnings("ignore", module="huggingface_hub")
     try:
+        from huggingface_hub.utils import disable_progress_bars
         from huggingface_hub.utils import logging as hub_logging
 
         hub_logging.set_verbosity_error()
+        if not sys.stderr.isatty():  # download bars only on a terminal, as ours
+            disable_progress_bars()
     except ImportError:
         pass
+
+
+BLAS_HINT = (
+    "hint: MLX runs on the reference BLAS its Linux wheel bundles (5-10x slower); preload "
+    "OpenBLAS: `sudo apt-get install libopenblas0-pthread` and "
+    "`export LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`"
+)
+_hinted = False
+
+
+def blas_hint() -> None:
+    """Print `BLAS_HINT` once per process, on a terminal, when MLX uses its slow bundled BLAS."""
+    global _hinted
+    if _hinted or not sys.stderr.isatty():
+        return
+    from .backend import on_reference_blas
+
+    _hinted = True
+    if on_reference_blas():
+        print(BLAS_HINT, file=sys.stderr, flush=True)
 
 
 def one_line(e: BaseException) -> str:
@@ -52,7 +108,8 @@ def run_cli(
 ) -> int:
     """Parse `argv` and run the command; every failure becomes one `error: ...` line.
 
-    Returns the exit status: 0, 1 for a failure, 2 for a usage error, 130 when interrupted.
+    Returns the exit status: 0, 1 for a failure, 2 for a usage error, 130 when interrupted (Ctrl-C)
+    and 143 when terminated (SIGTERM, handled as Ctrl-C).
     Setting the environment variable `debug_env` re-raises failures with their traceback.
     """
     try:
@@ -62,11 +119,15 @@ def run_cli(
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     try:
-        run(args)
+        with sigterm_as_interrupt():
+            blas_hint()
+            run(args)
     except UsageError as e:
         return fail(str(e), 2)
+    except Terminated:
+        return fail("terminated (no partial output is left behind)", 143)
     except KeyboardInterrupt:
-        return fail("interrupted", 130)
+        return fail("interrupted (no partial output is left behind)", 130)
     except expected as e:
         if os.environ.get(debug_env):
             raise

@@ -98,6 +98,8 @@ class MimiCodes:
                 f"sample_rate, frame_rate and cardinality must be positive; got "
                 f"{self.sample_rate}, {self.frame_rate}, {self.cardinality}"
             )
+        if self.cardinality > 2**31:
+            raise CodesFileError(f"cardinality {self.cardinality} is over 2**31")
         if not math.isclose(self.frame_size * self.frame_rate, self.sample_rate):
             raise CodesFileError(
                 f"sample_rate {self.sample_rate} is not a whole number of frames at "
@@ -192,7 +194,7 @@ def load_codes(path: str | Path) -> MimiCodes:
     source = meta.get("source_sample_rate")
     try:
         result = MimiCodes(
-            codes=codes.astype(np.int32) if np.issubdtype(codes.dtype, np.integer) else codes,
+            codes=codes,  # validated as stored: a cast first could wrap values into range
             num_samples=_number(meta, "num_samples", path, int),
             sample_rate=_number(meta, "sample_rate", path, int),
             frame_rate=_number(meta, "frame_rate", path, float),
@@ -208,6 +210,7 @@ def load_codes(path: str | Path) -> MimiCodes:
         raise CodesFileError(
             f"{path}: frame_size {meta['frame_size']} does not match sample_rate / frame_rate"
         )
+    result.codes = result.codes.astype(np.int32)  # in 0..cardinality-1: exact
     return result
 
 

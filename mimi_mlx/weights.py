@@ -11,7 +11,6 @@ Each table row maps one of our parameter names to its source name(s) and a trans
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +19,15 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .backend import codec_compute_dtype
 from .config import MimiConfig
-from .hub import CheckpointError, hub_file, listing, looks_like_repo_id, shape_mismatches
+from .hub import (
+    CheckpointError,
+    hub_file,
+    listing,
+    looks_like_repo_id,
+    missing_hint,
+    read_json,
+    shape_mismatches,
+)
 from .model import Mimi
 from .quantizer import centroids
 
@@ -282,7 +289,7 @@ def _config_for(weights: Path, fmt: str, config: MimiConfig | None, hf_config: P
             raise CheckpointError(
                 f"{weights} is in transformers' layout but has no config.json beside it"
             )
-        return MimiConfig.from_hf_config(json.loads(hf_config.read_text()))
+        return MimiConfig.from_hf_config(read_json(hf_config))
     return MimiConfig()
 
 
@@ -296,15 +303,25 @@ def resolve_mimi_files(
     or a hub repo id resolved through huggingface_hub (and its cache).
     """
     path = Path(checkpoint).expanduser()
-    if path.is_file():
+    if path.is_file():  # read with the config its folder gives it, as when the folder is given
+        try:
+            weights, config = _resolve(_folder_getter(path.parent), str(path.parent))
+        except CheckpointError:
+            weights = None
+        if weights is not None and weights.resolve() == path.resolve():
+            return path, config
         return path, path.parent / "config.json"
     if path.is_dir():
-        return _resolve(lambda name: (path / name) if (path / name).is_file() else None, str(path))
+        return _resolve(_folder_getter(path), str(path))
     if looks_like_repo_id(str(checkpoint)):
         return _resolve(lambda name: hub_file(str(checkpoint), name, revision), str(checkpoint))
     raise CheckpointError(
         f"no such file or folder: {checkpoint} (and it is not a hub repo id like 'kyutai/mimi')"
     )
+
+
+def _folder_getter(folder: Path) -> Callable[[str], Path | None]:
+    return lambda name: (folder / name) if (folder / name).is_file() else None
 
 
 def _resolve(get: Callable[[str], Path | None], where: str) -> tuple[Path, Path | None]:
@@ -314,7 +331,7 @@ def _resolve(get: Callable[[str], Path | None], where: str) -> tuple[Path, Path 
     config (`mimi_name`, `mimi_config_name`) -> the file it names; none -> Kyutai's file name.
     """
     config = get("config.json")
-    raw = json.loads(config.read_text()) if config is not None else {}
+    raw = read_json(config) if config is not None else {}
     kyutai_config = None
     if raw.get("model_type") == "mimi" or "codebook_size" in raw:
         names = [HF_FILE]
@@ -328,7 +345,9 @@ def _resolve(get: Callable[[str], Path | None], where: str) -> tuple[Path, Path 
         weights = get(name)
         if weights is not None:
             return weights, (config if name == HF_FILE else kyutai_config)
-    raise CheckpointError(f"{where} holds no Mimi checkpoint: looked for {' or '.join(names)}")
+    raise CheckpointError(
+        f"{where} holds no Mimi checkpoint: looked for {' or '.join(names)}{missing_hint(where)}"
+    )
 
 
 def load_mimi(
@@ -341,7 +360,7 @@ def load_mimi(
     tensors = read_safetensors(weights)
     fmt = detect_format(tensors)
     if config is None and config_file is not None and config_file.is_file() and fmt == "kyutai":
-        raw = json.loads(config_file.read_text())
+        raw = read_json(config_file)
         if "seanet" in raw or "quantizer" in raw:  # Kyutai's mimi_config layout
             config = MimiConfig.from_dict(raw)
     cfg = _config_for(weights, fmt, config, config_file)

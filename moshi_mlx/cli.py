@@ -18,16 +18,19 @@ examples:
   moshi-mlx chat --list-devices                   # the microphones and speakers PortAudio sees
   moshi-mlx chat --checkpoint ./moshiko-mlx-q4 --input-device 2 --stats
   moshi-mlx run question.wav answer.wav --seed 42 # a recorded user stream, file to file
-  moshi-mlx run talk/user.wav again.wav --seed N  # replay a recorded chat (talk/session.json
-                                                  # has its seed N and sampling settings)
+  moshi-mlx run talk/user.wav again.wav --seed N --float
+                                  # replay a recorded chat bit for bit (talk/session.json has
+                                  # its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
   moshi-mlx speak "Hello there." hello.wav        # text to speech (kyutai/tts-1.6b-en_fr)
   moshi-mlx speak "Hello there."                  # spoken on the speaker as it is generated
 
-Offline, without the hub: `huggingface-cli download kyutai/moshiko-mlx-q4 --local-dir DIR`
-once, then `--checkpoint DIR`. A tiny random checkpoint (it makes noise) for any machine:
+Offline: `hf download kyutai/moshiko-mlx-q4` once; hub ids then work from the local cache
+(HF_HUB_OFFLINE=1 skips asking the hub). Or `--local-dir DIR` and `--checkpoint DIR`.
+Live chat with the 7B model needs Apple silicon (MLX's CPU backend takes about 5 s per 80 ms
+frame); elsewhere use `run`, or a tiny random checkpoint (it makes noise) for any machine:
 `python scripts/make_tiny_checkpoint.py tiny/`, then `--checkpoint tiny/`.
-Exit status: 0 on success, 1 on a failure, 2 on a usage error."""
+Exit status: 0 on success, 1 on a failure, 2 on a usage error, 130 on Ctrl-C, 143 on SIGTERM."""
 
 
 def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

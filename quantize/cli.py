@@ -11,9 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.hub import CheckpointError
+from mimi_mlx.cli_support import OneLineParser, UsageError, quiet_hub_logs, run_cli
 
-from .recipes import GROUPS, PARTS, RECIPES, RecipeError
+from .recipes import GROUPS, PARTS, RECIPES
+
+DEFAULT_RECIPE = "q4"
 
 RECIPE_HELP = "\n".join(
     [
@@ -29,17 +31,37 @@ RECIPE_HELP = "\n".join(
 )
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {value}")
+    return value
+
+
 def _report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("accuracy report")
     g.add_argument("--audio", type=Path, help="report on the Mimi codes of this audio file")
-    g.add_argument("--steps", type=int, default=32, help="time steps per input (default 32)")
-    g.add_argument("--batch", type=int, default=2, help="random input sequences (default 2)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    g.add_argument("--steps", type=_positive, default=32, help="time steps per input (default 32)")
+    g.add_argument("--batch", type=_positive, default=2, help="random input sequences (default 2)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (default 0)")
 
 
 def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The conversion command's arguments."""
-    p = parser or argparse.ArgumentParser(
+    p = parser or OneLineParser(
         prog="moshi-mlx-quantize",
         description="Quantize a Moshi checkpoint (Kyutai PyTorch, Kyutai MLX bf16 or transformers;"
         " hub repo id or local path) into an MLX checkpoint folder that moshi-mlx loads as is. "
@@ -49,7 +71,12 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     )
     p.add_argument("source", help="float checkpoint: hub repo id, folder or .safetensors file")
     p.add_argument("output", type=Path, help="checkpoint folder to create")
-    p.add_argument("--recipe", default="q4", help="q4, q8, q4-mlp, q4-helium or a spec (below)")
+    p.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        help=f"q4, q8, q4-mlp, q4-helium or a spec (below); default {DEFAULT_RECIPE}: "
+        f"{RECIPES[DEFAULT_RECIPE].description}",
+    )
     p.add_argument("--embeddings", metavar="PRECISION", help="override the embeddings' precision")
     p.add_argument("--text-head", metavar="PRECISION", help="override the text head's precision")
     p.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
@@ -67,7 +94,7 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 def configure_report_parser(parser: argparse.ArgumentParser | None = None):
     """The `report` command's arguments."""
-    p = parser or argparse.ArgumentParser(
+    p = parser or OneLineParser(
         prog="moshi-mlx-quantize report",
         description="Teacher-forced logits of quantized checkpoints against their float source: "
         "KL divergence and top-1 agreement per stream, and per-layer weight error.",
@@ -88,16 +115,33 @@ def _recipe_spec(args: argparse.Namespace) -> str:
     return spec
 
 
+def _check_report_options(args: argparse.Namespace) -> None:
+    """Everything the report needs that can be checked before the (long) conversion."""
+    from mimi_mlx.audio import audio_info
+
+    if args.audio is not None:
+        audio_info(args.audio)  # AudioError: missing, unreadable or empty
+
+
 def _convert(args: argparse.Namespace) -> None:
     from .convert import REPORT_FILE, convert
+    from .recipes import get_recipe
+    from .writer import check_output
 
+    quiet_hub_logs()
+    get_recipe(_recipe_spec(args))  # RecipeError before anything is read
+    check_output(args.output.expanduser(), args.force)
+    if args.report:
+        _check_report_options(args)
+    elif args.audio is not None:
+        raise UsageError("--audio is for the accuracy report: add --report")
     result = convert(
         args.source,
         args.output,
         _recipe_spec(args),
         force=args.force,
         revision=args.revision,
-        progress=not args.quiet,
+        progress=None if not args.quiet else False,
     )
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -123,22 +167,26 @@ def _report(args, source, quantized: list[Path], json_path: Path | None) -> None
         print(f"saved {json_path}")
 
 
+def _report_command(args: argparse.Namespace) -> None:
+    from mimi_mlx.output_file import check_output
+
+    quiet_hub_logs()
+    _check_report_options(args)
+    if args.json is not None:
+        check_output(args.json, force=True)  # its folder exists and is writable
+    _report(args, args.source, args.quantized, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `moshi-mlx-quantize` and `python -m quantize`."""
+    """Entry point of `moshi-mlx-quantize` and `python -m quantize`; returns the exit status
+    (errors are one `error: ...` line; 2 for a usage error, 130 interrupted, 143 terminated)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv[:1] == ["report"]:
-            args = configure_report_parser().parse_args(argv[1:])
-            _report(args, args.source, args.quantized, args.json)
-        else:
-            _convert(configure_parser().parse_args(argv))
-    except KeyboardInterrupt:
-        print("error: interrupted (no partial checkpoint is left behind)", file=sys.stderr)
-        return 130
-    except (RecipeError, CheckpointError, ValueError, OSError, NotImplementedError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    return 0
+    # RecipeError, CheckpointError, OutputError, AudioError are ValueErrors
+    expected = (ValueError, OSError, NotImplementedError)
+    debug = "MOSHI_MLX_QUANTIZE_DEBUG"
+    if argv[:1] == ["report"]:
+        return run_cli(configure_report_parser(), argv[1:], _report_command, expected, debug)
+    return run_cli(configure_parser(), argv, _convert, expected, debug)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ The output folder is what `kyutai/moshiko-mlx-q4` holds, ready for `moshi_mlx.lo
   `.biases`; every other tensor is bfloat16, as in Kyutai's files;
 - `config.json`: the model's hyper-parameters (Kyutai's keys), the file names, and
   `quantization` (the recipe, and each module's bits and group size where they differ);
-- Mimi and the SentencePiece tokenizer, hard-linked (or copied) from the source. A transformers
-  source bundles Mimi in its weights: it is written out in Kyutai's layout.
+- Mimi and the SentencePiece tokenizer, copied from the source (never hard-linked: rewriting the
+  source must not change the output; a reflink where the file system can). A transformers source
+  bundles Mimi in its weights: it is written out in Kyutai's layout.
 
 Tensors are read, quantized and written one at a time; the folder appears under its name only
 once complete.
@@ -17,7 +18,6 @@ once complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -120,11 +120,17 @@ def _write_weights(
     items: list[tuple[str, tuple[int, int] | None]],
     specs: list[Spec],
     dtype: mx.Dtype,
-    progress: bool,
+    progress: bool | None,
     desc: str,
 ) -> int:
     writer = SafetensorsWriter(path, specs)
-    bar = tqdm(total=writer.data_bytes, unit="B", unit_scale=True, desc=desc, disable=not progress)
+    bar = tqdm(
+        total=writer.data_bytes,
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        disable=None if progress is None else not progress,
+    )
     try:
         with bar:
             for ours, quant in items:
@@ -142,12 +148,21 @@ def _write_weights(
     return writer.nbytes
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    real = Path(src).resolve()  # hub cache entries are symlinks to blobs
+FICLONE = 0x40049409  # Linux: clone a file's blocks, copied on write (btrfs, XFS, ...)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy `src` (a hub cache symlink is followed) as a reflink where possible, else bytes."""
+    real = Path(src).resolve()
     try:
-        os.link(real, dst)
-    except OSError:
-        shutil.copyfile(real, dst)
+        import fcntl
+
+        with open(real, "rb") as s, open(dst, "wb") as d:
+            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+        return
+    except (ImportError, OSError):
+        pass
+    shutil.copyfile(real, dst)
 
 
 def _mimi_from_transformers(source: SourceCheckpoint, stage: Path) -> bool:
@@ -187,11 +202,11 @@ def _companions(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> d
     else:
         mimi = source.file(raw.get("mimi_name", KYUTAI_FILE))
         if mimi is not None:
-            _link_or_copy(mimi, stage / mimi.name)
+            _copy(mimi, stage / mimi.name)
             names["mimi_name"] = mimi.name
             mimi_config = raw.get("mimi_config_name")
             if mimi_config and (path := source.file(mimi_config)) is not None:
-                _link_or_copy(path, stage / path.name)
+                _copy(path, stage / path.name)
                 names["mimi_config_name"] = path.name
         tokenizers = [raw.get("tokenizer_name", TOKENIZER_FILE)]
     if raw.get("lora_name"):
@@ -201,7 +216,7 @@ def _companions(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> d
     for name in tokenizers:
         path = source.file(name)
         if path is not None:
-            _link_or_copy(path, stage / path.name)
+            _copy(path, stage / path.name)
             names["tokenizer_name"] = path.name
             break
     else:
@@ -227,7 +242,7 @@ def convert(
     force: bool = False,
     dtype: mx.Dtype = mx.bfloat16,
     revision: str | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> Conversion:
     """Quantize a float Moshi checkpoint into an MLX checkpoint folder.
 
@@ -240,7 +255,7 @@ def convert(
         dtype: dtype of the tensors left in float, and of the scales and biases (default
             bfloat16, as Kyutai's files).
         revision: hub revision of `source`.
-        progress: show a progress bar.
+        progress: show a progress bar (None: only on a terminal).
 
     Returns:
         What was written.

@@ -18,6 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from mimi_mlx.hub import recorded_name
 from moshi_mlx.model.checkpoint import load_model, resolve
 from moshi_mlx.model.config import LmConfig
 
@@ -269,7 +270,7 @@ def accuracy_report(
         from mimi_mlx import load_mimi
 
         codes = audio_codes(audio, load_mimi(quantized[0]), cfg, steps)
-        inputs = f"Mimi codes of {audio}, text padding"
+        inputs = f"Mimi codes of {recorded_name(audio)}, text padding"
     elif codes is None:
         codes = random_codes(cfg, batch, steps, seed)
         inputs = f"random codes (seed {seed})"
@@ -294,4 +295,4 @@ def accuracy_report(
                 weight_errors=weight_errors(src, q),
             )
         )
-    return Report(str(source), inputs or "given codes", tuple(codes.shape), results)
+    return Report(recorded_name(source), inputs or "given codes", tuple(codes.shape), results)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mimi_mlx.output_file import remove_stale
+
 # MLX dtype -> (safetensors dtype name, a same-width dtype whose buffer Python can export)
 DTYPES: dict[mx.Dtype, tuple[str, mx.Dtype]] = {
     mx.bfloat16: ("BF16", mx.uint16),
@@ -137,7 +139,10 @@ def staged_output(output: str | Path, force: bool = False) -> Iterator[Path]:
     output = Path(output)
     check_output(output, force)
     created = [p for p in [output.parent, *output.parent.parents] if not p.exists()]
-    stage = output.parent / f".{output.name}.incomplete-{uuid.uuid4().hex[:8]}"
+    # `.OUT.incomplete-<pid>-<random>`: what a killed run left is removed by the next one
+    remove_stale(output.parent, f".{output.name}.incomplete-")
+    remove_stale(output.parent, f".{output.name}.old-")
+    stage = output.parent / f".{output.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         stage.mkdir()
@@ -156,7 +161,7 @@ def staged_output(output: str | Path, force: bool = False) -> Iterator[Path]:
 def _replace(stage: Path, output: Path) -> None:
     old = None
     if output.exists():
-        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        old = output.parent / f".{output.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         output.rename(old)
     try:
         stage.rename(output)

@@ -11,12 +11,15 @@ weights are random, so Moshi makes noise, on any machine, without downloading an
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
+from mimi_mlx.cli_support import OneLineParser, run_cli
 from moshi_mlx.model.tiny import make_tiny_checkpoint, make_tiny_tts_checkpoint
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("folder", help="output folder (created if needed)")
+    parser.add_argument("folder", help="output folder (created if needed; must be empty)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument(
         "--quantize",
@@ -26,6 +29,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="write model.q4 (group 32) or model.q8 (group 64) instead of float weights",
     )
     parser.add_argument(
+        "-f", "--force", action="store_true", help="write into a folder that is not empty"
+    )
+    parser.add_argument(
         "--tts",
         action="store_true",
         help="a text-to-speech model (kyutai/tts-1.6b-en_fr's layout) with two tiny voices",
@@ -33,15 +39,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = configure_parser(
-        argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ).parse_args(argv)
+def _run(args: argparse.Namespace) -> None:
+    folder = Path(args.folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not args.force:
+        raise ValueError(f"{folder} is not empty (use --force to write the checkpoint into it)")
     make = make_tiny_tts_checkpoint if args.tts else make_tiny_checkpoint
-    folder = make(args.folder, seed=args.seed, quantize_bits=args.quantize)
+    folder = make(folder, seed=args.seed, quantize_bits=args.quantize)
     kind = "TTS" if args.tts else "Moshi"
     print(f"wrote a tiny random {kind} checkpoint to {folder}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = configure_parser(
+        OneLineParser(prog="make_tiny_checkpoint.py", description=__doc__.splitlines()[0])
+    )
+    return run_cli(parser, argv, _run, (ValueError, OSError), "MOSHI_MLX_DEBUG")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from live_audio_report import pytest_terminal_summary  # noqa: F401  (a hook: loud skips)
 
 import mimi_reference as R
 

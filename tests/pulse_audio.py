@@ -2,8 +2,22 @@
 
 `spk` is the speaker (record it from `spk.monitor`), `mic` a sink whose monitor is the default
 source (play into `mic` and it comes out of the microphone). PortAudio reaches them through
-ALSA's pulse plugin, with real-time callbacks. See `notes/audio-ci.md`. Everything started here
-is stopped by pid (and the daemon with `pactl exit`).
+ALSA's pulse plugin, with real-time callbacks. Everything started here is stopped by pid (and
+the daemon with `pactl exit`).
+
+What this rests on (measured on Debian CI machines without a sound card):
+- Debian packages `libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins`; without
+  `libportaudio2`, `import sounddevice` fails ("PortAudio library not found"). Kernel audio
+  modules (snd-aloop, snd-dummy) cannot be loaded in containers, and ALSA's null/file plugins run
+  free instead of in real time.
+- The daemon runs with `-n` and a private unix socket (`auth-anonymous=1`); null sinks at 24 kHz
+  mono float32; `PULSE_SERVER` is exported before sounddevice is imported. Callbacks of 1920
+  frames then come every 80 ms, and what is played into a sink comes back bit-exact from its
+  monitor.
+- An idle null sink renders in 2 s blocks, so a new stream may start up to 2 s late: a silent
+  low-latency `pacat` from /dev/zero keeps each sink awake (until its latency is under 100 ms).
+- `paplay` feeds the microphone in real time; `parec` records the speaker into a file (an unread
+  pipe fills in under a second and cuts the recording).
 """
 
 from __future__ import annotations

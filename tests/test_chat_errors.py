@@ -80,7 +80,7 @@ def test_unknown_devices_and_listing(pulse, tiny_checkpoint):
 def test_no_network_and_no_cached_weights(pulse, tmp_path):
     env = {**pulse.env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     err = one_line_error(cli("chat", env=env))
-    assert "kyutai/moshiko-mlx-q4" in err and "huggingface-cli download" in err
+    assert "kyutai/moshiko-mlx-q4" in err and "hf download" in err
     assert "--checkpoint" in err
     err = one_line_error(cli("chat", "--voice", "moshika", env=env))
     assert "kyutai/moshika-mlx-q4" in err

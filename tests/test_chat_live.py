@@ -73,7 +73,9 @@ class Session:
     summary: dict
 
 
-def _chat(pulse, folder: Path, speech: Path, args: list[str], speaker_raw: Path) -> Session:
+def _chat(
+    pulse, folder: Path, speech: Path, args: list[str], speaker_raw: Path, stop=signal.SIGINT
+) -> Session:
     recorder = pulse.record_speaker(speaker_raw)
     try:
         proc = subprocess.Popen(
@@ -89,7 +91,7 @@ def _chat(pulse, folder: Path, speech: Path, args: list[str], speaker_raw: Path)
             err.wait_for("[stats]", timeout=60)  # the input device delivers frames
             pulse.play_into_mic(speech).wait(timeout=30)
             time.sleep(1.0)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
@@ -143,6 +145,30 @@ def test_offline_replay_of_the_recorded_user_stream_reproduces_the_session(
     assert len(again) == len(moshi) == live.summary["steps"] * FRAME
     np.testing.assert_array_equal(again, moshi)
     assert np.abs(moshi).max() > 0.01  # Moshi did say something
+    # Without --float, `run` writes 16-bit samples: the same text, the audio to 16-bit rounding
+    # (the recording is float32), so not bit for bit (as the README says).
+    pcm16 = tmp_path / "replay16.wav"
+    r = cli("run", live.folder / "user.wav", pcm16, "--checkpoint", tiny_checkpoint,
+            "--seed", SEED, "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(pcm16.with_suffix(".json").read_text())["tokens"] == live_text["tokens"]
+    again16 = read(pcm16)
+    error = np.abs(again16 - np.clip(moshi, -1, 1)).max()
+    print(f"replay without --float: max difference {error:.2e} (16-bit step {1 / 32768:.2e})")
+    assert 0 < error <= 1 / 32768
+
+
+def test_sigterm_ends_the_session_like_ctrl_c(pulse, tiny_checkpoint, tmp_path):
+    """A closed terminal, `timeout` or a service manager: the recording is kept, the summary
+    printed, the exit status 0, as with Ctrl-C."""
+    speech = make_speech(tmp_path / "hello.wav", "Hello Moshi.")
+    args = ["--checkpoint", tiny_checkpoint, "--seed", SEED, "--stats", "--max-lag", 1000]
+    s = _chat(pulse, tmp_path / "rec", speech, args, tmp_path / "speaker.raw", signal.SIGTERM)
+    assert s.returncode == 0, s.stderr
+    assert "session:" in s.stderr and "recorded in" in s.stderr and "Traceback" not in s.stderr
+    for name in ("user.wav", "moshi.wav", "played.wav", "transcript.txt", "transcript.json"):
+        assert (s.folder / name).is_file(), name
+    assert s.summary["steps"] > 10 and not list(s.folder.glob(".*"))  # no partial file
 
 
 def test_the_speaker_played_what_the_session_says_it_played(live):

@@ -140,7 +140,9 @@ def test_bad_outputs_fail_before_any_work(capsys, tiny_checkpoint, speech_wav, t
 def test_bad_options_are_usage_errors(capsys, speech_wav, tmp_path):
     out = tmp_path / "out.wav"
     cases = [
-        (("--temperature", "-1"), "must be 0 or more"),
+        (("--temperature", "-1"), "must be a finite number, 0 or more"),
+        (("--temperature", "inf"), "must be a finite number"),
+        (("--audio-temperature", "nan"), "must be a finite number"),
         (("--text-top-k", "0"), "must be positive"),
         (("--top-p", "0"), "must be in (0, 1]"),
         (("--seed", "x"), "not a whole number"),
@@ -172,7 +174,7 @@ def test_no_network_and_no_cached_weights_says_what_to_download(speech_wav, tmp_
         r = cli("run", speech_wav, tmp_path / "o.wav", *extra, env=env)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1 and repo in r.stderr
-        assert "huggingface-cli download" in r.stderr and "--checkpoint" in r.stderr
+        assert "hf download" in r.stderr and "--checkpoint" in r.stderr
 
 
 def test_a_checkpoint_too_big_for_memory_is_refused_before_loading(

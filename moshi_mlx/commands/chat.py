@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mimi_mlx.hub import recorded_name
+
 from . import options
 
 PREFILL_FRAMES = 2  # the speaker's jitter buffer: 160 ms
@@ -47,7 +49,7 @@ def register(command) -> None:
         "(default 240 ms)",
     )
     session.add_argument(
-        "--duration", type=options.non_negative, metavar="S", help="stop after S seconds"
+        "--duration", type=options.positive, metavar="S", help="stop after S seconds"
     )
     session.add_argument("-f", "--force", action="store_true", help="overwrite a recording")
     session.add_argument("-q", "--quiet", action="store_true", help="do not print the text")
@@ -70,7 +72,7 @@ def _chat(args: argparse.Namespace) -> None:
     if args.record is not None:
         check_record_dir(args.record, args.force)
     source = options.source_of(args)
-    pipeline = options.pipeline(args, source)
+    pipeline = options.pipeline(args, source, live=True)
     pipeline.warmup()
     max_lag_frames = max(1, round(args.max_lag / 80))
     chat_options = ChatOptions(
@@ -87,4 +89,4 @@ def _chat(args: argparse.Namespace) -> None:
         capacity_frames=PREFILL_FRAMES + max_lag_frames,
         log_played=args.record is not None,
     )
-    run_chat(pipeline, audio, chat_options, {"checkpoint": source})
+    run_chat(pipeline, audio, chat_options, {"checkpoint": recorded_name(source)})

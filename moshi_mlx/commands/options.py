@@ -18,8 +18,15 @@ def non_negative(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return value
+
+
+def positive(text: str) -> float:
+    value = non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
 
 
@@ -131,8 +138,30 @@ def sampling_of(args: argparse.Namespace):
     )
 
 
-def load(source: str):
-    """Load a checkpoint after checking that it fits in memory.
+# Helium parameters (about 12 dim^2 per layer) beyond which live chat needs a GPU
+LARGE_PARAMS = 5e8
+
+
+def warn_if_too_slow_to_chat(cfg) -> None:
+    """On MLX's CPU backend a large model steps far slower than real time: say so, and what
+    works instead, before the long load."""
+    from mimi_mlx.backend import on_gpu
+
+    if on_gpu() or 12 * cfg.dim**2 * cfg.num_layers < LARGE_PARAMS:
+        return
+    print(
+        "warning: live chat with this model needs Apple silicon (or another GPU MLX runs on): "
+        "here MLX runs on its CPU backend, about 5 s per 80 ms frame for the 7B model. "
+        "`moshi-mlx run IN.wav OUT.wav` works here, and so does the chat with a tiny "
+        "checkpoint (scripts/make_tiny_checkpoint.py).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def load(source: str, live: bool = False):
+    """Load a checkpoint after checking that it fits in memory (and, for a `live` chat, that
+    the backend can run it in real time: a warning if not).
 
     Raises:
         CheckpointError: not found (offline and not cached: says what to download).
@@ -150,23 +179,26 @@ def load(source: str):
         mimi = None
         if files.layout == "kyutai":
             mimi = files.get((files.config or {}).get("mimi_name", MIMI_FILE))
-        check_memory(estimate_bytes(files.weights, config_from(files), mimi), source)
+        cfg = config_from(files)
+        check_memory(estimate_bytes(files.weights, cfg, mimi), source)
+        if live:
+            warn_if_too_slow_to_chat(cfg)
         return load_checkpoint(source)
     except CheckpointError as e:
         if is_repo:
             raise CheckpointError(
                 f"{one_line(e)} A local folder is passed with --checkpoint DIR (for example "
-                f"after `huggingface-cli download {source} --local-dir DIR`)."
+                f"after `hf download {source} --local-dir DIR`)."
             ) from e
         raise
 
 
-def pipeline(args: argparse.Namespace, source: str):
+def pipeline(args: argparse.Namespace, source: str, live: bool = False):
     from ..jobs.pipeline import Pipeline
 
     if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
         print(f"loading {source} ...", file=sys.stderr, flush=True)
-    ckpt = load(source)
+    ckpt = load(source, live)
 
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mimi_mlx.cli_support import UsageError
+from mimi_mlx.hub import recorded_name
 
 from . import options
 
@@ -51,7 +52,7 @@ def _run(args: argparse.Namespace) -> None:
         args.output,
         float32=args.float32,
         progress=False if args.quiet else None,
-        info={"checkpoint": source, "input": str(args.input)},
+        info={"checkpoint": recorded_name(source), "input": recorded_name(args.input)},
     )
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)

@@ -5,7 +5,7 @@ NumPy blocks (see `audio_io`). Per 80 ms input frame: Mimi encode -> Moshi step 
 and Moshi's frame goes to the speaker's jitter buffer. When the model falls behind real time and
 more than `max_lag_frames` input frames wait, the oldest are skipped (and reported) so latency
 and queues stay bounded. The session has no step limit; Ctrl-C ends it cleanly (a second Ctrl-C
-aborts at once); `--record DIR` saves the session (see `recording`).
+aborts at once), and so does SIGTERM; `--record DIR` saves the session (see `recording`).
 """
 
 from __future__ import annotations
@@ -54,36 +54,68 @@ class SessionError(RuntimeError):
 
 
 class _Console:
-    """The transcript on stdout, notices and statistics on stderr, on separate lines."""
+    """The transcript on stdout, notices and statistics on stderr, never inside a line of text.
 
-    def __init__(self, show_text: bool):
-        self.show_text = show_text
-        self.open_line = False
+    Word by word on a terminal; in whole lines (ended by a pause or at `WIDTH` characters) when
+    stdout is piped or statistics come every second, so they fall between lines, not words.
+    """
 
-    def piece(self, text: str) -> None:
-        if self.show_text:
+    WIDTH = 80
+    PAUSE_STEPS = 13  # about a second without a word ends the line
+
+    def __init__(self, show_text: bool, whole_lines: bool):
+        self.show_text, self.whole_lines = show_text, whole_lines
+        self.line = ""
+        self.last_step = 0
+
+    def piece(self, text: str, step: int) -> None:
+        if not self.show_text:
+            return
+        self.tick(step)
+        if self.line and len(self.line) + len(text) > self.WIDTH and text[:1].isspace():
+            self.end_line()
+        text = text if self.line else text.lstrip()
+        self.line += text
+        self.last_step = step
+        if not self.whole_lines:
             sys.stdout.write(text)
             sys.stdout.flush()
-            self.open_line = True
+
+    def tick(self, step: int) -> None:
+        """Called every step: a pause ends the line."""
+        if self.line and step - self.last_step > self.PAUSE_STEPS:
+            self.end_line()
+
+    def end_line(self) -> None:
+        if self.line:
+            sys.stdout.write((self.line if self.whole_lines else "") + "\n")
+            sys.stdout.flush()
+            self.line = ""
 
     def notice(self, text: str) -> None:
-        if self.open_line:
+        shown = self.line and not self.whole_lines  # on its own line, then the words so far
+        if shown:
             sys.stdout.write("\n")
             sys.stdout.flush()
-            self.open_line = False
         print(text, file=sys.stderr, flush=True)
+        if shown:
+            sys.stdout.write(self.line)
+            sys.stdout.flush()
 
 
 class _StopOnSigint:
-    """First Ctrl-C asks the loop to stop (it finishes cleanly); a second one aborts."""
+    """First Ctrl-C (or SIGTERM) asks the loop to stop (it finishes cleanly, the recording kept
+    and the summary printed); a second one aborts."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self) -> _StopOnSigint:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -92,8 +124,8 @@ class _StopOnSigint:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 class _StepTimes:
@@ -165,7 +197,8 @@ class _Session:
 
     def __init__(self, pipeline: Pipeline, audio: AudioIO, options: ChatOptions, info):
         self.pipeline, self.audio, self.options = pipeline, audio, options
-        self.console = _Console(options.show_text)
+        whole_lines = options.stats or not sys.stdout.isatty()
+        self.console = _Console(options.show_text, whole_lines)
         pipeline.reset()
         self.transcript = Transcript(
             pipeline.audio_lag,
@@ -220,7 +253,9 @@ class _Session:
         self.audio.play(result.audio)
         self.transcript.add(result, done - self.started)
         if result.piece is not None:
-            self.console.piece(result.piece)
+            self.console.piece(result.piece, result.step)
+        else:
+            self.console.tick(result.step)
         if self.recorder is not None:
             self.recorder.moshi.write(result.audio)
         if self.options.stats and done - self.last_stats >= 1.0:
@@ -238,6 +273,7 @@ class _Session:
     def finish(self, error: BaseException | None) -> dict:
         """Close the recording, reset the pipeline, print the summary; returns the summary."""
         elapsed = time.perf_counter() - self.started
+        self.console.end_line()
         summary = _summary(self.audio, self.times, elapsed, self.transcript)
         if self.recorder is not None:
             self.recorder.add_played(self.audio.drain_played())  # up to the streams' very end

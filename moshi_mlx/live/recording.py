@@ -88,7 +88,7 @@ def finish_recording(recorder: Recorder, transcript: Transcript, summary: dict) 
     folder = recorder.folder
     transcript.save(folder / "transcript.txt", folder / "transcript.json")
     summary["played_blocks_lost"] = recorder.played_lost
-    record = {name: str(folder / name) for name in RECORD_FILES}
+    record = {name: str(folder.resolve() / name) for name in RECORD_FILES}  # from anywhere
     with replace_on_success(folder / "session.json") as tmp:
         Path(tmp).write_text(json.dumps({**summary, "files": record}, indent=1) + "\n")
     return record

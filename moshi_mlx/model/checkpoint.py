@@ -8,7 +8,6 @@ weights. The weights' layout and quantization always come from the tensors thems
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mimi_mlx.backend import lm_compute_dtype
-from mimi_mlx.hub import CheckpointError, hub_file, looks_like_repo_id
+from mimi_mlx.hub import CheckpointError, hub_file, looks_like_repo_id, missing_hint, read_json
 from mimi_mlx.weights import read_safetensors
 
 from .config import LmConfig
@@ -64,7 +63,7 @@ def resolve(checkpoint: str | Path, revision: str | None = None) -> CheckpointFi
     """Locate the language model's weights and config of a repo id, folder or file."""
     get, root, file = _getter(checkpoint, revision)
     config_path = get("config.json")
-    raw = json.loads(config_path.read_text()) if config_path is not None else None
+    raw = read_json(config_path) if config_path is not None else None
     # transformers' MoshiConfig (Kyutai's configs also say "model_type": "moshi")
     is_hf = raw is not None and ("depth_decoder_config" in raw or "architectures" in raw)
     layout = "hf" if is_hf else "kyutai"
@@ -73,7 +72,7 @@ def resolve(checkpoint: str | Path, revision: str | None = None) -> CheckpointFi
     if layout == "hf":
         index = get(HF_INDEX)
         if index is not None:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
             files = [get(s) for s in shards]
             missing = [s for s, f in zip(shards, files, strict=True) if f is None]
             if missing:
@@ -88,7 +87,9 @@ def resolve(checkpoint: str | Path, revision: str | None = None) -> CheckpointFi
         weights = get(name)
         if weights is not None:
             return CheckpointFiles([weights], raw, layout, root, get)
-    raise CheckpointError(f"{root} holds no Moshi weights: looked for {' or '.join(names)}")
+    raise CheckpointError(
+        f"{root} holds no Moshi weights: looked for {' or '.join(names)}{missing_hint(root)}"
+    )
 
 
 def config_from(files: CheckpointFiles) -> LmConfig:
@@ -169,7 +170,9 @@ def _load_mimi(files: CheckpointFiles):
         name = (files.config or {}).get("mimi_name", MIMI_FILE)
         path = files.get(name)
         if path is None:
-            raise CheckpointError(f"{files.root} holds no Mimi checkpoint ({name})")
+            raise CheckpointError(
+                f"{files.root} holds no Mimi checkpoint ({name}){missing_hint(files.root)}"
+            )
         mimi = load_mimi(path.parent if files.config else path)
     return mimi
 
