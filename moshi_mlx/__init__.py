@@ -21,6 +21,17 @@ Streaming, one 80 ms frame at a time::
     piece = ck.tokenizer.piece(int(text_token[0]))  # None for padding
     gen.reset()  # between sessions
 
+Speech to text with Kyutai's STT models (`kyutai/stt-1b-en_fr-mlx`, ...)::
+
+    from moshi_mlx import SttStream, load_checkpoint, transcribe_files
+    ck = load_checkpoint("kyutai/stt-1b-en_fr-mlx")
+    (result,) = transcribe_files(ck.lm, ck.mimi, ck.tokenizer, ["talk.wav"])
+    result.text, result.words  # words with start and end times in seconds
+    stream = SttStream(ck.lm, ck.mimi, ck.tokenizer, vad=True)  # vad: the -candle weights
+    for (step,) in stream.feed(pcm):  # any number of 24 kHz samples, e.g. 80 ms at a time
+        step.words, step.end_of_turn  # the words this step finished, P(speaker finished)
+    steps, last_words = stream.finish()  # the tail of silence, the last words
+
 Text to speech (Kyutai's TTS, `kyutai/tts-1.6b-en_fr`)::
 
     from moshi_mlx import TextToSpeech, load_checkpoint, load_voice
@@ -34,6 +45,8 @@ from mimi_mlx.hub import CheckpointError
 
 from .jobs.generate import MoshiGenerator
 from .jobs.sampling import Rng, Sampler
+from .jobs.stt import SttStream
+from .jobs.transcribe import transcribe_files
 from .jobs.tts import TextToSpeech, TTSSettings, load_voice
 from .model.checkpoint import Checkpoint, load_checkpoint, load_model
 from .model.config import LmConfig
@@ -49,10 +62,12 @@ __all__ = [
     "MoshiGenerator",
     "Rng",
     "Sampler",
+    "SttStream",
     "TTSSettings",
     "TextTokenizer",
     "TextToSpeech",
     "load_checkpoint",
     "load_model",
     "load_voice",
+    "transcribe_files",
 ]

@@ -7,9 +7,10 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, run, speak
+from .commands import chat, echo_cancel, run, speak, transcribe
 
-COMMANDS = (chat, run, speak)  # each module's `register(command)` adds its subcommand
+# each module's `register(command)` adds its subcommand
+COMMANDS = (chat, run, transcribe, speak, echo_cancel)
 
 EXAMPLES = """\
 examples:
@@ -22,6 +23,10 @@ examples:
                                   # replay a recorded chat bit for bit (talk/session.json has
                                   # its seed N and sampling settings)
   moshi-mlx run in.flac out.wav --temperature 0   # greedy: the same output every time
+  moshi-mlx chat --echo-cancel off                # headphones: the raw microphone
+  moshi-mlx echo-cancel talk/mic.wav talk/played.wav clean.wav  # check a room offline
+  moshi-mlx transcribe talk.wav --format srt -o talk.srt   # speech to text (Kyutai STT)
+  moshi-mlx transcribe                            # dictation from the microphone
   moshi-mlx speak "Hello there." hello.wav        # text to speech (kyutai/tts-1.6b-en_fr)
   moshi-mlx speak "Hello there."                  # spoken on the speaker as it is generated
 

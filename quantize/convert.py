@@ -230,8 +230,8 @@ def _config_json(source: SourceCheckpoint, files: dict[str, str], quantization: 
     config = {**base, **source.config.to_dict()}
     for key in (*FILE_KEYS, "quantization"):
         config.pop(key, None)
-    model_type = base.get("model_type", "moshi")  # "tts", "stt", ...: kept
-    return {**config, "model_type": model_type, **files, "quantization": quantization}
+    config["model_type"] = source.config.model_type  # "moshi", "stt", ...
+    return {**config, **files, "quantization": quantization}
 
 
 def convert(

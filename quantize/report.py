@@ -45,8 +45,11 @@ class RecipeResult:
     streams: dict[str, StreamStats]  # "text", "audio 0", ...
     weight_errors: dict[str, float] = field(default_factory=dict)  # path -> relative L2 error
 
-    def mean_audio(self) -> StreamStats:
+    def mean_audio(self) -> StreamStats | None:
+        """The audio streams' mean (None for a text-only model, such as Kyutai's STT)."""
         audio = [s for k, s in self.streams.items() if k.startswith("audio")]
+        if not audio:
+            return None
         return StreamStats(
             float(np.mean([s.kl for s in audio])),
             float(np.mean([s.top1 for s in audio])),
@@ -81,7 +84,11 @@ class Report:
             "inputs": self.inputs,
             "shape": list(self.shape),
             "results": [
-                {**asdict(r), "mean_audio": asdict(r.mean_audio()), "part_errors": r.part_errors()}
+                {
+                    **asdict(r),
+                    "mean_audio": asdict(r.mean_audio()) if r.mean_audio() else None,
+                    "part_errors": r.part_errors(),
+                }
                 for r in self.results
             ],
         }
@@ -108,7 +115,8 @@ class Report:
 
         for stream in self.results[0].streams:
             lines.append(row(stream, [r.streams[stream] for r in self.results]))
-        lines.append(row("audio mean", [r.mean_audio() for r in self.results]))
+        if self.results[0].mean_audio() is not None:
+            lines.append(row("audio mean", [r.mean_audio() for r in self.results]))
         lines.append(f"{'size':20}" + "".join(f"{_size(r.nbytes):>{col}}" for r in self.results))
         lines += ["", "relative weight error, mean / max over the part's layers"]
         parts = [p for p in [*PARTS, "other"] if any(p in r.part_errors() for r in self.results)]
@@ -188,7 +196,8 @@ def log_probs(model, codes: mx.array, batch: int) -> list[tuple[np.ndarray, np.n
     for i in range(0, codes.shape[0], batch):
         out = model.forward(codes[i : i + batch], conditions)
         texts.append(_log_softmax(out.text_logits))
-        audios.append(_log_softmax(out.logits))
+        # (a model without a depth decoder, as Kyutai's STT, has no audio logits)
+        audios.append(_log_softmax(out.logits) if out.logits.shape[1] else out.logits)
         tmasks.append(out.text_mask)
         amasks.append(out.mask)
         mx.eval(texts[-1], audios[-1], tmasks[-1], amasks[-1])

@@ -4,6 +4,8 @@
 python scripts/bench.py mimi        # Mimi: batch 10 s, streaming per 80 ms frame, vs PyTorch
 python scripts/bench.py lm          # Moshi's LM: ms per step for each precision, memory
 python scripts/bench.py quantize    # conversion time and memory, quantization report
+python scripts/bench.py aec         # echo cancellers: ERLE, double talk, CPU on simulated rooms
+python scripts/bench.py stt         # Kyutai STT 1B: real-time factor, batch of 8, vs PyTorch
 python scripts/bench.py tts         # TTS: time to first audio, real-time factor, vs PyTorch
 """
 
@@ -20,6 +22,8 @@ COMMANDS = {
     "mimi": ("bench_mimi", "Mimi codec: ours vs Kyutai's PyTorch reference"),
     "lm": ("bench_lm", "Moshi language model: step time, memory, load time"),
     "quantize": ("bench_quantize", "checkpoint conversion and the quantization report"),
+    "aec": ("bench_aec", "echo cancellers on the same simulated rooms"),
+    "stt": ("bench_stt", "Kyutai STT 1B: real-time factor and memory, ours vs Kyutai's PyTorch"),
     "tts": ("bench_tts", "Kyutai's TTS: time to first audio, real-time factor, memory, vs PyTorch"),
 }
 

@@ -1,7 +1,8 @@
 """Write a tiny random Moshi (or TTS) checkpoint folder in Kyutai's real repo layout.
 
     python scripts/make_tiny_checkpoint.py /tmp/tiny-moshi [--quantize 4|8] [--seed 0]
-    python scripts/make_tiny_checkpoint.py /tmp/tiny-tts --tts  # + voices/tiny, voices/tiny2
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-stt --kind stt   # Kyutai STT's layout
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-tts --kind tts   # + voices/tiny, voices/tiny2
 
 The folder works wherever a Kyutai repo id does (`load_model`, `load_checkpoint`, the apps):
 config.json, the language model (Kyutai MLX layout), Mimi, and a SentencePiece tokenizer. The
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
-from moshi_mlx.model.tiny import make_tiny_checkpoint, make_tiny_tts_checkpoint
+from moshi_mlx.model.tiny import KINDS, make_tiny_checkpoint
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -29,12 +30,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="write model.q4 (group 32) or model.q8 (group 64) instead of float weights",
     )
     parser.add_argument(
-        "-f", "--force", action="store_true", help="write into a folder that is not empty"
+        "--kind",
+        choices=KINDS,
+        default="moshi",
+        help="moshi (kyutai/moshiko-mlx-*), stt (kyutai/stt-1b-en_fr-mlx, with the "
+        "voice-activity heads) or tts (kyutai/tts-1.6b-en_fr, with two voices tiny and tiny2)",
     )
     parser.add_argument(
-        "--tts",
-        action="store_true",
-        help="a text-to-speech model (kyutai/tts-1.6b-en_fr's layout) with two tiny voices",
+        "-f", "--force", action="store_true", help="write into a folder that is not empty"
     )
     return parser
 
@@ -45,10 +48,11 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"{folder} is a file, not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not args.force:
         raise ValueError(f"{folder} is not empty (use --force to write the checkpoint into it)")
-    make = make_tiny_tts_checkpoint if args.tts else make_tiny_checkpoint
-    folder = make(folder, seed=args.seed, quantize_bits=args.quantize)
-    kind = "TTS" if args.tts else "Moshi"
-    print(f"wrote a tiny random {kind} checkpoint to {folder}")
+    folder = make_tiny_checkpoint(
+        folder, seed=args.seed, quantize_bits=args.quantize, kind=args.kind
+    )
+    what = {"stt": "STT", "tts": "TTS"}.get(args.kind, "Moshi")
+    print(f"wrote a tiny random {what} checkpoint to {folder}")
 
 
 def main(argv: list[str] | None = None) -> int:

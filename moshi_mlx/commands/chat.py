@@ -31,14 +31,26 @@ def register(command) -> None:
         metavar="HZ",
         help="open the devices at this rate and resample (default: 24000 when supported)",
     )
+    audio.add_argument(
+        "--echo-cancel",
+        choices=("on", "off"),
+        default="on",
+        help="take Moshi's voice out of the microphone, so the laptop's own speakers work "
+        "(WebRTC AEC3; default on; off: the raw microphone, e.g. with headphones)",
+    )
     session = chat.add_argument_group("session")
     session.add_argument(
         "--record",
         metavar="DIR",
         type=Path,
-        help="save user.wav, moshi.wav, played.wav, transcript.txt/.json and session.json",
+        help="save user.wav (what Moshi heard), mic.wav (the raw microphone), moshi.wav, "
+        "played.wav, transcript.txt/.json and session.json",
     )
-    session.add_argument("--stats", action="store_true", help="print live statistics each second")
+    session.add_argument(
+        "--stats",
+        action="store_true",
+        help="print live statistics each second (with the echo delay and reduction)",
+    )
     session.add_argument(
         "--max-lag",
         type=options.positive_int,
@@ -71,6 +83,10 @@ def _chat(args: argparse.Namespace) -> None:
     output_device = choose_device(args.output_device, "output", args.device_rate)
     if args.record is not None:
         check_record_dir(args.record, args.force)
+    if args.echo_cancel == "on":
+        from ..live.echo import check_engine
+
+        check_engine()
     source = options.source_of(args)
     pipeline = options.pipeline(args, source, live=True)
     pipeline.warmup()
@@ -88,5 +104,6 @@ def _chat(args: argparse.Namespace) -> None:
         prefill_frames=PREFILL_FRAMES,
         capacity_frames=PREFILL_FRAMES + max_lag_frames,
         log_played=args.record is not None,
+        echo_cancel=args.echo_cancel == "on",
     )
     run_chat(pipeline, audio, chat_options, {"checkpoint": recorded_name(source)})

@@ -9,6 +9,10 @@ thread.
 
 Separate input and output streams (not one duplex stream), mono, 24 kHz and 1920-sample blocks
 when the device supports it; otherwise the device's own rate, resampled with soxr.
+
+With `echo_cancel`, both callbacks also note PortAudio's timestamps (`inputBufferAdcTime`,
+`outputBufferDacTime`) and the output callback keeps a copy of each block it played: `echo`
+pairs them and takes the speaker's echo out of the microphone (see `echo`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import soxr
 
 from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
 from .devices import DeviceChoice, load_sounddevice
+from .echo import Canceller, EchoPath
 from .jitter import JitterBuffer
 
 FADE_SECONDS = 0.005  # ramp to and from silence around an underrun
@@ -91,6 +96,7 @@ class InputCapture:
         self.device = device
         self.capacity = capacity
         self.blocks: deque[np.ndarray] = deque()
+        self.times: deque[float] = deque()  # each block's inputBufferAdcTime (same order)
         self.dropped = 0  # blocks dropped because the queue was full
         self.max_depth = 0
         self.status_errors = 0  # callbacks PortAudio flagged (overflow)
@@ -112,6 +118,7 @@ class InputCapture:
         if len(self.blocks) >= self.capacity:
             self.dropped += 1
             return
+        self.times.append(time_info.inputBufferAdcTime or time_info.currentTime)
         if indata.shape[1] == 1:
             self.blocks.append(indata[:, 0].copy())
         else:
@@ -127,11 +134,20 @@ class OutputPlayer:
         device: the output device.
         buffer: the jitter buffer, at the device's rate.
         latency: PortAudio's suggested latency ("low", "high" or seconds).
+        keep_played: also queue (outputBufferDacTime, copy of the block) in `played` (the echo
+            canceller's reference).
     """
 
-    def __init__(self, sd, device: DeviceChoice, buffer: JitterBuffer, latency="low"):
+    PLAYED_BLOCKS = 100  # 8 s of played blocks waiting for the echo canceller at most
+
+    def __init__(
+        self, sd, device: DeviceChoice, buffer: JitterBuffer, latency="low", keep_played=False
+    ):
         self.device = device
         self.buffer = buffer
+        self.played: deque[tuple[float, np.ndarray]] | None = (
+            deque(maxlen=self.PLAYED_BLOCKS) if keep_played else None
+        )
         self.status_errors = 0  # callbacks PortAudio flagged (underflow)
         self.pace = CallbackPace(
             device.blocksize / device.rate
@@ -155,11 +171,14 @@ class OutputPlayer:
         if status:
             self.status_errors += 1
         if outdata.shape[1] == 1:
-            self.buffer.fill(outdata[:, 0])
+            out = outdata[:, 0]
+            self.buffer.fill(out)
         else:
             out = self._mono[:frames]
             self.buffer.fill(out)
             outdata[:] = out[:, None]
+        if self.played is not None:
+            self.played.append((time_info.outputBufferDacTime or time_info.currentTime, out.copy()))
 
 
 OUTPUT_START_TIMEOUT = 3.0  # seconds to wait for the speaker's first callback
@@ -178,6 +197,8 @@ class AudioIO:
             `prefill_frames`).
         log_played: keep what the speaker played for `drain_played`.
         latency: PortAudio's suggested latency for both streams ("low", "high" or seconds).
+        echo_cancel: take the speaker's echo out of the microphone (`echo`); `read_frame`
+            then returns the cancelled frame and `last_mic` the raw one.
     """
 
     def __init__(
@@ -188,6 +209,7 @@ class AudioIO:
         capacity_frames: int = 4,
         log_played: bool = False,
         latency: str | float = "low",
+        echo_cancel: bool = False,
     ):
         sd = load_sounddevice()
         self.input_device, self.output_device = input_device, output_device
@@ -200,7 +222,7 @@ class AudioIO:
         )
         self.capture = InputCapture(sd, input_device, latency=latency)
         try:
-            self.player = OutputPlayer(sd, output_device, self.buffer, latency)
+            self.player = OutputPlayer(sd, output_device, self.buffer, latency, echo_cancel)
         except BaseException:
             self.capture.stream.close()
             raise
@@ -208,6 +230,11 @@ class AudioIO:
         self._out_resampler = _resampler(SAMPLE_RATE, output_device.rate)
         self._pending = np.zeros(0, np.float32)  # 24 kHz samples not yet cut into a frame
         self.dropped_frames = 0  # input frames skipped by `drop_frames`
+        self.echo: EchoPath | None = None
+        if echo_cancel:
+            self.echo = EchoPath(Canceller(), input_device.rate, output_device.rate)
+        self._raw_pending = np.zeros(0, np.float32)  # the same samples before cancellation
+        self.last_mic: np.ndarray | None = None  # the raw microphone of the last `read_frame`
 
     def __enter__(self) -> AudioIO:
         # The speaker first: some devices take a second to start, and Moshi's answers to a
@@ -233,14 +260,31 @@ class AudioIO:
             stream.close()
 
     def _pull(self) -> None:
+        if self.echo is not None:
+            self._pull_cancelled()
+            return
         blocks = []
         while self.capture.blocks:
             block = self.capture.blocks.popleft()
+            self.capture.times.popleft()
             if self._in_resampler is not None:
                 block = self._in_resampler.resample_chunk(block)
             blocks.append(block)
         if blocks:
             self._pending = np.concatenate([self._pending, *blocks])
+            self._raw_pending = self._pending
+
+    def _pull_cancelled(self) -> None:
+        played = self.player.played
+        while played:
+            self.echo.add_played(*played.popleft())
+        while self.capture.blocks:
+            block = self.capture.blocks.popleft()
+            self.echo.add_mic(self.capture.times.popleft(), block)
+        frames = self.echo.frames()
+        if frames:
+            self._raw_pending = np.concatenate([self._raw_pending, *(raw for raw, _ in frames)])
+            self._pending = np.concatenate([self._pending, *(out for _, out in frames)])
 
     def frames_waiting(self) -> int:
         """Whole input frames ready to be read."""
@@ -253,6 +297,10 @@ class AudioIO:
         if len(self._pending) < FRAME_SIZE:
             return None
         frame, self._pending = self._pending[:FRAME_SIZE], self._pending[FRAME_SIZE:]
+        self.last_mic, self._raw_pending = (
+            self._raw_pending[:FRAME_SIZE],
+            self._raw_pending[FRAME_SIZE:],
+        )
         return frame
 
     def drop_frames(self, keep: int = 1) -> int:
@@ -260,6 +308,7 @@ class AudioIO:
         self._pull()
         n = max(0, len(self._pending) // FRAME_SIZE - keep)
         self._pending = self._pending[n * FRAME_SIZE :]
+        self._raw_pending = self._raw_pending[n * FRAME_SIZE :]
         self.dropped_frames += n
         return n
 
@@ -304,6 +353,7 @@ class AudioIO:
                 "status_errors": self.player.status_errors,
             },
             "input_block": block_in,
+            "echo_cancel": self.echo.stats() if self.echo is not None else None,
         }
 
 

@@ -212,6 +212,7 @@ class _Session:
         self.last_stats = self.last_check = self.last_lag_report = self.started
         self.lag_pending = 0  # frames skipped since the last notice
         self._submit_times: deque[float] = deque()  # seconds spent submitting pending frames
+        self.echo_resets_seen = 0
 
     def over(self) -> bool:
         duration = self.options.duration
@@ -230,6 +231,13 @@ class _Session:
             self.lag_pending += self.audio.drop_frames(keep=1)
         if self.lag_pending and now - self.last_lag_report >= LAG_REPORT_INTERVAL:
             self._report_lag(now)
+        if self.audio.echo is not None and len(self.audio.echo.resets) > self.echo_resets_seen:
+            if not self.echo_resets_seen:  # once; the summary counts them all
+                self.console.notice(
+                    f"echo canceller reset: {self.audio.echo.resets[0]} (a device change or a "
+                    "stall); it adapts again within a second or two"
+                )
+            self.echo_resets_seen = len(self.audio.echo.resets)
         if waiting and self.pipeline.pending < self.AHEAD:
             self.submit()
         elif self.pipeline.pending:
@@ -244,6 +252,7 @@ class _Session:
         self._submit_times.append(time.perf_counter() - t)
         if self.recorder is not None:
             self.recorder.user.write(frame)
+            self.recorder.mic.write(self.audio.last_mic)
 
     def collect(self) -> None:
         t = time.perf_counter()
@@ -317,7 +326,13 @@ def _stats_line(times: _StepTimes, audio: AudioIO) -> str:
         f"output buffer {s['output']['buffered_frames']:.1f} frames | "
         f"skipped {s['input']['skipped_frames']} frames | "
         f"underruns {s['output']['underruns']}"
-    )
+    ) + ("" if s["echo_cancel"] is None else f" | {_echo_text(s['echo_cancel'])}")
+
+
+def _echo_text(echo: dict) -> str:
+    delay = "?" if echo["delay_ms"] is None else f"{echo['delay_ms']:.0f} ms"
+    reduction = "?" if echo["reduction_db"] is None else f"{echo['reduction_db']:.0f} dB"
+    return f"echo delay {delay}, reduced by {reduction}"
 
 
 def _summary(audio: AudioIO, times: _StepTimes, elapsed: float, transcript: Transcript) -> dict:
@@ -345,6 +360,12 @@ def _summary_text(s: dict) -> str:
         f"{o['latency_trims']} latency cuts ({o['trimmed_ms']} ms skipped), "
         f"max buffer {o['max_buffered_frames']:.1f} frames",
     ]
+    echo = s.get("echo_cancel")
+    if echo is not None:
+        lines.append(
+            f"echo cancellation: {_echo_text(echo)}; {echo['resets']} resets, "
+            f"{echo['cpu_ms_per_frame']:.1f} ms per frame"
+        )
     if "recording" in s:
         lines.append(f"recorded in {Path(s['recording']['user.wav']).parent}")
     return "\n".join(lines)

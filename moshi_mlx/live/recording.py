@@ -5,6 +5,8 @@ appear under their names when the session ends, on errors too:
 
 - `user.wav`: the frames Moshi heard (float32, 24 kHz; skipped frames are not in it), so that
   `moshi-mlx run DIR/user.wav OUT.wav --seed SEED` reproduces the session;
+- `mic.wav`: the same frames as the microphone gave them, before echo cancellation (with
+  `played.wav`, `moshi-mlx echo-cancel` replays the cancellation offline);
 - `moshi.wav`: Moshi's audio, one frame per step (float32, 24 kHz);
 - `played.wav`: what the speaker was sent, silences included (float32, the device's rate);
 - `transcript.txt`, `transcript.json`: the text with timestamps (see `transcript`);
@@ -26,6 +28,7 @@ from ..jobs.transcript import Transcript
 
 RECORD_FILES = (
     "user.wav",
+    "mic.wav",
     "moshi.wav",
     "played.wav",
     "transcript.txt",
@@ -52,9 +55,10 @@ class Recorder:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.user = AudioWriter(folder / "user.wav", SAMPLE_RATE, float32=True)
+        self.mic = AudioWriter(folder / "mic.wav", SAMPLE_RATE, float32=True)
         self.moshi = AudioWriter(folder / "moshi.wav", SAMPLE_RATE, float32=True)
         self.played = AudioWriter(folder / "played.wav", output_rate, float32=True)
-        self.writers = [self.user, self.moshi, self.played]
+        self.writers = [self.user, self.mic, self.moshi, self.played]
         self.next_played = 0
         self.played_lost = 0  # played blocks missing from the log (drained too late)
         opened = []

@@ -150,7 +150,8 @@ class LmConfig:
                 f"got {len(self.delays)}"
             )
         schedule = self.depformer_weights_per_step_schedule
-        if schedule is not None and len(schedule) != self.dep_q:
+        # (a model without a depth decoder, as Kyutai's STT, ignores its depformer_* keys)
+        if self.dep_q > 0 and schedule is not None and len(schedule) != self.dep_q:
             raise ValueError(f"depformer_weights_per_step_schedule needs {self.dep_q} entries")
         if self.demux_second_text_stream and self.norm_emb:
             raise ValueError("demux_second_text_stream does not go with norm_emb (as Kyutai's)")
@@ -161,6 +162,11 @@ class LmConfig:
             )
 
     # -- derived facts -------------------------------------------------------------------------
+    @property
+    def model_type(self) -> str:
+        """Kyutai's `model_type`: "moshi", "hibiki", "stt", "tts" (absent: "moshi")."""
+        return self.extra.get("model_type", "moshi")
+
     @property
     def num_codebooks(self) -> int:
         """Streams in the model's input: text + audio (17 for Moshi)."""

@@ -7,7 +7,7 @@ load as they are. Two entry points: `forward` (teacher-forced over a whole seque
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -149,6 +149,19 @@ class Lm(StreamingModule):
         out = self.out_norm(x)
         return out, self.text_linear(out)
 
+    def extra_head_probs(self, transformer_out: mx.array) -> mx.array:
+        """Softmax of each extra head (STT's voice activity): (B, T, dim) -> (B, T, heads, 6)."""
+        if not self.extra_heads:
+            raise ValueError("this checkpoint has no extra (voice-activity) heads")
+        logits = mx.stack([head(transformer_out) for head in self.extra_heads], axis=2)
+        return mx.softmax(logits.astype(mx.float32), axis=-1)
+
+    def drop_extra_heads(self) -> None:
+        """Forget the extra heads a config declares but a checkpoint lacks (Kyutai's STT `-mlx`
+        repos): the model then says it has none (`cfg.extra_heads_num_heads` 0)."""
+        self.extra_heads = []
+        self.cfg = replace(self.cfg, extra_heads_num_heads=0)
+
     def step(
         self, tokens: mx.array, condition: mx.array | None = None, cross: list | None = None
     ) -> tuple[mx.array, mx.array]:
@@ -190,9 +203,13 @@ class Lm(StreamingModule):
         condition = self.condition(conditions, B)
         cross = self.cross_condition(conditions, B)
         out, text_logits = self._heads(self.transformer(self.embed(inputs, condition), cross=cross))
-        logits = self.depformer(out, delayed[:, : cfg.dep_q])  # delayed time axis
-        logits, mask = undelay(logits, cfg.delays[1 : 1 + cfg.dep_q])
-        mask = mask & (codes[:, 1 : 1 + cfg.dep_q] != -1)
+        if cfg.dep_q:
+            logits = self.depformer(out, delayed[:, : cfg.dep_q])  # delayed time axis
+            logits, mask = undelay(logits, cfg.delays[1 : 1 + cfg.dep_q])
+            mask = mask & (codes[:, 1 : 1 + cfg.dep_q] != -1)
+        else:  # no depth decoder (Kyutai's STT): text is the only output
+            logits = mx.zeros((B, 0, T, cfg.card), dtype=out.dtype)
+            mask = mx.zeros((B, 0, T), dtype=mx.bool_)
         text_logits, text_mask = undelay(text_logits[:, None], cfg.delays[:1])
         text_mask = text_mask & (codes[:, :1] != -1)
         return LmOutput(text_logits, text_mask, logits, mask)

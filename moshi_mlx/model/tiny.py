@@ -1,4 +1,5 @@
-"""Tiny random Moshi and TTS checkpoints in Kyutai's real repo layouts, to try the apps anywhere.
+"""Tiny random Moshi, STT and TTS checkpoints in Kyutai's real repo layouts, to try the apps
+anywhere.
 
 The folder holds what `kyutai/moshiko-mlx-*` holds: `config.json` (the model's keys and the file
 names), the language model in Kyutai's MLX layout (`model.safetensors`, or quantized
@@ -62,6 +63,39 @@ TINY_LM = {
     "depformer_weights_per_step": True,
     "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
 }
+
+
+# Kyutai's STT architecture (`kyutai/stt-1b-en_fr`: all 32 Mimi codebooks in, no depth decoder,
+# delays 0, voice-activity heads, text 0.5 s behind the audio) at a tiny width. The depformer
+# keys are there, as in Kyutai's config, and ignored.
+TINY_STT = {
+    **{k: v for k, v in TINY_LM.items() if not k.startswith("depformer_")},
+    "text_card": 96,
+    "n_q": 32,
+    "dep_q": 0,
+    "context": 750,
+    "max_period": 100000,
+    "delays": [0] * 33,
+    "depformer_dim": 64,
+    "depformer_num_heads": 4,
+    "depformer_num_layers": 2,
+    "depformer_multi_linear": True,
+    "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True,
+    "extra_heads_num_heads": 4,
+    "extra_heads_dim": 6,
+}
+STT_FILES = {  # the names Kyutai's STT repos use
+    "mimi_name": "mimi-pytorch-e351c8d8@125.safetensors",
+    "tokenizer_name": "tokenizer_en_fr_audio_8000.model",
+}
+STT_KEYS = {
+    "model_type": "stt",
+    "stt_config": {"audio_delay_seconds": 0.5, "audio_silence_prefix_seconds": 0.0},
+    "lm_gen_config": {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50},
+}
+KINDS = ("moshi", "stt", "tts")
+HEAD_SCALE = 12.0  # the random extra heads' weights, scaled so their softmax is not flat
 
 
 # Kyutai's TTS architecture (kyutai/tts-1.6b-en_fr: every codebook generated, a demuxed second
@@ -189,6 +223,8 @@ def save_random_lm(
     folder.mkdir(parents=True, exist_ok=True)
     mx.random.seed(seed)
     lm = Lm(cfg)  # lazy random weights: nothing is computed yet
+    for head in lm.extra_heads:  # confident voice-activity heads: ends of turn do happen
+        head.weight = head.weight * HEAD_SCALE
     name = "model.safetensors"
     if quantize_bits is not None:
         nn.quantize(lm, group_size=QUANTIZATION[quantize_bits], bits=quantize_bits)
@@ -203,28 +239,42 @@ def save_random_lm(
 
 
 def make_tiny_checkpoint(
-    folder: str | Path, seed: int = 0, quantize_bits: int | None = None
+    folder: str | Path, seed: int = 0, quantize_bits: int | None = None, kind: str = "moshi"
 ) -> Path:
-    """Write a tiny random Moshi repo folder (Kyutai's layout) and return its path.
+    """Write a tiny random Moshi (or STT) repo folder (Kyutai's layout) and return its path.
 
     Args:
         folder: where to write (created if needed).
         seed: seed of the random weights.
         quantize_bits: None for float weights (`model.safetensors`), 8 or 4 for Kyutai's
             `model.q8.safetensors` (group 64) / `model.q4.safetensors` (group 32).
+        kind: "moshi" (`kyutai/moshiko-mlx-*`'s architecture), "stt"
+            (`kyutai/stt-1b-en_fr-mlx`'s, with the voice-activity heads) or "tts"
+            (`kyutai/tts-1.6b-en_fr`'s, with two voices; `make_tiny_tts_checkpoint`).
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "tts":
+        return make_tiny_tts_checkpoint(folder, seed, quantize_bits)
     folder = Path(folder)
-    moshi_name = save_random_lm(LmConfig.from_dict(TINY_LM), folder, seed, quantize_bits).name
-    write_tiny_mimi(folder, seed + 1)
-    write_tiny_tokenizer(folder, TOKENIZER_FILE)
+    lm = TINY_STT if kind == "stt" else TINY_LM
+    files = (
+        STT_FILES if kind == "stt" else {"mimi_name": KYUTAI_FILE, "tokenizer_name": TOKENIZER_FILE}
+    )
+    moshi_name = save_random_lm(LmConfig.from_dict(lm), folder, seed, quantize_bits).name
+    mimi = _random_mimi(seed + 1)
+    save_mimi_kyutai(mimi, folder / files["mimi_name"])
+    (folder / "mimi_config.json").write_text(json.dumps(mimi.cfg.to_dict(), indent=2))
+    tokenizer = Path(files["tokenizer_name"])
+    _train_tokenizer(folder / tokenizer.stem, vocab_size=200)
+    (folder / tokenizer.with_suffix(".vocab").name).unlink(missing_ok=True)
 
     config = {
-        **TINY_LM,
+        **lm,
         "moshi_name": moshi_name,
-        "mimi_name": KYUTAI_FILE,
+        **files,
         "mimi_config_name": "mimi_config.json",
-        "tokenizer_name": TOKENIZER_FILE,
-        "model_type": "moshi",
+        **(STT_KEYS if kind == "stt" else {"model_type": "moshi"}),
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder

@@ -37,8 +37,9 @@ class TextTokenizer:
         return self.sp.encode(text)
 
     def decode(self, tokens: list[int]) -> str:
-        """Text of a token sequence, padding tokens dropped."""
-        return self.sp.decode([t for t in tokens if t not in SILENT_TOKENS])
+        """Text of a token sequence, padding (and ids the vocabulary lacks) dropped."""
+        n = self.vocab_size
+        return self.sp.decode([t for t in tokens if t not in SILENT_TOKENS and 0 <= t < n])
 
     def piece(self, token: int) -> str | None:
         """What a live app prints for one text token: None for padding, `▁` shown as a space."""

@@ -384,6 +384,11 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
     tensors = normalize_names(tensors)
     fmt = detect_format(tensors)
     rows = name_table(model.cfg, fmt)
+    heads = [row for row in rows if row[0].startswith("extra_heads.")]
+    if heads and not {s for _, sources, _ in heads for s in sources} & tensors.keys():
+        # declared by the config but absent from the weights (Kyutai's STT `-mlx` repos)
+        model.drop_extra_heads()
+        rows = [row for row in rows if row not in heads]
     expected = {s for _, sources, _ in rows for s in sources}
     unused = unused_sources(model.cfg, fmt)
     quantized: dict[str, tuple[int, int]] = {}
