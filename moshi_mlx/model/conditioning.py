@@ -135,6 +135,16 @@ class ConditionProvider(nn.Module):
         for name in self._sum + self._cross:
             if name not in self.conditioners:
                 raise ValueError(f"the fuser names {name!r}, which is not a conditioner")
+        for names, kind, how in (
+            (self._sum, LutConditioner, "sum"),
+            (self._cross, TensorConditioner, "cross"),
+        ):
+            wrong = [n for n in names if not isinstance(self.conditioners[n], kind)]
+            if wrong:
+                raise NotImplementedError(
+                    f"conditions {wrong} cannot be fused by {how!r}: lookup tables are summed, "
+                    "tensors attended to (cross)"
+                )
 
     @property
     def names(self) -> list[str]:
