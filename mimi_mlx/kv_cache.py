@@ -67,17 +67,35 @@ class RingKVCache:
         held = ring_positions(self.offset, self.capacity)[: self._slots(self.offset)]
         return mx.concatenate([held, new])
 
-    def _write(self, k: mx.array, v: mx.array) -> None:
-        """Store the last `min(T, capacity)` of `k, v` (B, H, T, D) at their ring slots."""
-        B, H, T, D = k.shape
+    def _grow(self, T: int, shape: tuple[int, ...], dtype: mx.Dtype) -> None:
+        """Allocate the slots positions up to `offset + T` need (shape: B, H, _, D)."""
+        B, H, _, D = shape
         slots = self._slots(self.offset + T)
         if self.keys is None:
-            self.keys = mx.zeros((B, H, slots, D), dtype=k.dtype)
-            self.values = mx.zeros((B, H, slots, D), dtype=v.dtype)
+            self.keys = mx.zeros((B, H, slots, D), dtype=dtype)
+            self.values = mx.zeros((B, H, slots, D), dtype=dtype)
         elif self.keys.shape[2] < slots:  # grow by whole blocks
             more = slots - self.keys.shape[2]
-            self.keys = mx.concatenate([self.keys, mx.zeros((B, H, more, D), k.dtype)], axis=2)
-            self.values = mx.concatenate([self.values, mx.zeros((B, H, more, D), v.dtype)], 2)
+            self.keys = mx.concatenate([self.keys, mx.zeros((B, H, more, D), dtype)], axis=2)
+            self.values = mx.concatenate([self.values, mx.zeros((B, H, more, D), dtype)], 2)
+
+    def reserve(self, T: int) -> bool:
+        """Make room for T more tokens written in place; False if that cannot be done here.
+
+        The ring must already hold arrays (their batch, heads, width and dtype) and the T
+        tokens must be written before attending, into consecutive slots.
+        """
+        if self.keys is None or not self._writes_first(T):
+            return False
+        if self.offset % self.capacity + T > self.capacity:
+            return False
+        self._grow(T, self.keys.shape, self.keys.dtype)
+        return True
+
+    def _write(self, k: mx.array, v: mx.array) -> None:
+        """Store the last `min(T, capacity)` of `k, v` (B, H, T, D) at their ring slots."""
+        T = k.shape[2]
+        self._grow(T, k.shape, k.dtype)
         n = min(T, self.capacity)
         k, v = k[:, :, T - n :], v[:, :, T - n :]
         start = (self.offset + T - n) % self.capacity

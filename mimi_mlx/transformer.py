@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 import mlx.core as mx
 import mlx.nn as nn
 
+from .compiled import compile_enabled, compiled_layer_step
 from .kv_cache import RingKVCache
 from .streaming import StreamingModule
 
@@ -128,9 +129,9 @@ class GatedMLP(nn.Module):
         self.activation = activation
 
     def __call__(self, x: mx.array) -> mx.array:
-        B, T, _ = x.shape
-        h = self.linear_in(x).reshape(B, T, 2, -1)
-        return self.linear_out(ACTIVATIONS[self.activation](h[:, :, 0]) * h[:, :, 1])
+        h = self.linear_in(x)
+        hidden = h.shape[-1] // 2
+        return self.linear_out(ACTIVATIONS[self.activation](h[..., :hidden]) * h[..., hidden:])
 
 
 class MLP(nn.Module):
@@ -191,14 +192,14 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.in_proj(x)
-        q = qkv[..., : H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3)
-        k = qkv[..., H * D : (H + KV) * D].reshape(B, T, KV, D).transpose(0, 2, 1, 3)
+        qk = qkv[..., : (H + KV) * D].reshape(B, T, H + KV, D).transpose(0, 2, 1, 3)
         v = qkv[..., (H + KV) * D :].reshape(B, T, KV, D).transpose(0, 2, 1, 3)
-        offset = cache.offset
-        if self.rope:
+        if self.rope:  # queries and keys in one call: the same rotation for every head
             # Kyutai rotates interleaved pairs (x0, x1), (x2, x3), ...: MLX's "traditional" RoPE.
-            q = mx.fast.rope(q, D, traditional=True, base=self.max_period, scale=1.0, offset=offset)
-            k = mx.fast.rope(k, D, traditional=True, base=self.max_period, scale=1.0, offset=offset)
+            qk = mx.fast.rope(
+                qk, D, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset
+            )
+        q, k = qk[:, :H], qk[:, H:]
         keys, values = cache.update_and_fetch(k, v)
         return self.out_proj(attend(q, keys, values, mask))
 
@@ -294,17 +295,21 @@ class Transformer(StreamingModule):
     streaming the same tokens.
     """
 
-    def __init__(self, cfg: TransformerConfig, step_tokens: int = 1):
+    def __init__(self, cfg: TransformerConfig, step_tokens: int = 1, compile_steps: bool = False):
         """Args:
         cfg: the hyper-parameters.
         step_tokens: tokens a streaming step usually carries (2 for Mimi's 25 Hz transformers
             at one 12.5 Hz frame a step); the rings get room for them beyond the context.
+        compile_steps: run one-token streaming steps through compiled layers
+            (`mimi_mlx.compiled`); the outputs are the same.
         """
         super().__init__()
         self.cfg = cfg
         self.step_tokens = step_tokens
         self.layers = [TransformerLayer(cfg) for _ in range(cfg.num_layers)]
         self._caches: list[RingKVCache] | None = None
+        self._compile_steps = compile_steps and compile_enabled()
+        self._compiled: list | None = None
 
     def make_caches(self) -> list[RingKVCache]:
         """Fresh caches, one a layer, each holding the attention context."""
@@ -328,7 +333,12 @@ class Transformer(StreamingModule):
         if self.cfg.causal:  # one mask for all layers
             queries = mx.arange(offset, offset + T, dtype=mx.int32)
             mask = attention_mask(queries, caches[0].key_positions(T), self.cfg.context)
-        for i, (layer, cache) in enumerate(zip(self.layers, caches, strict=True)):
+        layers = self.layers
+        if self._compile_steps and T == 1:
+            if self._compiled is None:
+                self._compiled = [compiled_layer_step(layer) for layer in self.layers]
+            layers = self._compiled
+        for i, (layer, cache) in enumerate(zip(layers, caches, strict=True)):
             x = layer(x, cache, mask, None if cross is None else cross[i])
         return x
 

@@ -7,7 +7,8 @@ Random weights in Kyutai's MLX layout are written once per (config, precision) t
 (built one tensor at a time: the full-precision 7B never sits in memory), then each precision is
 measured in a fresh process so its peak resident memory is its own. Precisions: `fp32` and
 `bf16` (float weights, float32 or bfloat16 activations), `q8` (8 bits, group 64) and `q4`
-(4 bits, group 32), quantized with `nn.quantize` as Kyutai's MLX files are.
+(4 bits, group 32), quantized with `nn.quantize` as Kyutai's MLX files are, with the backend's
+activations (`lm_compute_dtype()`: float32 on the CPU, bfloat16 on a GPU).
 """
 
 from __future__ import annotations
@@ -88,11 +89,13 @@ def _worker(args: argparse.Namespace) -> None:
     """Measure one precision in this process; print one JSON line."""
     import mlx.core as mx
 
+    from mimi_mlx.backend import lm_compute_dtype
     from moshi_mlx import MoshiGenerator, load_model
 
     mode = args.worker
     folder = Path(args.workdir) / args.checkpoint
-    dtype = mx.bfloat16 if mode == "bf16" else mx.float32
+    # fp32 / bf16: float weights in that dtype; q8 / q4: the backend's activations (as the apps)
+    dtype = {"fp32": mx.float32, "bf16": mx.bfloat16}.get(mode, lm_compute_dtype())
     start = time.perf_counter()
     model = load_model(folder, dtype=dtype)
     load_s = time.perf_counter() - start
@@ -110,6 +113,7 @@ def _worker(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "mode": mode,
+                "dtype": str(dtype).split(".")[-1],
                 "load_s": load_s,
                 "ms_per_step": 1000 * sum(times) / len(times),
                 "peak_rss_gb": peak_rss / 1e9,
@@ -195,7 +199,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
         row["write_s"] = write_s
         rows.append(row)
         print(
-            f"{mode:>5}: {row['ms_per_step']:9.1f} ms/step   load {row['load_s']:6.1f} s   "
+            f"{mode:>5} ({row['dtype']} activations): {row['ms_per_step']:9.1f} ms/step   "
+            f"load {row['load_s']:6.1f} s   "
             f"peak RSS {row['peak_rss_gb']:5.2f} GB   (MLX peak {row['peak_mlx_gb']:.2f} GB)",
             flush=True,
         )

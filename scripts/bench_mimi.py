@@ -156,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
         rows.append((f"PyTorch {ref['version']} ({ref['threads']} threads)", ref))
 
     n_q = args.num_quantizers
-    print(f"Mimi full size, {n_q} codebooks, {args.seconds:g} s batch, {args.frames} frames")
+    print(
+        f"Mimi full size, float32, {n_q} codebooks, {args.seconds:g} s batch, {args.frames} frames"
+    )
     print(
         f"{'':34} {'encode':>9} {'decode':>9} {'enc step':>10} {'dec step':>10} "
         f"{'per frame':>10} {'vs PyTorch':>10}"

@@ -106,4 +106,5 @@ def _chat(args: argparse.Namespace) -> None:
         log_played=args.record is not None,
         echo_cancel=args.echo_cancel == "on",
     )
-    run_chat(pipeline, audio, chat_options, {"checkpoint": recorded_name(source)})
+    with options.resident(pipeline):
+        run_chat(pipeline, audio, chat_options, {"checkpoint": recorded_name(source)})

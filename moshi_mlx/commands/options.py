@@ -171,6 +171,7 @@ def load(source: str, live: bool = False):
 
     from ..model.checkpoint import MIMI_FILE, config_from, load_checkpoint, resolve
     from ..model.memory import check_memory, estimate_bytes
+    from ..model.wired import residency_warning
 
     quiet_hub_logs()
     is_repo = looks_like_repo_id(source) and not Path(source).expanduser().exists()
@@ -180,7 +181,11 @@ def load(source: str, live: bool = False):
         if files.layout == "kyutai":
             mimi = files.get((files.config or {}).get("mimi_name", MIMI_FILE))
         cfg = config_from(files)
-        check_memory(estimate_bytes(files.weights, cfg, mimi), source)
+        needed = estimate_bytes(files.weights, cfg, mimi)
+        check_memory(needed, source)
+        warning = residency_warning(needed, source)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         if live:
             warn_if_too_slow_to_chat(cfg)
         return load_checkpoint(source)
@@ -191,6 +196,13 @@ def load(source: str, live: bool = False):
                 f"after `hf download {source} --local-dir DIR`)."
             ) from e
         raise
+
+
+def resident(pipeline):
+    """Context: the pipeline's models stay resident on Metal while it runs (no-op elsewhere)."""
+    from ..model.wired import session_bytes, wired_limit
+
+    return wired_limit(session_bytes(pipeline.lm, pipeline.mimi))
 
 
 def pipeline(args: argparse.Namespace, source: str, live: bool = False):

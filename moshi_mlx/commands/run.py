@@ -46,14 +46,15 @@ def _run(args: argparse.Namespace) -> None:
         check_output(path, args.force)
     source = options.source_of(args)
     pipeline = options.pipeline(args, source)
-    result = run_file(
-        pipeline,
-        args.input,
-        args.output,
-        float32=args.float32,
-        progress=False if args.quiet else None,
-        info={"checkpoint": recorded_name(source), "input": recorded_name(args.input)},
-    )
+    with options.resident(pipeline):
+        result = run_file(
+            pipeline,
+            args.input,
+            args.output,
+            float32=args.float32,
+            progress=False if args.quiet else None,
+            info={"checkpoint": recorded_name(source), "input": recorded_name(args.input)},
+        )
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)
     print(

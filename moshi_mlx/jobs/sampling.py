@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from mimi_mlx.compiled import compile_enabled
+
 
 class Rng:
     """A seedable stream of MLX random keys (no global random state is touched)."""
@@ -41,17 +43,28 @@ class Sampler:
     top_p: float | None = None
 
     def __call__(self, logits: mx.array, rng: Rng) -> mx.array:
-        logits = logits.astype(mx.float32)
         if self.temperature <= 0:
-            return mx.argmax(logits, axis=-1).astype(mx.int32)
-        logits = logits / self.temperature
-        V = logits.shape[-1]
-        if self.top_k and self.top_k < V:
-            kth = mx.topk(logits, self.top_k, axis=-1).min(axis=-1, keepdims=True)
-            logits = mx.where(logits < kth, -mx.inf, logits)
-        if self.top_p is not None and self.top_p < 1.0:
-            logits = _top_p(logits, self.top_p)
-        return mx.random.categorical(logits, axis=-1, key=rng.next_key()).astype(mx.int32)
+            return mx.argmax(logits.astype(mx.float32), axis=-1).astype(mx.int32)
+        top_p = 1.0 if self.top_p is None else float(self.top_p)
+        args = (logits, rng.next_key(), float(self.temperature), int(self.top_k or 0), top_p)
+        return (_sample_compiled if compile_enabled() else _sample)(*args)
+
+
+def _sample(
+    logits: mx.array, key: mx.array, temperature: float, top_k: int, top_p: float
+) -> mx.array:
+    """Tokens drawn from `logits / temperature`, within the top k (0: all) and the nucleus."""
+    logits = logits.astype(mx.float32) / temperature
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        kth = mx.topk(logits, top_k, axis=-1).min(axis=-1, keepdims=True)
+        logits = mx.where(logits < kth, -mx.inf, logits)
+    if top_p < 1.0:
+        logits = _top_p(logits, top_p)
+    return mx.random.categorical(logits, axis=-1, key=key).astype(mx.int32)
+
+
+_sample_compiled = mx.compile(_sample)  # one trace per shape and settings: fused, no Python
 
 
 def _top_p(logits: mx.array, top_p: float) -> mx.array:

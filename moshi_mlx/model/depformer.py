@@ -16,6 +16,7 @@ import mlx.nn as nn
 
 from mimi_mlx.transformer import Transformer, make_norm
 
+from .compiled import compiled_step
 from .config import LmConfig
 from .embedding import ScaledEmbedding
 
@@ -40,6 +41,11 @@ class DepFormerSlice(nn.Module):
 
     def head(self, x: mx.array) -> mx.array:
         return self.linear_out(self.norm(x) if "norm" in self else x)
+
+    def step(self, transformer_out: mx.array, token: mx.array, caches: list) -> mx.array:
+        """Logits (R, card) of this codebook from (R, 1, dim) and the previous token (R,)."""
+        x = self.linear_in(transformer_out) + self.emb(token[:, None]).astype(transformer_out.dtype)
+        return self.head(self.transformer.step(x, caches=caches))[:, 0]
 
 
 class DepFormer(nn.Module):
@@ -100,12 +106,15 @@ class DepFormer(nn.Module):
         rows = transformer_out.shape[0]
         token = text_token
         tokens = []
-        for part in self.slices[:count]:
+        for k in range(len(self.slices[:count])):
             token_in = mx.tile(token, rows // token.shape[0])  # the same token for both halves
-            x = part.linear_in(transformer_out) + part.emb(token_in[:, None]).astype(
-                transformer_out.dtype
-            )
-            y = part.transformer.step(x, caches=caches)  # (B, 1, depformer_dim)
-            token = sample_fn(part.head(y)[:, 0])
+            token = sample_fn(self._step(k)(transformer_out, token_in, caches))
             tokens.append(token)
         return mx.stack(tokens, axis=1)
+
+    def _step(self, k: int) -> Callable[[mx.array, mx.array, list], mx.array]:
+        """Slice k's `step`, compiled (its shapes never change: the caches hold 1 step)."""
+        steps = self.__dict__.setdefault("_compiled", {})
+        if k not in steps:
+            steps[k] = compiled_step(self.slices[k].step, self.slices[k], position=k)
+        return steps[k]

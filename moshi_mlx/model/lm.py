@@ -81,7 +81,7 @@ class Lm(StreamingModule):
         self.audio_embs = [
             ScaledEmbedding(cfg.card + 1, cfg.dim, norm=cfg.norm_emb) for _ in range(cfg.n_q)
         ]
-        self.transformer = Transformer(cfg.transformer_config())
+        self.transformer = Transformer(cfg.transformer_config(), compile_steps=True)
         self.out_norm = make_norm(cfg.norm, cfg.dim)
         self.text_linear = nn.Linear(cfg.dim, cfg.text_out_card, bias=cfg.bias_proj)
         self.depformer = DepFormer(cfg)
