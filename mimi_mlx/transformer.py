@@ -42,6 +42,7 @@ class TransformerConfig:
     positional_embedding: str = "sin"  # "rope", "sin", "sin_rope" or "none"
     positional_scale: float = 1.0
     kv_repeat: int = 1
+    cross_attention: bool = False  # a cross-attention block in every layer (Kyutai's TTS)
     extra: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -203,6 +204,45 @@ class Attention(nn.Module):
         return self.out_proj(attend(q, keys, values, mask))
 
 
+class CrossAttention(nn.Module):
+    """Attention of the tokens over a fixed conditioning sequence (no positions, no mask).
+
+    One fused `in_proj` as Kyutai's: its first `d_model` rows give the queries, the others the
+    keys and values of the source, which `keys_values` computes once for a whole utterance.
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.in_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+
+    def _project(self, x: mx.array, part: int) -> mx.array:
+        """Rows `part` (0: q, 1: k, 2: v) of the fused projection: x (B, T, d) -> (B, H, T, D)."""
+        B, T, _ = x.shape
+        H, D = self.num_heads, self.head_dim
+        rows = slice(part * H * D, (part + 1) * H * D)  # only the rows needed
+        proj = self.in_proj
+        if isinstance(proj, nn.QuantizedLinear):
+            y = mx.quantized_matmul(
+                x, proj.weight[rows], proj.scales[rows],
+                proj.get("biases")[rows] if "biases" in proj else None,
+                transpose=True, group_size=proj.group_size, bits=proj.bits, mode=proj.mode,
+            )  # fmt: skip
+        else:
+            y = x @ proj.weight[rows].T
+        return y.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+
+    def keys_values(self, source: mx.array) -> tuple[mx.array, mx.array]:
+        """Keys and values (B, H, S, D) of a conditioning source (B, S, d_model)."""
+        return self._project(source, 1), self._project(source, 2)
+
+    def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
+        q = self._project(x, 0)
+        return self.out_proj(attend(q, kv[0].astype(q.dtype), kv[1].astype(q.dtype), None))
+
+
 class TransformerLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -213,11 +253,28 @@ class TransformerLayer(nn.Module):
         if cfg.layer_scale is not None:
             self.layer_scale_1 = LayerScale(cfg.d_model)
             self.layer_scale_2 = LayerScale(cfg.d_model)
+        if cfg.cross_attention:
+            self.cross_attention = CrossAttention(cfg)
+            self.norm_cross = make_norm("layer_norm", cfg.d_model)  # always LayerNorm in Kyutai's
+            if cfg.layer_scale is not None:
+                self.layer_scale_cross = LayerScale(cfg.d_model)
         self.has_layer_scale = cfg.layer_scale is not None
 
-    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        cache: RingKVCache,
+        mask: mx.array | None,
+        cross: tuple[mx.array, mx.array] | None = None,
+    ) -> mx.array:
+        """x (B, T, d); `cross`: this layer's keys and values of the conditioning source."""
         update = self.self_attn(self.norm1(x), cache, mask)
         x = x + (self.layer_scale_1(update) if self.has_layer_scale else update)
+        if "cross_attention" in self:
+            if cross is None:
+                raise ValueError("this transformer needs a cross-attention source")
+            update = self.cross_attention(self.norm_cross(x), cross)
+            x = x + (self.layer_scale_cross(update) if self.has_layer_scale else update)
         update = self.gating(self.norm2(x))
         return x + (self.layer_scale_2(update) if self.has_layer_scale else update)
 
@@ -261,7 +318,12 @@ class Transformer(StreamingModule):
             raise ValueError("streaming needs a transformer with a finite attention context")
         return [RingKVCache(context + self.step_tokens - 1, context) for _ in self.layers]
 
-    def _run(self, x: mx.array, caches: list[RingKVCache]) -> mx.array:
+    def cross_keys_values(self, source: mx.array) -> list[tuple[mx.array, mx.array]]:
+        """Every layer's cross-attention keys and values of a source (B, S, d_model): computed
+        once per conditioning and given to each `__call__` / `step`."""
+        return [layer.cross_attention.keys_values(source) for layer in self.layers]
+
+    def _run(self, x: mx.array, caches: list[RingKVCache], cross: list | None = None) -> mx.array:
         T = x.shape[1]
         offset = caches[0].offset  # every layer's cache is at the same position
         if self.cfg.positional_embedding in ("sin", "sin_rope"):
@@ -276,24 +338,31 @@ class Transformer(StreamingModule):
             if self._compiled is None:
                 self._compiled = [compiled_layer_step(layer) for layer in self.layers]
             layers = self._compiled
-        for layer, cache in zip(layers, caches, strict=True):
-            x = layer(x, cache, mask)
+        for i, (layer, cache) in enumerate(zip(layers, caches, strict=True)):
+            x = layer(x, cache, mask, None if cross is None else cross[i])
         return x
 
-    def __call__(self, x: mx.array, chunk: int | None = None) -> mx.array:
-        """Run a whole sequence x (B, T, d_model) with causal sliding-window attention."""
+    def __call__(
+        self, x: mx.array, chunk: int | None = None, cross: list | None = None
+    ) -> mx.array:
+        """Run a whole sequence x (B, T, d_model) with causal sliding-window attention.
+
+        `cross`: from `cross_keys_values`, for transformers with cross-attention.
+        """
         T = x.shape[1]
         context = self.cfg.context
         if context is None or not self.cfg.causal:
             # Unlimited (or bidirectional) attention: one pass, keys are exactly the input.
             caches = [RingKVCache(T) for _ in self.layers]
-            return self._run(x, caches)
+            return self._run(x, caches, cross)
         chunk = chunk or context
         caches = self.make_caches()
-        outs = [self._run(x[:, s : s + chunk], caches) for s in range(0, T, chunk)]
+        outs = [self._run(x[:, s : s + chunk], caches, cross) for s in range(0, T, chunk)]
         return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
 
-    def step(self, x: mx.array, caches: list[RingKVCache] | None = None) -> mx.array:
+    def step(
+        self, x: mx.array, caches: list[RingKVCache] | None = None, cross: list | None = None
+    ) -> mx.array:
         """Stream the next tokens x (B, T, d_model), attending to everything streamed before.
 
         Args:
@@ -301,12 +370,13 @@ class Transformer(StreamingModule):
             caches: caches to use instead of this module's own (one a layer, from
                 `make_caches()`), for example one set shared by several transformers that each
                 hold the weights of one step (Moshi's depth decoder).
+            cross: from `cross_keys_values`, for transformers with cross-attention.
         """
         if caches is not None:
-            return self._run(x, caches)
+            return self._run(x, caches, cross)
         if self._caches is None:
             self._caches = self.make_caches()
-        return self._run(x, self._caches)
+        return self._run(x, self._caches, cross)
 
     def reset_state(self) -> None:
         self._caches = None

@@ -31,6 +31,14 @@ Speech to text with Kyutai's STT models (`kyutai/stt-1b-en_fr-mlx`, ...)::
     for (step,) in stream.feed(pcm):  # any number of 24 kHz samples, e.g. 80 ms at a time
         step.words, step.end_of_turn  # the words this step finished, P(speaker finished)
     steps, last_words = stream.finish()  # the tail of silence, the last words
+
+Text to speech (Kyutai's TTS, `kyutai/tts-1.6b-en_fr`)::
+
+    from moshi_mlx import TextToSpeech, load_checkpoint, load_voice
+    tts = TextToSpeech(load_checkpoint("kyutai/tts-1.6b-en_fr"))
+    voice = load_voice("expresso/ex03-ex01_happy_001_channel1_334s.wav", tts)
+    for pcm in tts.audio("Hello there.", [voice]):  # (1920,) float32 blocks, as generated
+        ...
 """
 
 from mimi_mlx.hub import CheckpointError
@@ -39,6 +47,7 @@ from .jobs.generate import MoshiGenerator
 from .jobs.sampling import Rng, Sampler
 from .jobs.stt import SttStream
 from .jobs.transcribe import transcribe_files
+from .jobs.tts import TextToSpeech, TTSSettings, load_voice
 from .model.checkpoint import Checkpoint, load_checkpoint, load_model
 from .model.config import LmConfig
 from .model.lm import Lm, LmOutput
@@ -54,8 +63,11 @@ __all__ = [
     "Rng",
     "Sampler",
     "SttStream",
+    "TTSSettings",
     "TextTokenizer",
+    "TextToSpeech",
     "load_checkpoint",
     "load_model",
+    "load_voice",
     "transcribe_files",
 ]

@@ -7,10 +7,10 @@ import sys
 
 from mimi_mlx.cli_support import OneLineParser, run_cli
 
-from .commands import chat, echo_cancel, models, run, transcribe
+from .commands import chat, echo_cancel, models, run, speak, transcribe
 
 # each module's `register(command)` adds its subcommand
-COMMANDS = (chat, run, transcribe, echo_cancel, models)
+COMMANDS = (chat, run, transcribe, speak, echo_cancel, models)
 
 EXAMPLES = """\
 examples:
@@ -31,6 +31,8 @@ examples:
   moshi-mlx echo-cancel talk/mic.wav talk/played.wav clean.wav  # check a room offline
   moshi-mlx transcribe talk.wav --format srt -o talk.srt   # speech to text (Kyutai STT)
   moshi-mlx transcribe                            # dictation from the microphone
+  moshi-mlx speak "Hello there." hello.wav        # text to speech (kyutai/tts-1.6b-en_fr)
+  moshi-mlx speak "Hello there."                  # spoken on the speaker as it is generated
 
 Offline: `hf download kyutai/moshiko-mlx-q4` once; hub ids then work from the local cache
 (HF_HUB_OFFLINE=1 skips asking the hub). Or `--local-dir DIR` and `--checkpoint DIR`.
@@ -44,7 +46,8 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Build the `moshi-mlx` argument parser, one subcommand per module of `COMMANDS`."""
     parser = parser or OneLineParser(
         prog="moshi-mlx",
-        description="Kyutai's Moshi speech model on MLX: full-duplex voice chat, or file to file.",
+        description="Kyutai's Moshi speech models on MLX: full-duplex voice chat, file to file, "
+        "text to speech.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -30,9 +30,11 @@ Q8: Precision = (8, 64)
 
 # Part -> the leaf modules (our paths, Kyutai's MLX names) it holds.
 PARTS: dict[str, str] = {
-    "embeddings": r"text_emb|audio_embs\.\d+|depformer\.slices\.\d+\.emb(\.low_rank)?",
+    "embeddings": r"text_emb(\.out[12])?|audio_embs\.\d+"
+    r"|depformer\.slices\.\d+\.emb(\.low_rank|\.out[12])?",
     "text_head": r"text_linear|extra_heads\.\d+",
-    "helium_attention": r"transformer\.layers\.\d+\.self_attn\.\w+",
+    # self-attention, and the TTS's cross-attention over its voices
+    "helium_attention": r"transformer\.layers\.\d+\.(self_attn|cross_attention)\.\w+",
     "helium_mlp": r"transformer\.layers\.\d+\.gating\.\w+",
     "depformer_attention": r"depformer\.slices\.\d+\.transformer\.layers\.\d+\.self_attn\.\w+",
     "depformer_mlp": r"depformer\.slices\.\d+\.transformer\.layers\.\d+\.gating\.\w+",

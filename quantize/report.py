@@ -162,6 +162,26 @@ def audio_codes(path: str | Path, mimi, cfg: LmConfig, steps: int | None = None)
     return mx.concatenate([text, codes[:, : cfg.dep_q], user], axis=1).astype(mx.int32)
 
 
+def default_conditions(cfg: LmConfig, seed: int = 0) -> dict | None:
+    """Conditions for a conditioned model's forward (None for Moshi): each lookup table's first
+    value, and a random sequence (10 steps) for each tensor condition (the TTS's voice)."""
+    if not cfg.conditioners:
+        return None
+    rng = np.random.default_rng(seed)
+    conditions: dict = {}
+    for name, spec in cfg.conditioners.items():
+        if spec.get("type") == "tensor":
+            dim = spec["tensor"]["dim"]
+            conditions[name] = (
+                rng.standard_normal((10, dim)).astype(np.float32),
+                np.ones(10, bool),
+            )
+        else:
+            values = (spec.get("lut") or {}).get("possible_values") or ["0"]
+            conditions[name] = values[0]
+    return conditions
+
+
 # -- measures ----------------------------------------------------------------------------------
 def _log_softmax(logits: mx.array) -> mx.array:
     x = logits.astype(mx.float32)
@@ -170,10 +190,11 @@ def _log_softmax(logits: mx.array) -> mx.array:
 
 def log_probs(model, codes: mx.array, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per stream (text, audio 0, ...): log-probabilities (N, V) at the valid positions, and
-    the valid positions' mask (B, T)."""
+    the valid positions' mask (B, T). Conditioned models get `default_conditions`."""
     texts, audios, tmasks, amasks = [], [], [], []
+    conditions = default_conditions(model.cfg)
     for i in range(0, codes.shape[0], batch):
-        out = model.forward(codes[i : i + batch])
+        out = model.forward(codes[i : i + batch], conditions)
         texts.append(_log_softmax(out.text_logits))
         # (a model without a depth decoder, as Kyutai's STT, has no audio logits)
         audios.append(_log_softmax(out.logits) if out.logits.shape[1] else out.logits)

@@ -22,6 +22,7 @@ from moshi_mlx.model.weights import (
     ignored,
     name_table,
     normalize_names,
+    unused_sources,
 )
 
 
@@ -76,7 +77,10 @@ class SourceCheckpoint:
     def _check_names(self) -> None:
         expected = {s for srcs, _ in self.rows.values() for s in srcs}
         missing = sorted(expected - self.where.keys())
-        unexpected = sorted(n for n in self.where if n not in expected and not ignored(n))
+        unused = unused_sources(self.config, self.format)
+        unexpected = sorted(
+            n for n in self.where if n not in expected and n not in unused and not ignored(n)
+        )
         if missing or unexpected:
             problems = [f"missing {_listing(missing)}"] * bool(missing)
             problems += [f"unexpected {_listing(unexpected)}"] * bool(unexpected)

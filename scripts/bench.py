@@ -7,6 +7,7 @@ python scripts/bench.py quantize    # conversion time and memory, quantization r
 python scripts/bench.py step        # one LM step: ours vs Kyutai's moshi_mlx 0.3.0, graph size
 python scripts/bench.py aec         # echo cancellers: ERLE, double talk, CPU on simulated rooms
 python scripts/bench.py stt         # Kyutai STT 1B: real-time factor, batch of 8, vs PyTorch
+python scripts/bench.py tts         # TTS: time to first audio, real-time factor, vs PyTorch
 
 Every job prints the MLX device (and the LM jobs their dtypes), and runs unchanged on Metal,
 CUDA and the CPU.
@@ -29,6 +30,7 @@ COMMANDS = {
     "step": ("bench_step", "one LM step, ours vs Kyutai's moshi_mlx 0.3.0 (in .venv-kyutai/)"),
     "aec": ("bench_aec", "echo cancellers on the same simulated rooms"),
     "stt": ("bench_stt", "Kyutai STT 1B: real-time factor and memory, ours vs Kyutai's PyTorch"),
+    "tts": ("bench_tts", "Kyutai's TTS: time to first audio, real-time factor, memory, vs PyTorch"),
 }
 
 

@@ -1,9 +1,10 @@
-"""Write a tiny random Moshi checkpoint folder in Kyutai's real repo layout.
+"""Write a tiny random Moshi (or TTS) checkpoint folder in Kyutai's real repo layout.
 
     python scripts/make_tiny_checkpoint.py /tmp/tiny-moshi [--quantize 4|8] [--seed 0]
     python scripts/make_tiny_checkpoint.py /tmp/tiny-stt --kind stt   # Kyutai STT's layout
     python scripts/make_tiny_checkpoint.py /tmp/tiny-personaplex --kind personaplex
     python scripts/make_tiny_checkpoint.py /tmp/tiny-hibiki --kind hibiki
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-tts --kind tts   # + voices/tiny, voices/tiny2
 
 The folder works wherever a Kyutai repo id does (`load_model`, `load_checkpoint`, the apps):
 config.json, the language model (Kyutai MLX layout), Mimi, and a SentencePiece tokenizer. The
@@ -39,8 +40,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         choices=KINDS,
         default="moshi",
         help="moshi (kyutai/moshiko-mlx-*), stt (kyutai/stt-1b-en_fr-mlx, with the "
-        "voice-activity heads), personaplex (16 depth steps, voice presets in voices/) or "
-        "hibiki (conditioned translation model)",
+        "voice-activity heads), tts (kyutai/tts-1.6b-en_fr, with two voices tiny and tiny2), "
+        "personaplex (16 depth steps, voice presets in voices/) or hibiki (conditioned "
+        "translation model)",
     )
     parser.add_argument(
         "-f", "--force", action="store_true", help="write into a folder that is not empty"
@@ -78,7 +80,7 @@ def _run(args: argparse.Namespace) -> None:
     )
     if args.kind == "personaplex":
         write_tiny_voices(folder, args.seed)
-    what = {"stt": "STT", "moshi": "Moshi"}.get(args.kind, args.kind)
+    what = {"stt": "STT", "tts": "TTS", "moshi": "Moshi"}.get(args.kind, args.kind)
     print(f"wrote a tiny random {what} checkpoint to {folder}")
 
 

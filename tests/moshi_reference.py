@@ -117,6 +117,149 @@ CONDITIONED = {
 }
 
 
+# Kyutai's TTS architecture (`kyutai/tts-1.6b-en_fr`) at tiny size: every audio codebook generated
+# (dep_q = n_q, no user stream), a demuxed second text stream, cross-attention over voice
+# embeddings, lookup-table `cfg` and `control` conditions summed, low-rank depth-decoder
+# embeddings with a weight schedule, LayerScale, and a context shorter than the tests' texts.
+TTS_CONDITIONERS = {
+    "conditioners": {
+        "speaker_wavs": {"type": "tensor", "tensor": {"dim": 24}},
+        "cfg": {
+            "type": "lut",
+            "lut": {
+                "n_bins": 7,
+                "dim": 16,
+                "tokenizer": "noop",
+                "possible_values": ["1.0", "1.5", "2.0", "2.5", "3.0", "3.5", "4.0"],
+            },
+        },
+        "control": {
+            "type": "lut",
+            "lut": {"n_bins": 1, "dim": 64, "tokenizer": "noop", "possible_values": ["ok"]},
+        },
+    },
+    "fuser": {
+        "cross_attention_pos_emb": True,
+        "cross_attention_pos_emb_scale": 1,
+        "sum": ["control", "cfg"],
+        "prepend": [],
+        "cross": ["speaker_wavs"],
+    },
+}
+TINY_TTS = {
+    # (no `depformer_layer_scale`: the depth decoder inherits the LayerScale, in both)
+    **{k: v for k, v in TINY.items() if k != "depformer_layer_scale"},
+    "n_q": 6,
+    "dep_q": 6,
+    "card": 40,
+    "text_card": 210,  # room for the tiny SentencePiece model's 200 pieces
+    "context": 20,
+    "layer_scale": 0.1,
+    "delays": [0, 0, 2, 2, 2, 2, 2],
+    "depformer_weights_per_step_schedule": [0, 1, 2, 3, 3, 3],
+    "depformer_low_rank_embeddings": 16,
+    "demux_second_stream": True,
+    "cross_attention": True,
+    **TTS_CONDITIONERS,
+    "tts_config": {"audio_delay": 0.32, "second_stream_ahead": 2},
+    "model_id": {"sig": "0000tiny", "epoch": 1},
+    "model_type": "tts",
+}
+
+
+def tts_1_6b(num_layers: int = 2) -> dict:
+    """Kyutai's `kyutai/tts-1.6b-en_fr` config (as published) with fewer temporal layers."""
+    return {
+        "card": 2048,
+        "n_q": 32,
+        "dep_q": 32,
+        "delays": [0, 0] + [2] * 31,
+        "dim": 2048,
+        "text_card": 8000,
+        "existing_text_padding_id": 3,
+        "num_heads": 16,
+        "num_layers": num_layers,
+        "hidden_scale": 4.125,
+        "causal": True,
+        "layer_scale": None,
+        "context": 500,
+        "max_period": 10000,
+        "gating": "silu",
+        "norm": "rms_norm_f32",
+        "positional_embedding": "rope",
+        "depformer_dim": 1024,
+        "depformer_dim_feedforward": 3072,
+        "depformer_num_heads": 16,
+        "depformer_num_layers": 4,
+        "depformer_layer_scale": None,
+        "depformer_multi_linear": True,
+        "depformer_context": 32,
+        "depformer_max_period": 10000,
+        "depformer_gating": "silu",
+        "depformer_pos_emb": "none",
+        "depformer_weights_per_step": True,
+        "depformer_weights_per_step_schedule": list(range(8)) + [8] * 8 + [9] * 8 + [10] * 8,
+        "depformer_low_rank_embeddings": 128,
+        "demux_second_stream": True,
+        "text_card_out": None,
+        "cross_attention": True,
+        "conditioners": {
+            "speaker_wavs": {"type": "tensor", "tensor": {"dim": 512}},
+            "cfg": {
+                "type": "lut",
+                "lut": {
+                    "n_bins": 7,
+                    "dim": 16,
+                    "tokenizer": "noop",
+                    "possible_values": ["1.0", "1.5", "2.0", "2.5", "3.0", "3.5", "4.0"],
+                },
+            },
+            "control": {
+                "type": "lut",
+                "lut": {"n_bins": 1, "dim": 2048, "tokenizer": "noop", "possible_values": ["ok"]},
+            },
+        },
+        "fuser": TTS_CONDITIONERS["fuser"],
+        "tts_config": {"audio_delay": 1.28, "second_stream_ahead": 2},
+        "model_id": {"sig": "1e68beda", "epoch": 240},
+        "model_type": "tts",
+        "lm_gen_config": {"temp": 0.6, "temp_text": 0.6},
+    }
+
+
+def random_voices(dim: int, count: int, seed: int, length: int = 10) -> list[np.ndarray]:
+    """Voice embeddings as Kyutai's `kyutai/tts-voices` files hold them: (1, dim, length)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, dim, length)).astype(np.float32) for _ in range(count)]
+
+
+def kyutai_voice_condition(voices: list[np.ndarray], max_speakers: int = 5):
+    """Kyutai's `speaker_wavs` condition (their `TTSModel.make_condition_attributes`): the voices
+    in `max_speakers` slots of (length, dim) each, the empty slots masked."""
+    from moshi.conditioners import TensorCondition
+
+    _, dim, length = voices[0].shape
+    tensor = torch.zeros(1, max_speakers, length, dim)
+    mask = torch.zeros(1, max_speakers, length, dtype=torch.bool)
+    for i, v in enumerate(voices):
+        tensor[:, i] = torch.from_numpy(v).transpose(1, 2)
+        mask[:, i] = True
+    return TensorCondition(tensor.view(1, -1, dim), mask.view(1, -1))
+
+
+def kyutai_tts_conditions(model, voices: list[list[np.ndarray]], cfgs: list[str | None]):
+    """Kyutai's condition tensors for one voice list and one `cfg` value per batch row."""
+    from moshi.conditioners import ConditionAttributes
+
+    attributes = [
+        ConditionAttributes(
+            text={"control": "ok", "cfg": c}, tensor={"speaker_wavs": kyutai_voice_condition(v)}
+        )
+        for v, c in zip(voices, cfgs, strict=True)
+    ]
+    return model.condition_provider.prepare_and_provide(attributes)
+
+
 def kyutai_conditions(model, values: list[str | None]):
     """Kyutai's condition tensors for one "description" value per batch row."""
     from moshi.conditioners import ConditionAttributes
@@ -148,6 +291,10 @@ def make_kyutai_lm(cfg: dict, seed: int, bf16_exact: bool = False):
     torch.manual_seed(seed)
     kwargs = copy.deepcopy(cfg)
     kwargs.pop("depformer_causal", None)  # deprecated, as Kyutai's loader drops it
+    for key in ("tts_config", "model_id", "model_type", "lm_gen_config"):
+        kwargs.pop(key, None)  # not the network's (Kyutai's loader reads them elsewhere)
+    if "demux_second_stream" in kwargs:  # Kyutai's loader renames it
+        kwargs["demux_second_text_stream"] = kwargs.pop("demux_second_stream")
     if "conditioners" in kwargs:  # as Kyutai's `get_moshi_lm`
         kwargs["condition_provider"] = loaders.get_conditioner_provider(
             kwargs["dim"], "cpu", kwargs
@@ -179,12 +326,17 @@ def kyutai_state(model) -> dict[str, torch.Tensor]:
     out = {}
     stacks: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for k, v in state.items():
-        for proj, released in (("in_projs", "in_proj_weight"), ("out_projs", "out_proj.weight")):
-            marker = f"self_attn.{proj}."
+        for attn, proj, released in (
+            ("self_attn", "in_projs", "in_proj_weight"),
+            ("self_attn", "out_projs", "out_proj.weight"),
+            ("cross_attention", "in_projs", "in_proj_weight"),
+            ("cross_attention", "out_projs", "out_proj.weight"),
+        ):
+            marker = f"{attn}.{proj}."
             if marker in k:
                 prefix, rest = k.split(marker)
                 i = int(rest.split(".")[0])
-                stacks.setdefault(f"{prefix}self_attn.{released}", []).append((i, v))
+                stacks.setdefault(f"{prefix}{attn}.{released}", []).append((i, v))
                 break
         else:
             out[k] = v
@@ -372,3 +524,29 @@ def kyutai_generate(
             out = gen.step(torch.from_numpy(frame[:, :, None]))
             frames.append(None if out is None else out[:, 1 : 1 + dep_q, 0].numpy())
     return np.stack(texts, axis=1), frames
+
+
+TTS_TOKENIZER = "tokenizer_spm_8k_en_fr_audio.model"
+
+
+def save_tts_folder(model, cfg: dict, folder: Path) -> Path:
+    """Kyutai's TTS repo layout around a reference LM: its weights (PyTorch names), a tiny Mimi,
+    a tiny SentencePiece model and two voices `voices/v0`, `voices/v1` (as `kyutai/tts-voices`)."""
+    import mlx.core as mx
+
+    from moshi_mlx.model.tiny import KYUTAI_FILE, write_tiny_mimi, write_tiny_tokenizer
+
+    save_pytorch(model, cfg, folder)
+    write_tiny_mimi(folder, seed=3)
+    write_tiny_tokenizer(folder, TTS_TOKENIZER)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(mimi_name=KYUTAI_FILE, mimi_config_name="mimi_config.json")
+    config.update(tokenizer_name=TTS_TOKENIZER)
+    (folder / "config.json").write_text(json.dumps(config))
+    dim = cfg["conditioners"]["speaker_wavs"]["tensor"]["dim"]
+    sig = cfg["model_id"]
+    for i, v in enumerate(random_voices(dim, 2, seed=9)):
+        path = folder / "voices" / f"v{i}.{sig['sig']}@{sig['epoch']}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        mx.save_safetensors(str(path), {"speaker_wavs": mx.array(v)})
+    return folder

@@ -22,9 +22,14 @@ are those of the same steps run one at a time.
 
 Every cache is bounded (the temporal transformer's ring holds its 3000-step context, the delay
 buffers hold `max_delay + 1` steps): a session can run for hours.
+
+Text-driven models (Kyutai's TTS, see `tts.py`) have no user stream (`step(None)`), and steer a
+step through `text_hook` (the text token fed back) and `silent` (codebooks not generated yet).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import mlx.core as mx
 
@@ -50,8 +55,11 @@ class MoshiGenerator:
         cfg_coef: classifier-free guidance (1: none); logits become
             `null + cfg_coef * (conditioned - null)`, the null ones computed with
             `cfg_conditions` (default: no value, Kyutai's learnt padding).
+        num_codebooks: generate only the first `num_codebooks` of the `dep_q` codebooks (Kyutai's
+            TTS `n_q`); the others are fed as "no input" (-1), as Kyutai's `TTSModel` does.
 
-    A temperature of 0 means greedy decoding.
+    A temperature of 0 means greedy decoding. Tensor conditions (Kyutai's TTS voices, fused by
+    cross-attention) are turned into every layer's keys and values once, here.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class MoshiGenerator:
         conditions: dict | list[dict] | None = None,
         cfg_coef: float = 1.0,
         cfg_conditions: dict | list[dict] | None = None,
+        num_codebooks: int | None = None,
         depformer_steps: int | None = None,
     ):
         self.model = model
@@ -77,12 +86,17 @@ class MoshiGenerator:
         self.rng = Rng(seed)
         self.batch_size = batch_size
         cfg = self.cfg
-        G = cfg.num_generated
-        self._gen_delays = cfg.delays[1 : 1 + G]
-        self._user_delays = cfg.delays[1 + G :]
-        self.depformer_steps = G if depformer_steps is None else depformer_steps
-        if not G <= self.depformer_steps <= cfg.dep_q:
-            raise ValueError(f"depformer_steps must be in {G}..{cfg.dep_q}")
+        # PersonaPlex generates 8 of its 16 depth-decoder codebooks (`cfg.num_generated`)
+        n = cfg.num_generated if num_codebooks is None else num_codebooks
+        if not 1 <= n <= cfg.dep_q:
+            raise ValueError(f"num_codebooks must be in 1..{cfg.dep_q}, got {n}")
+        self.num_codebooks = n
+        self.depformer_steps = n if depformer_steps is None else depformer_steps
+        if not n <= self.depformer_steps <= cfg.dep_q:
+            raise ValueError(f"depformer_steps must be in {n}..{cfg.dep_q}")
+        self._gen_delays = cfg.delays[1 : 1 + n]
+        self._user_delays = cfg.delays[1 + n :]
+        self._n_user = cfg.num_user_codebooks  # given by the caller; the rest are -1
         self.cfg_coef = cfg_coef
         if cfg_coef != 1.0:  # classifier-free guidance: a second, unconditioned half-batch
             rows = [conditions] * batch_size if isinstance(conditions, dict) else conditions
@@ -92,13 +106,20 @@ class MoshiGenerator:
                 raise ValueError("classifier-free guidance needs conditions and cfg_conditions")
             null = [n if n is not None else dict.fromkeys(rows[0]) for n in null]
             self._condition = model.condition(list(rows) + list(null), 2 * batch_size)
+            self._cross = model.cross_condition(list(rows) + list(null), 2 * batch_size)
         else:
             self._condition = model.condition(conditions, batch_size)
+            self._cross = model.cross_condition(conditions, batch_size)
         self.reset()
 
     @property
     def max_delay(self) -> int:
         return self.cfg.max_delay
+
+    @property
+    def audio_delays(self) -> list[int]:
+        """The delay of each generated codebook (steps behind the text)."""
+        return list(self._gen_delays)
 
     @property
     def step_index(self) -> int:
@@ -117,16 +138,23 @@ class MoshiGenerator:
         self._forced: dict[int, tuple[mx.array | None, list[mx.array | None]]] = {}
 
     def _user_frame(self, user_codes) -> mx.array:
-        codes = mx.array(user_codes) if not isinstance(user_codes, mx.array) else user_codes
+        n = self._n_user
+        if user_codes is None and n == 0:
+            codes = mx.zeros((self.batch_size, 0), dtype=mx.int32)
+        else:
+            codes = mx.array(user_codes) if not isinstance(user_codes, mx.array) else user_codes
         if codes.ndim == 3:
             codes = codes[:, :, 0]
-        n = self.cfg.num_user_codebooks
         if codes.ndim != 2 or codes.shape[0] != self.batch_size or codes.shape[1] < n:
             raise ValueError(
                 f"user codes must be ({self.batch_size}, {n}) or ({self.batch_size}, {n}, 1), "
                 f"got shape {tuple(codes.shape)}"
             )
-        return codes[:, :n].astype(mx.int32)
+        codes = codes[:, :n].astype(mx.int32)
+        skipped = len(self._user_delays) - n  # codebooks not generated: "no input"
+        if skipped:
+            codes = mx.concatenate([mx.full((self.batch_size, skipped), -1, mx.int32), codes], 1)
+        return codes
 
     def _inputs(self) -> mx.array:
         """(B, K, 1) input tokens of this step from the stored history."""
@@ -143,7 +171,7 @@ class MoshiGenerator:
             if s - 1 - d >= 0:
                 columns.append(self._user[-age][:, j])
             else:
-                columns.append(mx.full((B,), initial[1 + self.cfg.num_generated + j]))
+                columns.append(mx.full((B,), initial[1 + self.num_codebooks + j]))
         return mx.stack(columns, axis=1).astype(mx.int32)[:, :, None]
 
     def _guided(self, logits: mx.array) -> mx.array:
@@ -153,22 +181,32 @@ class MoshiGenerator:
         conditioned, null = mx.split(logits, 2, axis=0)
         return null + (conditioned - null) * self.cfg_coef
 
-    def step(self, user_codes) -> tuple[mx.array, mx.array | None]:
+    def step(
+        self,
+        user_codes,
+        text_hook: Callable[[mx.array], mx.array] | None = None,
+        silent: list[bool] | None = None,
+    ) -> tuple[mx.array, mx.array | None]:
         """Advance one 80 ms step.
 
         Args:
             user_codes: (B, n_user) or (B, n_user, 1) integer Mimi codes of the user's frame
-                (mx.array or NumPy), n_user = 8 for Moshi; extra codebooks are ignored.
+                (mx.array or NumPy), n_user = 8 for Moshi; extra codebooks are ignored. None
+                for models without a user stream.
+            text_hook: maps the sampled text tokens (B,) to the ones fed back to the model and
+                to the depth decoder (Kyutai's TTS state machine).
+            silent: per generated codebook, True where this step's token must be "no audio"
+                (-1) instead of sampled; the depth decoder is skipped when all are.
 
         Returns:
             text_token: (B,) int32, the text token of this step.
-            audio_codes: (B, n_gen) int32 Moshi's codes for time `step - max_delay`, ready for
-                Mimi, or None during the first `max_delay` steps.
+            audio_codes: (B, num_codebooks) int32 Moshi's codes for time `step - max_delay`,
+                ready for Mimi, or None during the first `max_delay` steps.
 
         The results are lazy MLX arrays whose evaluation has been started (`mx.async_eval`);
         nothing here waits for a value.
         """
-        text, frame = self._advance(self._user_frame(user_codes))
+        text, frame = self._advance(self._user_frame(user_codes), text_hook, silent)
         mx.async_eval(text, *(self._audio if frame is None else [frame, *self._audio]))
         return text, frame
 
@@ -196,7 +234,7 @@ class MoshiGenerator:
         Streams not given are sampled as usual. Nothing is returned; Moshi's audio of these
         times comes out of the next `step` calls like any other.
         """
-        B, G = self.batch_size, self.cfg.num_generated
+        B, G = self.batch_size, self.num_codebooks
         given = [x for x in (text, audio, user, embeddings) if x is not None]
         if not given:
             raise ValueError("prefill needs at least one stream")
@@ -213,7 +251,7 @@ class MoshiGenerator:
         (n,) = lengths
         self._check_shape("text", text, (B, n))
         self._check_shape("audio", audio, (B, G, n))
-        self._check_shape("user", user, (B, self.cfg.num_user_codebooks, n))
+        self._check_shape("user", user, (B, self._n_user, n))
         S = self._step
         for i in range(n):
             if text is not None:
@@ -222,14 +260,14 @@ class MoshiGenerator:
                 for k, d in enumerate(self._gen_delays):
                     self._force(S + i + d, codebook=k, token=audio[:, k, i])
         if user is None:
-            user = mx.full((B, self.cfg.num_user_codebooks, n), -1, dtype=mx.int32)
+            user = mx.full((B, self._n_user, n), -1, dtype=mx.int32)
         if batched and all(self._fully_forced(S + i) for i in range(n)):
             self._batched(user, n, embeddings)
             return
         if embeddings is not None:
             raise ValueError("prefill with embeddings needs every output given (text and audio)")
         for i in range(n):
-            self._advance(user[:, :, i])
+            self._advance(self._user_frame(user[:, :, i]))
         mx.async_eval(self._text, *self._audio)
 
     def _check_shape(self, name: str, x: mx.array | None, shape: tuple) -> None:
@@ -237,7 +275,7 @@ class MoshiGenerator:
             raise ValueError(f"prefill {name} must have shape {shape}, got {tuple(x.shape)}")
 
     def _force(self, step: int, text=None, codebook: int | None = None, token=None) -> None:
-        forced_text, forced_audio = self._forced.get(step, (None, [None] * self.cfg.num_generated))
+        forced_text, forced_audio = self._forced.get(step, (None, [None] * self.num_codebooks))
         if text is not None:
             forced_text = text
         if codebook is not None:
@@ -247,7 +285,7 @@ class MoshiGenerator:
 
     def _fully_forced(self, step: int) -> bool:
         """Every output of `step` is given (or never used: codebooks of times before 0)."""
-        text, audio = self._forced.get(step, (None, [None] * self.cfg.num_generated))
+        text, audio = self._forced.get(step, (None, [None] * self.num_codebooks))
         return text is not None and all(
             a is not None or step < d for a, d in zip(audio, self._gen_delays, strict=True)
         )
@@ -263,7 +301,7 @@ class MoshiGenerator:
         """n fully forced steps in one forward pass of the temporal transformer."""
         columns = []
         for i in range(n):
-            self._user = (self._user + [user[:, :, i]])[-(self.max_delay + 2) :]
+            self._user = (self._user + [self._user_frame(user[:, :, i])])[-(self.max_delay + 2) :]
             columns.append(self._inputs())
             text, audio = self._forced.pop(self._step)
             self._text = text.astype(mx.int32)
@@ -279,15 +317,16 @@ class MoshiGenerator:
             x = x if self._condition is None else x + self._condition
         else:
             x = self.model.embed(tokens, self._condition)
-        mx.eval(self.model.transformer.step(x))
+        mx.eval(self.model.transformer.step(x, cross=self._cross))
         mx.eval(self._text, *self._audio)
 
-    def _advance(self, user_frame: mx.array) -> tuple[mx.array, mx.array | None]:
+    def _advance(
+        self, user_frame: mx.array, text_hook=None, silent: list[bool] | None = None
+    ) -> tuple[mx.array, mx.array | None]:
         """One step (forced outputs from `prefill` where given); returns (text, frame)."""
         self._user = (self._user + [user_frame])[-(self.max_delay + 2) :]
-        forced_text, forced_audio = self._forced.pop(
-            self._step, (None, [None] * self.cfg.num_generated)
-        )
+        B, n = self.batch_size, self.num_codebooks
+        forced_text, forced_audio = self._forced.pop(self._step, (None, [None] * n))
         if self._step < self.max_delay:
             # codebooks of times before 0 are never used: not sampled, where no sampled
             # codebook after them reads their token in the depth decoder
@@ -297,34 +336,41 @@ class MoshiGenerator:
                 if forced_audio[k] is None:
                     if self._step >= self._gen_delays[k]:
                         break
-                    forced_audio[k] = mx.full((self.batch_size,), initial[1 + k], mx.int32)
+                    forced_audio[k] = mx.full((B,), initial[1 + k], mx.int32)
         tokens = self._inputs()
         if self.cfg_coef != 1.0:
             tokens = mx.concatenate([tokens, tokens], axis=0)
-        out, text_logits = self.model.step(tokens, self._condition)
+        out, text_logits = self.model.step(tokens, self._condition, self._cross)
         if forced_text is not None:
             text = forced_text.astype(mx.int32)
         else:
             text = self.text_sampler(self._guided(text_logits[:, 0]), self.rng)
-        feed = None
-        extra = self.depformer_steps - self.cfg.num_generated
-        if extra:  # NVIDIA's decoder also runs the user's codebooks, fed the user's tokens
-            # slice G + j is fed the user's codebook j of this step's time (delay d_j)
-            feed = [None] * self.cfg.num_generated + [
-                self._user[-1 - d][:, j] if len(self._user) > d else None
-                for j, d in enumerate(self._user_delays[:extra])
-            ]
-        if all(a is not None for a in forced_audio) and not extra:
-            audio = mx.stack(forced_audio, axis=1).astype(mx.int32)
+            if text_hook is not None:
+                text = text_hook(text)
+        if silent is not None and all(silent):
+            audio = mx.full((B, n), -1, mx.int32)
         else:
-            audio = self.model.depformer.sample(
-                out,
-                text,
-                lambda logits: self.audio_sampler(self._guided(logits), self.rng),
-                steps=self.depformer_steps,
-                forced=forced_audio,
-                feed=feed,
-            )[:, : self.cfg.num_generated]
+            feed = None
+            extra = self.depformer_steps - n
+            if extra:  # NVIDIA's decoder also runs the user's codebooks, fed the user's tokens
+                # slice n + j is fed the user's codebook j of this step's time (delay d_j)
+                feed = [None] * n + [
+                    self._user[-1 - d][:, j] if len(self._user) > d else None
+                    for j, d in enumerate(self._user_delays[:extra])
+                ]
+            if all(a is not None for a in forced_audio) and not extra:
+                audio = mx.stack(forced_audio, axis=1).astype(mx.int32)
+            else:
+                audio = self.model.depformer.sample(
+                    out,
+                    text,
+                    lambda logits: self.audio_sampler(self._guided(logits), self.rng),
+                    self.depformer_steps,
+                    forced=forced_audio,
+                    feed=feed,
+                )[:, :n]
+            if silent is not None and any(silent):
+                audio = mx.where(mx.array(silent)[None], mx.array(-1, mx.int32), audio)
         self._text = text
         self._audio = (self._audio + [audio])[-(self.max_delay + 1) :]
         self._step += 1

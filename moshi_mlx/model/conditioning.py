@@ -1,9 +1,12 @@
-"""Kyutai's lookup-table conditioners ("description": "very_good", ...), fused by summation.
+"""Kyutai's conditioners: lookup tables ("description": "very_good", "cfg": "2.0", ...) fused by
+summation, and tensors (the TTS's `speaker_wavs`) fused by cross-attention.
 
 A conditioned model (config keys `conditioners` and `fuser`, for example Kyutai's
-`moshi_dev_2b`) adds, at every time step, the sum of its conditions' embeddings to the input of
-the temporal transformer. Parameter names are Kyutai's (`condition_provider.conditioners.{name}
-.embed.weight`, `.output_proj.weight`, `.learnt_padding`), the same in their PyTorch and MLX files.
+`moshi_dev_2b`) adds, at every time step, the sum of its lookup-table conditions' embeddings to
+the input of the temporal transformer; the tensor conditions (`fuser.cross`) are concatenated
+along time, given sinusoidal positions, and attended to by every layer. Parameter names are
+Kyutai's (`condition_provider.conditioners.{name}.embed.weight`, `.output_proj.weight`,
+`.learnt_padding`), the same in their PyTorch and MLX files.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import hashlib
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from mimi_mlx.transformer import sin_embedding
 
 
 def hash_trick(word: str, vocab_size: int) -> int:
@@ -73,27 +78,83 @@ class LutConditioner(nn.Module):
         return mx.stack(rows, axis=0)
 
 
+class TensorConditioner(nn.Module):
+    """A sequence condition (a voice embedding): tensor (B, T, dim) + mask (B, T) -> projection
+    (B, T, output_dim), the learnt padding where the mask is False (Kyutai's `TensorConditioner`).
+    """
+
+    def __init__(
+        self,
+        output_dim: int,
+        dim: int,
+        force_linear: bool = True,
+        learn_padding: bool = True,
+        **_,
+    ):
+        super().__init__()
+        if force_linear or dim != output_dim:
+            self.output_proj = nn.Linear(dim, output_dim, bias=False)
+        if learn_padding:
+            self.learnt_padding = mx.zeros((1, 1, output_dim))
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def __call__(self, tensor: mx.array, mask: mx.array) -> mx.array:
+        x = tensor.astype(mx.float32)
+        if "output_proj" in self:
+            x = self.output_proj(x)
+        keep = mask.astype(x.dtype)[..., None]
+        padding = self.learnt_padding if "learnt_padding" in self else mx.zeros((), x.dtype)
+        return x * keep + padding * (1 - keep)
+
+
 class ConditionProvider(nn.Module):
-    """The model's conditioners, by name (Kyutai's `condition_provider`)."""
+    """The model's conditioners, by name (Kyutai's `condition_provider`), and its fuser."""
 
     def __init__(self, output_dim: int, conditioners: dict, fuser: dict | None):
         super().__init__()
         self.conditioners = {}
         for name, spec in conditioners.items():
             kind = spec.get("type")
-            if kind != "lut":
+            if kind == "lut":
+                self.conditioners[name] = LutConditioner(output_dim, **spec["lut"])
+            elif kind == "tensor":
+                self.conditioners[name] = TensorConditioner(output_dim, **spec["tensor"])
+            else:
                 raise NotImplementedError(f"conditioner type {kind!r} is not supported")
-            self.conditioners[name] = LutConditioner(output_dim, **spec["lut"])
         fuser = dict(fuser or {})
-        unsupported = [k for k in ("cross", "prepend") if fuser.get(k)]
-        if unsupported:
-            raise NotImplementedError(f"condition fusing by {unsupported} is not supported")
+        if fuser.get("prepend"):
+            raise NotImplementedError("condition fusing by 'prepend' is not supported")
         self._sum = list(fuser.get("sum", []))
+        self._cross = list(fuser.get("cross", []))
+        self._cross_pos_emb = bool(fuser.get("cross_attention_pos_emb", False))
+        self._cross_pos_emb_scale = float(fuser.get("cross_attention_pos_emb_scale", 1.0))
+        for name in self._sum + self._cross:
+            if name not in self.conditioners:
+                raise ValueError(f"the fuser names {name!r}, which is not a conditioner")
+        for names, kind, how in (
+            (self._sum, LutConditioner, "sum"),
+            (self._cross, TensorConditioner, "cross"),
+        ):
+            wrong = [n for n in names if not isinstance(self.conditioners[n], kind)]
+            if wrong:
+                raise NotImplementedError(
+                    f"conditions {wrong} cannot be fused by {how!r}: lookup tables are summed, "
+                    "tensors attended to (cross)"
+                )
 
     @property
     def names(self) -> list[str]:
         """Conditions added to the model's input (the fuser's `sum` list)."""
         return list(self._sum)
+
+    @property
+    def cross_names(self) -> list[str]:
+        """Tensor conditions attended to by cross-attention (the fuser's `cross` list)."""
+        return list(self._cross)
 
     def condition_sum(self, conditions: list[dict[str, str | None]]) -> mx.array | None:
         """Per batch row, {name: value} -> the summed condition (B, 1, output_dim), or None."""
@@ -102,3 +163,24 @@ class ConditionProvider(nn.Module):
             part = self.conditioners[name]([c.get(name) for c in conditions])
             total = part if total is None else total + part
         return total
+
+    def condition_cross(self, conditions: list[dict]) -> mx.array | None:
+        """Per batch row, {name: (tensor (T, dim), mask (T,))} -> the cross-attention source
+        (B, S, output_dim), the `cross` conditions concatenated along time; None if none."""
+        parts = []
+        for name in self._cross:
+            tensors, masks = [], []
+            for c in conditions:
+                if c.get(name) is None:
+                    raise ValueError(f"this model needs the tensor condition {name!r}")
+                tensor, mask = c[name]
+                tensors.append(mx.array(tensor))
+                masks.append(mx.array(mask).astype(mx.bool_))
+            parts.append(self.conditioners[name](mx.stack(tensors), mx.stack(masks)))
+        if not parts:
+            return None
+        cross = mx.concatenate(parts, axis=1)
+        if self._cross_pos_emb:
+            pos = sin_embedding(mx.arange(cross.shape[1]), cross.shape[-1], 10000.0)
+            cross = cross + self._cross_pos_emb_scale * pos.astype(cross.dtype)
+        return cross

@@ -164,10 +164,13 @@ class LmConfig:
             raise ValueError(f"depformer_weights_per_step_schedule needs {self.dep_q} entries")
         if self.generated_codebooks is not None and not 0 < self.generated_codebooks <= self.dep_q:
             raise ValueError(f"generated_codebooks must be in 1..dep_q ({self.dep_q})")
-        if self.demux_second_text_stream:
-            raise NotImplementedError("demux_second_text_stream models are not supported")
-        if self.cross_attention:
-            raise NotImplementedError("cross-attention models are not supported")
+        if self.demux_second_text_stream and self.norm_emb:
+            raise ValueError("demux_second_text_stream does not go with norm_emb (as Kyutai's)")
+        cross = list((self.fuser or {}).get("cross") or [])
+        if bool(cross) != bool(self.cross_attention):
+            raise ValueError(
+                "cross_attention needs conditions fused by `cross` in `fuser`, and the reverse"
+            )
 
     # -- derived facts -------------------------------------------------------------------------
     @property
@@ -243,6 +246,7 @@ class LmConfig:
             positional_embedding=self.positional_embedding,
             positional_scale=self.positional_scale,
             kv_repeat=self.kv_repeat,
+            cross_attention=bool(self.cross_attention),
         )
 
     def depformer_config(self, codebook: int) -> TransformerConfig:

@@ -27,7 +27,11 @@ class DepFormerSlice(nn.Module):
         num = cfg.text_card + 1 if codebook == 0 else cfg.card + 1
         dim = cfg.depformer_dim
         self.emb = ScaledEmbedding(
-            num, dim, low_rank=cfg.depformer_low_rank_embeddings, norm=cfg.norm_emb
+            num,
+            dim,
+            low_rank=cfg.depformer_low_rank_embeddings,
+            norm=cfg.norm_emb,
+            demux_second_stream=codebook == 0 and cfg.demux_second_text_stream,
         )
         self.linear_in = nn.Linear(cfg.dim, dim, bias=False)
         self.transformer = Transformer(cfg.depformer_config(codebook))
@@ -48,6 +52,11 @@ class DepFormer(nn.Module):
     def __init__(self, cfg: LmConfig):
         super().__init__()
         self.slices = [DepFormerSlice(cfg, k) for k in range(cfg.dep_q)]
+        # Slices with the same weight set (Kyutai's schedule, e.g. the TTS's 32 steps on 11
+        # sets) share one transformer: the weights are held once, though every slice names them.
+        first: dict[int, Transformer] = {}
+        for k, part in enumerate(self.slices):
+            part.transformer = first.setdefault(cfg.weight_set(k), part.transformer)
 
     def _caches(self):
         return self.slices[0].transformer.make_caches()
@@ -79,7 +88,7 @@ class DepFormer(nn.Module):
         transformer_out: mx.array,
         text_token: mx.array,
         sample_fn: Callable[[mx.array], mx.array],
-        steps: int | None = None,
+        count: int | None = None,
         forced: list[mx.array | None] | None = None,
         feed: list[mx.array | None] | None = None,
     ) -> mx.array:
@@ -90,17 +99,17 @@ class DepFormer(nn.Module):
                 2 B with classifier-free guidance (conditioned rows, then unconditioned).
             text_token: (B,) the text token of this step.
             sample_fn: (R, card) logits -> (B,) tokens.
-            steps: how many codebooks (slices) to run (default: all `dep_q`). The depth
-                decoder is causal over its steps, so later slices never change earlier tokens.
+            count: run only the first `count` codebooks (slices; default: all `dep_q`). The
+                depth decoder is causal over its steps: later slices never change earlier tokens.
             forced: per codebook, (B,) tokens given instead of sampled (slices after the last
                 sampled codebook are not run at all).
             feed: per codebook, (B,) tokens fed to the next slice in place of the sampled one
                 (which is still returned): NVIDIA's teacher forcing of the user's codebooks.
 
         Returns:
-            (B, steps) int32 tokens.
+            (B, count) int32 tokens.
         """
-        steps = len(self.slices) if steps is None else steps
+        steps = len(self.slices) if count is None else count
         forced = list(forced or []) + [None] * (steps - len(forced or []))
         feed = list(feed or []) + [None] * (steps - len(feed or []))
         sampled = [k for k in range(steps) if forced[k] is None]

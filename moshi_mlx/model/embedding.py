@@ -20,6 +20,8 @@ class _EmbeddingBase(nn.Module):
 
     def __call__(self, tokens: mx.array) -> mx.array:
         """(...) integer tokens -> (..., dim); -1 gives zeros, other negatives embed token 0."""
+        if "out1" in self:
+            return self._demuxed(tokens)
         is_zero = (tokens == ZERO_TOKEN)[..., None]
         y = self._lookup(mx.maximum(tokens, 0))
         if "norm" in self:
@@ -29,17 +31,43 @@ class _EmbeddingBase(nn.Module):
             y = self.low_rank(y)
         return y
 
+    def _demuxed(self, tokens: mx.array) -> mx.array:
+        """Kyutai's two text streams in one token: `(second + 1) * num + first`, each embedded
+        in the same table, then projected by `out1` / `out2` (second = -1: no second token)."""
+        num = self.num_embeddings
+        is_zero = (tokens == ZERO_TOKEN)[..., None]
+        tokens = mx.maximum(tokens, 0)
+        first, second = tokens % num, tokens // num - 1
+        y = self.out1(self._lookup(first))
+        y2 = self.out2(self._lookup(mx.maximum(second, 0)))
+        y = y + mx.where((second < 0)[..., None], mx.zeros((), dtype=y2.dtype), y2)
+        return mx.where(is_zero, mx.zeros((), dtype=y.dtype), y)
+
 
 class ScaledEmbedding(_EmbeddingBase):
     """An embedding table (num, low_rank or dim), then LayerNorm if `norm`, then `low_rank`."""
 
-    def __init__(self, num: int, dim: int, low_rank: int | None = None, norm: bool = False):
+    def __init__(
+        self,
+        num: int,
+        dim: int,
+        low_rank: int | None = None,
+        norm: bool = False,
+        demux_second_stream: bool = False,
+    ):
         super().__init__()
         self.weight = mx.random.normal((num, low_rank or dim), scale=(low_rank or dim) ** -0.5)
         if norm:
             self.norm = make_norm("layer_norm", low_rank or dim)
-        if low_rank is not None:
+        if demux_second_stream:  # two projections replace the low-rank one
+            self.out1 = nn.Linear(low_rank or dim, dim, bias=False)
+            self.out2 = nn.Linear(low_rank or dim, dim, bias=False)
+        elif low_rank is not None:
             self.low_rank = nn.Linear(low_rank, dim, bias=False)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
 
     def _lookup(self, tokens: mx.array) -> mx.array:
         return self.weight[tokens]
@@ -60,6 +88,10 @@ class QuantizedScaledEmbedding(_EmbeddingBase):
         self.bits = bits
         self.mode = mode
 
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
+
     @classmethod
     def from_embedding(
         cls, emb: ScaledEmbedding, group_size: int, bits: int, mode: str = "affine"
@@ -68,7 +100,7 @@ class QuantizedScaledEmbedding(_EmbeddingBase):
         q.weight, q.scales, *biases = mx.quantize(emb.weight, group_size, bits, mode=mode)
         if biases:
             q.biases = biases[0]
-        for child in ("norm", "low_rank"):
+        for child in ("norm", "low_rank", "out1", "out2"):
             if child in emb:
                 setattr(q, child, emb[child])
         q.freeze(keys=["weight", "scales", "biases"], strict=False)

@@ -72,7 +72,12 @@ class Lm(StreamingModule):
         cfg = cfg or LmConfig()
         self.cfg = cfg
         self.dtype = dtype
-        self.text_emb = ScaledEmbedding(cfg.text_card + 1, cfg.dim, norm=cfg.norm_emb)
+        self.text_emb = ScaledEmbedding(
+            cfg.text_card + 1,
+            cfg.dim,
+            norm=cfg.norm_emb,
+            demux_second_stream=cfg.demux_second_text_stream,
+        )
         self.audio_embs = [
             ScaledEmbedding(cfg.card + 1, cfg.dim, norm=cfg.norm_emb) for _ in range(cfg.n_q)
         ]
@@ -110,6 +115,22 @@ class Lm(StreamingModule):
             raise ValueError(f"{len(rows)} condition rows for a batch of {batch}")
         return self.condition_provider.condition_sum(rows).astype(self.dtype)
 
+    def cross_condition(self, conditions: dict | list[dict] | None, batch: int) -> list | None:
+        """Every layer's cross-attention keys and values for the tensor conditions (computed once
+        per conditioning; Kyutai's TTS voices), or None for models without cross-attention.
+
+        Args:
+            conditions: {name: (tensor (T, dim), mask (T,))} for the fuser's `cross` conditions
+                (other names ignored), one dict for all rows or one a row.
+        """
+        if not self.cfg.cross_attention:
+            return None
+        rows = [conditions] * batch if isinstance(conditions, dict) else list(conditions or [])
+        if len(rows) != batch:
+            raise ValueError(f"{len(rows)} condition rows for a batch of {batch}")
+        source = self.condition_provider.condition_cross(rows).astype(self.dtype)
+        return self.transformer.cross_keys_values(source)
+
     # -- facts ---------------------------------------------------------------------------------
     @property
     def initial_tokens(self) -> mx.array:
@@ -142,18 +163,19 @@ class Lm(StreamingModule):
         self.cfg = replace(self.cfg, extra_heads_num_heads=0)
 
     def step(
-        self, tokens: mx.array, condition: mx.array | None = None
+        self, tokens: mx.array, condition: mx.array | None = None, cross: list | None = None
     ) -> tuple[mx.array, mx.array]:
         """One streaming time step of the temporal transformer.
 
         Args:
             tokens: (B, K, 1) input tokens of every stream for this step.
             condition: (B, 1, dim) from `condition()`, for conditioned models.
+            cross: from `cross_condition()`, for models with cross-attention.
 
         Returns:
             transformer_out (B, 1, dim) for the depth decoder and text logits (B, 1, text_card).
         """
-        return self._heads(self.transformer.step(self.embed(tokens, condition)))
+        return self._heads(self.transformer.step(self.embed(tokens, condition), cross=cross))
 
     def forward(self, codes: mx.array, conditions: dict | list[dict] | None = None) -> LmOutput:
         """Teacher-forced logits for whole sequences, as Kyutai's `LMModel.forward`.
@@ -179,7 +201,8 @@ class Lm(StreamingModule):
         start = mx.broadcast_to(initial[None, :, None], (B, K, 1))
         inputs = mx.concatenate([start, delayed[:, :, : T - 1]], axis=2)
         condition = self.condition(conditions, B)
-        out, text_logits = self._heads(self.transformer(self.embed(inputs, condition)))
+        cross = self.cross_condition(conditions, B)
+        out, text_logits = self._heads(self.transformer(self.embed(inputs, condition), cross=cross))
         if cfg.dep_q:
             logits = self.depformer(out, delayed[:, : cfg.dep_q])  # delayed time axis
             logits, mask = undelay(logits, cfg.delays[1 : 1 + cfg.dep_q])
@@ -194,11 +217,14 @@ class Lm(StreamingModule):
     def _check_range(self, codes: mx.array) -> None:
         """Out-of-range tokens would read outside the embedding tables: refuse them."""
         cfg = self.cfg
-        high = mx.array([cfg.text_card] + [cfg.card] * cfg.n_q)[None, :, None]
+        text_high = cfg.text_card
+        if cfg.demux_second_text_stream:  # two text tokens in one: (second + 1) * num + first
+            text_high = (cfg.text_card + 1) * (cfg.text_card + 2) - 1
+        high = mx.array([text_high] + [cfg.card] * cfg.n_q)[None, :, None]
         bad = mx.any((codes < -1) | (codes > high)).item()
         if bad:
             raise ValueError(
-                f"codes out of range: text tokens must be in [-1, {cfg.text_card}] and audio "
+                f"codes out of range: text tokens must be in [-1, {text_high}] and audio "
                 f"tokens in [-1, {cfg.card}] (-1: no input; the top value: start token)"
             )
 

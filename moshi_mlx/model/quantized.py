@@ -77,6 +77,8 @@ def quantize_layers(model: nn.Module, layers: dict[str, tuple[int, int]]) -> Non
     for path, (group_size, bits) in layers.items():
         parent, attr = _parent(model, path)
         layer = parent[int(attr)] if isinstance(parent, list) else parent[attr]
+        if (getattr(layer, "group_size", None), getattr(layer, "bits", None)) == (group_size, bits):
+            continue  # a shared layer, already quantized through another name
         if not hasattr(layer, "to_quantized"):
             raise CheckpointError(f"the checkpoint quantizes {path}, which cannot be quantized")
         quantized = layer.to_quantized(group_size=group_size, bits=bits)

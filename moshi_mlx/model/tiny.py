@@ -1,11 +1,14 @@
-"""A tiny random Moshi (or STT) checkpoint in Kyutai's real repo layout, to try the apps on any
-machine.
+"""Tiny random Moshi, STT and TTS checkpoints in Kyutai's real repo layouts, to try the apps
+anywhere.
 
 The folder holds what `kyutai/moshiko-mlx-*` holds: `config.json` (the model's keys and the file
 names), the language model in Kyutai's MLX layout (`model.safetensors`, or quantized
 `model.q8.safetensors` / `model.q4.safetensors`), Mimi in Kyutai's PyTorch layout
 (`tokenizer-e351c8d8-checkpoint125.safetensors`, with `mimi_config.json` for its tiny size) and a
 SentencePiece model (`tokenizer_spm_32k_3.model`). The weights are random: it makes noise.
+The TTS folder holds what `kyutai/tts-1.6b-en_fr` holds (the language model, here in Kyutai's MLX
+layout, `tokenizer_spm_8k_en_fr_audio.model`, Mimi) and a voice as `kyutai/tts-voices` has them
+(`voices/tiny.<sig>@<epoch>.safetensors`, a `speaker_wavs` tensor (1, dim, 125)).
 """
 
 from __future__ import annotations
@@ -120,7 +123,48 @@ TINY_KINDS = {
     "personaplex": TINY_PERSONAPLEX,
     "hibiki": TINY_HIBIKI,
 }
-KINDS = tuple(TINY_KINDS)
+KINDS = (*TINY_KINDS, "tts")
+
+
+# Kyutai's TTS architecture (kyutai/tts-1.6b-en_fr: every codebook generated, a demuxed second
+# text stream, cross-attention over voices, `cfg` and `control` conditions) at a tiny width.
+TTS_SIG, TTS_EPOCH = "0000tiny", 1
+TINY_TTS_LM = {
+    **{k: v for k, v in TINY_LM.items() if k != "delays"},
+    "text_card": 256,
+    "n_q": 8,
+    "dep_q": 8,
+    "context": 500,
+    "delays": [0, 0] + [2] * 7,
+    "depformer_weights_per_step_schedule": [0, 1, 2, 3, 3, 4, 4, 4],
+    "depformer_low_rank_embeddings": 32,
+    "demux_second_stream": True,
+    "cross_attention": True,
+    "conditioners": {
+        "speaker_wavs": {"type": "tensor", "tensor": {"dim": 32}},
+        "cfg": {
+            "type": "lut",
+            "lut": {
+                "n_bins": 7,
+                "dim": 16,
+                "tokenizer": "noop",
+                "possible_values": ["1.0", "1.5", "2.0", "2.5", "3.0", "3.5", "4.0"],
+            },
+        },
+        "control": {
+            "type": "lut",
+            "lut": {"n_bins": 1, "dim": 64, "tokenizer": "noop", "possible_values": ["ok"]},
+        },
+    },
+    "fuser": {
+        "cross_attention_pos_emb": True,
+        "cross_attention_pos_emb_scale": 1,
+        "sum": ["control", "cfg"],
+        "prepend": [],
+        "cross": ["speaker_wavs"],
+    },
+}
+TTS_TOKENIZER_FILE = "tokenizer_spm_8k_en_fr_audio.model"
 
 
 def tiny_mimi_config() -> MimiConfig:
@@ -180,6 +224,19 @@ def _train_tokenizer(prefix: Path, vocab_size: int) -> None:
     )
 
 
+def write_tiny_tokenizer(folder: Path, name: str) -> None:
+    """A tiny SentencePiece model (200 pieces; ids 0-3 are not word pieces) as `folder/name`."""
+    _train_tokenizer(folder / Path(name).stem, vocab_size=200)
+    (folder / Path(name).with_suffix(".vocab").name).unlink(missing_ok=True)
+
+
+def write_tiny_mimi(folder: Path, seed: int) -> None:
+    """A tiny random Mimi in Kyutai's layout, with its `mimi_config.json`."""
+    mimi = _random_mimi(seed)
+    save_mimi_kyutai(mimi, folder / KYUTAI_FILE)
+    (folder / "mimi_config.json").write_text(json.dumps(mimi.cfg.to_dict(), indent=2))
+
+
 QUANTIZATION = {8: 64, 4: 32}  # bits -> group size of Kyutai's q8 and q4 files
 
 
@@ -220,12 +277,15 @@ def make_tiny_checkpoint(
         quantize_bits: None for float weights (`model.safetensors`), 8 or 4 for Kyutai's
             `model.q8.safetensors` (group 64) / `model.q4.safetensors` (group 32).
         kind: "moshi" (`kyutai/moshiko-mlx-*`'s architecture), "stt"
-            (`kyutai/stt-1b-en_fr-mlx`'s, with the voice-activity heads), "personaplex" (16 depth
-            steps; its voice presets are written by `scripts/make_tiny_checkpoint.py`) or
-            "hibiki" (conditioned, acoustic delay 2).
+            (`kyutai/stt-1b-en_fr-mlx`'s, with the voice-activity heads), "tts"
+            (`kyutai/tts-1.6b-en_fr`'s, with two voices; `make_tiny_tts_checkpoint`),
+            "personaplex" (16 depth steps; its voice presets are written by
+            `scripts/make_tiny_checkpoint.py`) or "hibiki" (conditioned, acoustic delay 2).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "tts":
+        return make_tiny_tts_checkpoint(folder, seed, quantize_bits)
     folder = Path(folder)
     lm = TINY_KINDS[kind]
     files = (
@@ -247,6 +307,50 @@ def make_tiny_checkpoint(
         **(
             STT_KEYS if kind == "stt" else {"model_type": "hibiki" if kind == "hibiki" else "moshi"}
         ),
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def save_voice(path: str | Path, dim: int, seed: int, length: int = 125) -> Path:
+    """A random voice embedding as `kyutai/tts-voices` files hold them: `speaker_wavs`
+    (1, dim, length)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(seed)
+    mx.save_safetensors(str(path), {"speaker_wavs": mx.random.normal((1, dim, length))})
+    return path
+
+
+def make_tiny_tts_checkpoint(
+    folder: str | Path, seed: int = 0, quantize_bits: int | None = None
+) -> Path:
+    """Write a tiny random TTS repo folder (Kyutai's `kyutai/tts-1.6b-en_fr` layout, the language
+    model in Kyutai's MLX names) with two voices `voices/tiny` and `voices/tiny2`."""
+    folder = Path(folder)
+    cfg = LmConfig.from_dict(TINY_TTS_LM)
+    written = save_random_lm(cfg, folder, seed, quantize_bits)
+    moshi_name = f"dsm_tts_{TTS_SIG}@{TTS_EPOCH}.safetensors"
+    if quantize_bits is not None:
+        moshi_name = moshi_name.replace(".safetensors", f".q{quantize_bits}.safetensors")
+    written.rename(folder / moshi_name)
+    write_tiny_mimi(folder, seed + 1)
+    write_tiny_tokenizer(folder, TTS_TOKENIZER_FILE)
+    dim = TINY_TTS_LM["conditioners"]["speaker_wavs"]["tensor"]["dim"]
+    for i, name in enumerate(("tiny", "tiny2")):
+        save_voice(
+            folder / "voices" / f"{name}.{TTS_SIG}@{TTS_EPOCH}.safetensors", dim, seed + 2 + i
+        )
+    config = {
+        **TINY_TTS_LM,
+        "moshi_name": moshi_name,
+        "mimi_name": KYUTAI_FILE,
+        "mimi_config_name": "mimi_config.json",
+        "tokenizer_name": TTS_TOKENIZER_FILE,
+        "tts_config": {"audio_delay": 1.28, "second_stream_ahead": 2},
+        "model_id": {"sig": TTS_SIG, "epoch": TTS_EPOCH},
+        "model_type": "tts",
+        "lm_gen_config": {"temp": 0.6, "temp_text": 0.6},
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder

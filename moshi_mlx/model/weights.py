@@ -71,13 +71,26 @@ def _norm_rows(ours: str, src: str, norm: str, fmt: str) -> list[Row]:
     return [(f"{ours}.weight", (f"{src}.weight",), copy), (f"{ours}.bias", (f"{src}.bias",), copy)]
 
 
-def _emb_rows(ours: str, src: str, cfg: LmConfig, low_rank: bool, fmt: str) -> list[Row]:
+def _emb_rows(
+    ours: str, src: str, cfg: LmConfig, low_rank: bool, fmt: str, demux: bool = False
+) -> list[Row]:
     rows = [(f"{ours}.weight", (f"{src}.weight",), copy)]
+    if demux:  # two text streams in one token: two output projections, no norm
+        return rows + [
+            (f"{ours}.{o}.weight", (f"{src}.{o}.weight",), copy) for o in ("out1", "out2")
+        ]
     if cfg.norm_emb:
         rows += _norm_rows(f"{ours}.norm", f"{src}.norm", "layer_norm", fmt)
     if low_rank and cfg.depformer_low_rank_embeddings is not None:
         rows.append((f"{ours}.low_rank.weight", (f"{src}.low_rank.weight",), copy))
     return rows
+
+
+def unused_sources(cfg: LmConfig, fmt: str) -> set[str]:
+    """Tensors Kyutai's PyTorch files hold but their model never uses (so neither do we)."""
+    if fmt == "pytorch" and cfg.demux_second_text_stream and cfg.depformer_low_rank_embeddings:
+        return {"depformer_text_emb.low_rank.weight"}  # created, then bypassed by the demux
+    return set()
 
 
 def _layer_rows_same_names(ours: str, src: str, tcfg, fmt: str) -> list[Row]:
@@ -91,6 +104,26 @@ def _layer_rows_same_names(ours: str, src: str, tcfg, fmt: str) -> list[Row]:
     rows += _norm_rows(f"{ours}.norm2", f"{src}.norm2", tcfg.norm, fmt)
     rows += _mlp_rows(ours, src, tcfg, fmt, None)
     rows += _layer_scale_rows(ours, src, tcfg)
+    if tcfg.cross_attention:
+        rows += _cross_attention_rows(ours, src, tcfg, fmt)
+    return rows
+
+
+def _cross_attention_rows(ours: str, src: str, tcfg, fmt: str) -> list[Row]:
+    """A layer's cross-attention block: fused q/k/v projection, output projection, LayerNorm."""
+    attn_in = "cross_attention.in_proj.weight" if fmt == "mlx" else "cross_attention.in_proj_weight"
+    rows = [
+        (f"{ours}.cross_attention.in_proj.weight", (f"{src}.{attn_in}",), copy),
+        (
+            f"{ours}.cross_attention.out_proj.weight",
+            (f"{src}.cross_attention.out_proj.weight",),
+            copy,
+        ),
+    ]
+    rows += _norm_rows(f"{ours}.norm_cross", f"{src}.norm_cross", "layer_norm", fmt)
+    if tcfg.layer_scale is not None:
+        name = "layer_scale_cross.scale"
+        rows.append((f"{ours}.{name}", (f"{src}.{name}",), copy))
     return rows
 
 
@@ -121,7 +154,7 @@ def _same_name_table(cfg: LmConfig, fmt: str) -> list[Row]:
     """Kyutai MLX (`fmt="mlx"`) or Kyutai PyTorch (`fmt="pytorch"`)."""
     mlx = fmt == "mlx"
     tcfg = cfg.transformer_config()
-    rows = _emb_rows("text_emb", "text_emb", cfg, False, fmt)
+    rows = _emb_rows("text_emb", "text_emb", cfg, False, fmt, cfg.demux_second_text_stream)
     for i in range(cfg.n_q):
         rows += _emb_rows(
             f"audio_embs.{i}", f"audio_embs.{i}" if mlx else f"emb.{i}", cfg, False, fmt
@@ -142,15 +175,16 @@ def _same_name_table(cfg: LmConfig, fmt: str) -> list[Row]:
 
 
 def _condition_rows(cfg: LmConfig) -> list[Row]:
-    """Lookup-table conditioners: the same names in Kyutai's PyTorch and MLX files."""
+    """Conditioners (lookup tables, tensors): the same names in Kyutai's PyTorch and MLX files."""
     rows: list[Row] = []
     for name, spec in (cfg.conditioners or {}).items():
         p = f"condition_provider.conditioners.{name}"
-        lut = spec.get("lut", {})
-        parts = ["embed.weight"]
-        if lut.get("force_linear", True) or lut.get("dim") != cfg.dim:
+        kind = spec.get("type", "lut")
+        args = spec.get(kind, {})
+        parts = ["embed.weight"] if kind == "lut" else []
+        if args.get("force_linear", True) or args.get("dim") != cfg.dim:
             parts.append("output_proj.weight")
-        if lut.get("learn_padding", True):
+        if args.get("learn_padding", True):
             parts.append("learnt_padding")
         rows += [(f"{p}.{part}", (f"{p}.{part}",), copy) for part in parts]
     return rows
@@ -159,7 +193,8 @@ def _condition_rows(cfg: LmConfig) -> list[Row]:
 def _slice_rows_mlx(cfg: LmConfig, k: int) -> list[Row]:
     p = f"depformer.slices.{k}"
     dcfg = cfg.depformer_config(k)
-    rows = _emb_rows(f"{p}.emb", f"{p}.emb", cfg, True, "mlx")
+    demux = k == 0 and cfg.demux_second_text_stream
+    rows = _emb_rows(f"{p}.emb", f"{p}.emb", cfg, True, "mlx", demux)
     rows.append((f"{p}.linear_in.weight", (f"{p}.linear_in.weight",), copy))
     rows.append((f"{p}.linear_out.weight", (f"{p}.linear_out.weight",), copy))
     if cfg.bias_proj:
@@ -176,7 +211,8 @@ def _slice_rows_pytorch(cfg: LmConfig, k: int) -> list[Row]:
     p = f"depformer.slices.{k}"
     dcfg = cfg.depformer_config(k)
     emb_src = "depformer_text_emb" if k == 0 else f"depformer_emb.{k - 1}"
-    rows = _emb_rows(f"{p}.emb", emb_src, cfg, True, "pytorch")
+    demux = k == 0 and cfg.demux_second_text_stream
+    rows = _emb_rows(f"{p}.emb", emb_src, cfg, True, "pytorch", demux)
     rows.append(
         (f"{p}.linear_in.weight", (f"depformer_in.{cfg.depformer_in_index(k)}.weight",), copy)
     )
@@ -274,6 +310,8 @@ ALIASES = {
 STACKED = {
     "self_attn.in_projs": "self_attn.in_proj_weight",
     "self_attn.out_projs": "self_attn.out_proj.weight",
+    "cross_attention.in_projs": "cross_attention.in_proj_weight",
+    "cross_attention.out_projs": "cross_attention.out_proj.weight",
 }
 
 
@@ -352,13 +390,16 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
         model.drop_extra_heads()
         rows = [row for row in rows if row not in heads]
     expected = {s for _, sources, _ in rows for s in sources}
+    unused = unused_sources(model.cfg, fmt)
     quantized: dict[str, tuple[int, int]] = {}
     if fmt == "mlx":
         shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
         quantized = find_quantized(tensors, shapes, source)
         expected |= {f"{p}.{part}" for p in quantized for part in ("scales", "biases")}
     missing = sorted(expected - tensors.keys())
-    unexpected = sorted(k for k in tensors if k not in expected and not ignored(k))
+    unexpected = sorted(
+        k for k in tensors if k not in expected and k not in unused and not ignored(k)
+    )
     if missing or unexpected:
         raise CheckpointError(
             f"{source} does not match the language model's configuration (layout: "
@@ -368,8 +409,14 @@ def load_weights(model, tensors: dict[str, mx.array], source: str = "checkpoint"
         )
     quantize_layers(model, quantized)
     ours = {k: v for k, v in tree_flatten(model.parameters())}
+    # A parameter shared by several names (depth-decoder slices on one weight set) is loaded
+    # once, through its first name.
+    first = {}
+    rows = [r for r in rows if first.setdefault(id(ours.get(r[0], r)), r[0]) == r[0]]
     state = {name: fn(*(tensors[s] for s in sources)) for name, sources, fn in rows}
     for path in quantized:
+        if f"{path}.weight" not in state:
+            continue  # a shared layer, loaded through another name
         for part in ("scales", "biases"):
             state[f"{path}.{part}"] = tensors[f"{path}.{part}"]
     tensors.clear()  # the sources now live only in `state`'s lazy graphs
