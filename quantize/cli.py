@@ -12,7 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import OneLineParser, UsageError, quiet_hub_logs, run_cli
+from mimi_mlx.cli_support import (
+    OneLineParser,
+    UsageError,
+    positive_int,
+    quiet_hub_logs,
+    run_cli,
+    seed,
+)
 
 from .recipes import GROUPS, PARTS, RECIPES
 
@@ -32,32 +39,16 @@ RECIPE_HELP = "\n".join(
 )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {value}")
-    return value
-
-
 def _report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("accuracy report")
     g.add_argument("--audio", type=Path, help="report on the Mimi codes of this audio file")
-    g.add_argument("--steps", type=_positive, default=32, help="time steps per input (default 32)")
-    g.add_argument("--batch", type=_positive, default=2, help="random input sequences (default 2)")
-    g.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (default 0)")
+    g.add_argument(
+        "--steps", type=positive_int, default=32, help="time steps per input (default 32)"
+    )
+    g.add_argument(
+        "--batch", type=positive_int, default=2, help="random input sequences (default 2)"
+    )
+    g.add_argument("--seed", type=seed, default=0, help="seed of the random inputs (default 0)")
 
 
 def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -106,6 +106,6 @@ def test_bad_record_folder_and_options(pulse, tiny_checkpoint, tmp_path):
     )
     assert "exists" in err and "--force" in err
     err = one_line_error(cli("chat", "--max-lag", "0"), status=2)
-    assert "must be positive" in err
+    assert "must be 1 or more" in err
     err = one_line_error(cli("chat", "--hf-repo", "a/b", "--voice", "moshika"), status=2)
     assert "not allowed with" in err

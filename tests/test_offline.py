@@ -143,7 +143,7 @@ def test_bad_options_are_usage_errors(capsys, speech_wav, tmp_path):
         (("--temperature", "-1"), "must be a finite number, 0 or more"),
         (("--temperature", "inf"), "must be a finite number"),
         (("--audio-temperature", "nan"), "must be a finite number"),
-        (("--text-top-k", "0"), "must be positive"),
+        (("--text-top-k", "0"), "must be 1 or more"),
         (("--top-p", "0"), "must be in (0, 1]"),
         (("--seed", "x"), "not a whole number"),
         (("--seed", "-1"), "must be in 0.."),

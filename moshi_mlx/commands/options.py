@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import one_line, quiet_hub_logs
+from mimi_mlx.cli_support import one_line, positive_int, quiet_hub_logs, seed
 
 from ..model.known import DEFAULT_MODEL, MODELS, KnownModel, known_model, model_for_repo
 
@@ -49,26 +49,6 @@ def probability(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be in 0..2**63-1, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from mimi_mlx.cli_support import UsageError
 
+from ..model.known import MODELS
 from . import options
 
-DEFAULT_TTS_REPO = "kyutai/tts-1.6b-en_fr"
+DEFAULT_TTS_REPO = MODELS["tts-1.6b-en_fr"].repo  # kyutai/tts-1.6b-en_fr
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"
 
 EXAMPLES = """\

@@ -9,9 +9,10 @@ from pathlib import Path
 from mimi_mlx.cli_support import UsageError
 from mimi_mlx.hub import recorded_name
 
+from ..model.known import MODELS
 from . import options
 
-DEFAULT_STT_REPO = "kyutai/stt-1b-en_fr-mlx"
+DEFAULT_STT_REPO = MODELS["stt-1b-en_fr"].repo  # kyutai/stt-1b-en_fr-mlx
 
 EXAMPLES = """\
 examples:
