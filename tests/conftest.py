@@ -12,6 +12,19 @@ from live_audio_report import pytest_terminal_summary  # noqa: F401  (a hook: lo
 import mimi_reference as R
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_memory_after_each_module():
+    """Give back what a module's models held: MLX keeps freed buffers in its cache, and the
+    suite's peak memory would otherwise be the sum of the modules' (CI has 12 GB)."""
+    yield
+    import gc
+
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+
+
 @dataclass
 class MimiRefs:
     """One set of random weights in Kyutai's model, transformers' model and ours (both loaders)."""
