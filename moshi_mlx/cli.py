@@ -46,8 +46,8 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Build the `moshi-mlx` argument parser, one subcommand per module of `COMMANDS`."""
     parser = parser or OneLineParser(
         prog="moshi-mlx",
-        description="Kyutai's Moshi speech models on MLX: full-duplex voice chat, file to file, "
-        "text to speech.",
+        description="Kyutai's Moshi family on MLX: voice chat (Moshi, PersonaPlex), live "
+        "translation (Hibiki), speech to text, text to speech; live or file to file.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
