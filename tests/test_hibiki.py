@@ -12,6 +12,7 @@ and in ours through our real loader:
 
 from __future__ import annotations
 
+import copy
 import gc
 import types
 
@@ -253,7 +254,9 @@ def test_end_of_stream_matches_run_inference(tiny, tiny_refs, tiny_mimi, tmp_pat
 
     mimi.codes, mimi.decoded = [], []
     texts, audio = ours_offline(ours, mimi, wav, tmp_path / "out.wav", eos, max_tail=40)
-    kyutai_mimi = _KyutaiMimiWithOurCodes(tiny_refs.kyutai, mimi.codes)
+    # a copy: Kyutai's run_inference leaves its Mimi streaming for good, and the session's
+    # reference Mimi must stay a batch codec for the other tests
+    kyutai_mimi = _KyutaiMimiWithOurCodes(copy.deepcopy(tiny_refs.kyutai), mimi.codes)
     ref_texts, ref_audio = kyutai_run_inference(reference, kyutai_mimi, pcm, eos)
     lag = 2
     assert len(texts) == s_eos + lag + 1  # Kyutai's last call: the token's audio is out

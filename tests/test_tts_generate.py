@@ -110,3 +110,19 @@ def test_dialogue_two_voices_matches_kyutai(tiny):
 
 def test_fewer_codebooks_match_kyutai(tiny):
     check(tiny, TEXTS[0], ["v0"], n_q=4)
+
+
+@pytest.mark.slow
+def test_greedy_generation_at_real_widths_matches_kyutai(tmp_path):
+    """`kyutai/tts-1.6b-en_fr` at real widths with 2 temporal layers, all 32 codebooks: the same
+    text fed, audio codes, end and word timings as Kyutai's `TTSModel.generate`."""
+    import gc
+
+    cfg = R.tts_1_6b(num_layers=2)
+    reference = R.make_kyutai_lm(cfg, seed=29, bf16_exact=True)
+    folder = R.save_tts_folder(reference, cfg, tmp_path)
+    tts = TextToSpeech(load_checkpoint(folder))
+    assert tts.lm.cfg.dim == 2048 and tts.lm.cfg.dep_q == 32
+    check((cfg, reference, folder, tts), ["Hello, world. Ça va?"], ["v0"], n_q=32)
+    del reference, tts
+    gc.collect()
