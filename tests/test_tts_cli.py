@@ -151,3 +151,24 @@ def found_in_order(expected: np.ndarray, recorded: np.ndarray) -> tuple[int, int
         cursor = at + len(piece)
         found += 1
     return found, resyncs
+
+
+def test_a_voice_by_name_from_the_hub_cache(tts_checkpoint, tmp_path):
+    """`--voice NAME` not in the checkpoint's `voices/` comes from `kyutai/tts-voices` in the
+    Hugging Face cache (offline): the same embedding gives the same audio as the local file."""
+    from hub_cache import add_repo
+
+    local = next((tts_checkpoint / "voices").glob("tiny.*.safetensors"))
+    suffix = local.name[len("tiny") :]
+    cache = tmp_path / "hub"
+    add_repo(cache, "kyutai/tts-voices", {f"expresso/demo{suffix}": local})
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    args = ["--seed", 3, "--float"]
+    by_name, by_file = tmp_path / "name.wav", tmp_path / "file.wav"
+    r = speak(tts_checkpoint, "Hello there.", by_name, "--voice", "expresso/demo", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert speak(tts_checkpoint, "Hello there.", by_file, "--voice", local, *args).returncode == 0
+    np.testing.assert_array_equal(read(by_name), read(by_file))
+    r = speak(tts_checkpoint, "Hello.", tmp_path / "x.wav", "--voice", "expresso/nobody", env=env)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "expresso/nobody" in r.stderr and not (tmp_path / "x.wav").exists()
