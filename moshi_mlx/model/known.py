@@ -65,6 +65,22 @@ def _kyutai_mlx(voice: str) -> dict[str, str]:
     return {p: f"kyutai/{voice}-mlx-{p}" for p in ("q4", "q8", "bf16")}
 
 
+def _hibiki(name: str, repo: str, model: str) -> KnownModel:
+    """Hibiki: translation with Kyutai's `run_inference` guidance (very_good against very_bad)."""
+    return KnownModel(
+        name,
+        "translation",
+        {"bf16": repo},
+        "bf16",
+        f"{model}: live speech translation, French in, English out",
+        sampling=Sampling(text_temperature=0.4, audio_temperature=0.8),
+        conditions={"description": "very_good"},
+        cfg_conditions={"description": "very_bad"},
+        cfg_coef=3.0,
+        end_of_stream=True,
+    )
+
+
 PERSONAPLEX_VOICES = tuple(
     [f"NAT{g}{i}" for g in "FM" for i in range(4)] + [f"VAR{g}{i}" for g in "FM" for i in range(5)]
 )
@@ -100,30 +116,8 @@ MODELS: dict[str, KnownModel] = {
             voice_prompt=TRAINED,
             voices=PERSONAPLEX_VOICES,
         ),
-        KnownModel(
-            "hibiki",
-            "translation",
-            {"bf16": "kyutai/hibiki-1b-mlx-bf16"},
-            "bf16",
-            "Kyutai's Hibiki 1B: live speech translation, French in, English out",
-            sampling=Sampling(text_temperature=0.4, audio_temperature=0.8),
-            conditions={"description": "very_good"},
-            cfg_conditions={"description": "very_bad"},
-            cfg_coef=3.0,
-            end_of_stream=True,
-        ),
-        KnownModel(
-            "hibiki-2b",
-            "translation",
-            {"bf16": "kyutai/hibiki-2b-mlx-bf16"},
-            "bf16",
-            "Kyutai's Hibiki 2B: live speech translation, French in, English out",
-            sampling=Sampling(text_temperature=0.4, audio_temperature=0.8),
-            conditions={"description": "very_good"},
-            cfg_conditions={"description": "very_bad"},
-            cfg_coef=3.0,
-            end_of_stream=True,
-        ),
+        _hibiki("hibiki", "kyutai/hibiki-1b-mlx-bf16", "Kyutai's Hibiki 1B"),
+        _hibiki("hibiki-2b", "kyutai/hibiki-2b-mlx-bf16", "Kyutai's Hibiki 2B"),
         KnownModel(
             "stt-1b-en_fr",
             "stt",
