@@ -1,7 +1,7 @@
 """Kyutai's Mimi neural audio codec on Apple's MLX."""
 
 from .config import MimiConfig
-from .hub import CheckpointError
+from .io.hub import CheckpointError
 from .model import Mimi
 from .weights import load_mimi
 

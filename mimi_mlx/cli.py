@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_support import OneLineParser, UsageError, one_line, quiet_hub_logs, run_cli
+from .io.cli_support import OneLineParser, UsageError, one_line, quiet_hub_logs, run_cli
 from .offline import DEFAULT_NUM_QUANTIZERS, STREAM_ABOVE_SECONDS
 
 DEFAULT_CHECKPOINT = "kyutai/mimi"
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_usage(args: argparse.Namespace) -> None:
     """Checks on the command line alone, before any file is read."""
-    from .audio import AudioError, output_format
+    from .io.audio import AudioError, output_format
 
     if args.command in ("decode", "roundtrip"):
         try:
@@ -157,10 +157,10 @@ def _check_usage(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .audio import audio_info
     from .codes_file import load_codes, save_codes
+    from .io.audio import audio_info
+    from .io.output_file import check_output
     from .offline import decode_file, encode_file, roundtrip_file
-    from .output_file import check_output
 
     if args.command == "info":
         _print_info(load_codes(args.input))
@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def _load_model(checkpoint: str | None, codes):
     """Load the checkpoint given, else the one the codes were made with, else kyutai/mimi."""
-    from .hub import CheckpointError
+    from .io.hub import CheckpointError
     from .offline import check_compatible
     from .weights import load_mimi
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .output_file import replace_on_success
+from .io.output_file import replace_on_success
 
 FORMAT_NAME = "mimi-codes"
 FORMAT_VERSION = 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .nn.transformer import TransformerConfig
 from .quantizer import QuantizerConfig
 from .seanet import SeanetConfig
-from .transformer import TransformerConfig
 
 
 def _mimi_transformer() -> TransformerConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .streaming import StreamingModule
+from .nn.streaming import StreamingModule
 
 
 class StreamingConv1d(StreamingModule):

@@ -7,13 +7,13 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .backend import codec_compute_dtype
 from .config import MimiConfig
 from .conv import StreamingConv1d, StreamingConvTranspose1d
+from .nn.backend import codec_compute_dtype
+from .nn.streaming import StreamingModule
+from .nn.transformer import Transformer
 from .quantizer import SplitResidualVectorQuantizer
 from .seanet import SeanetDecoder, SeanetEncoder
-from .streaming import StreamingModule
-from .transformer import Transformer
 
 
 class Mimi(StreamingModule):

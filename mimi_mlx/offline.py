@@ -18,8 +18,8 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from .audio import AudioWriter, audio_info, iter_audio, read_audio
 from .codes_file import MimiCodes
+from .io.audio import AudioWriter, audio_info, iter_audio, read_audio
 from .model import Mimi, to_numpy
 
 STREAM_ABOVE_SECONDS = 30.0  # longer inputs are streamed unless told otherwise

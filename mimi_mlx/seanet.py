@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from .conv import StreamingConv1d, StreamingConvTranspose1d
-from .streaming import StreamingModule
+from .nn.streaming import StreamingModule
 
 
 @dataclass

@@ -17,9 +17,10 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .backend import codec_compute_dtype
+from mimi_mlx.constants import KYUTAI_FILE
+
 from .config import MimiConfig
-from .hub import (
+from .io.hub import (
     CheckpointError,
     hub_file,
     listing,
@@ -29,9 +30,9 @@ from .hub import (
     shape_mismatches,
 )
 from .model import Mimi
+from .nn.backend import codec_compute_dtype
 from .quantizer import centroids
 
-KYUTAI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 HF_FILE = "model.safetensors"
 
 

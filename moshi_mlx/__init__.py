@@ -41,7 +41,7 @@ Text to speech (Kyutai's TTS, `kyutai/tts-1.6b-en_fr`)::
         ...
 """
 
-from mimi_mlx.hub import CheckpointError
+from mimi_mlx.io.hub import CheckpointError
 
 from .jobs.generate import MoshiGenerator
 from .jobs.sampling import Rng, Sampler

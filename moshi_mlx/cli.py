@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mimi_mlx.cli_support import OneLineParser, run_cli
+from mimi_mlx.io.cli_support import OneLineParser, run_cli
 
 from .commands import chat, echo_cancel, models, run, speak, transcribe
 

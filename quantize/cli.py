@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import (
+from mimi_mlx.io.cli_support import (
     OneLineParser,
     UsageError,
     positive_int,
@@ -131,7 +131,7 @@ def _recipe_spec(args: argparse.Namespace) -> str:
 
 def _check_report_options(args: argparse.Namespace) -> None:
     """Everything the report needs that can be checked before the (long) conversion."""
-    from mimi_mlx.audio import audio_info
+    from mimi_mlx.io.audio import audio_info
 
     if args.audio is not None:
         audio_info(args.audio)  # AudioError: missing, unreadable or empty
@@ -182,7 +182,7 @@ def _report(args, source, quantized: list[Path], json_path: Path | None) -> None
 
 
 def _report_command(args: argparse.Namespace) -> None:
-    from mimi_mlx.output_file import check_output
+    from mimi_mlx.io.output_file import check_output
 
     quiet_hub_logs()
     _check_report_options(args)

@@ -27,8 +27,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from mimi_mlx.hub import CheckpointError
-from mimi_mlx.weights import KYUTAI_FILE, read_safetensors
+from mimi_mlx.constants import KYUTAI_FILE
+from mimi_mlx.io.hub import CheckpointError
+from mimi_mlx.weights import read_safetensors
 from moshi_mlx.model.config import FILE_KEYS, LmConfig
 from moshi_mlx.model.lm import Lm
 from moshi_mlx.model.tokenizer import TOKENIZER_FILE
@@ -170,7 +171,7 @@ def _mimi_from_transformers(source: SourceCheckpoint, stage: Path) -> bool:
     from mimi_mlx.config import MimiConfig
     from mimi_mlx.model import Mimi
     from mimi_mlx.weights import load_weights as load_mimi_weights
-    from moshi_mlx.model.tiny import save_mimi_kyutai
+    from moshi_mlx.testing.tiny import save_mimi_kyutai
 
     prefix = "audio_encoder."
     tensors = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mimi_mlx.hub import recorded_name
+from mimi_mlx.io.hub import recorded_name
 from moshi_mlx.model.checkpoint import load_model, resolve
 from moshi_mlx.model.config import LmConfig
 
@@ -145,7 +145,7 @@ def random_codes(cfg: LmConfig, batch: int = 2, steps: int = 32, seed: int = 0) 
 def audio_codes(path: str | Path, mimi, cfg: LmConfig, steps: int | None = None) -> mx.array:
     """(1, 1 + n_q, T) codes of an audio file through Mimi: its first codebooks fill both the
     model's and the user's audio streams; the text stream holds the padding token."""
-    from mimi_mlx.audio import read_audio
+    from mimi_mlx.io.audio import read_audio
 
     audio = read_audio(path, mimi.sample_rate)
     if steps is not None:

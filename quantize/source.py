@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mimi_mlx.hub import CheckpointError
+from mimi_mlx.io.hub import CheckpointError
 from mimi_mlx.weights import read_safetensors
 from moshi_mlx.model.checkpoint import CheckpointFiles, config_from, resolve
 from moshi_mlx.model.config import LmConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mimi_mlx.output_file import remove_stale
+from mimi_mlx.io.output_file import remove_stale
 
 # MLX dtype -> (safetensors dtype name, a same-width dtype whose buffer Python can export)
 DTYPES: dict[mx.Dtype, tuple[str, mx.Dtype]] = {

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(run=module.run)
     args = parser.parse_args(argv)
     if args.command != "step":  # (step prints it with its own header)
-        from mimi_mlx.backend import device_description
+        from mimi_mlx.nn.backend import device_description
 
         print(f"device {device_description()}", flush=True)
     return args.run(args) or 0

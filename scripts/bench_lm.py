@@ -62,7 +62,7 @@ def _num_params(cfg) -> int:
 
 def _checkpoint(cfg, mode: str, workdir: Path) -> Path:
     """Write (once) random weights for `mode` in Kyutai's MLX layout, one tensor at a time."""
-    from moshi_mlx.model.tiny import save_random_lm
+    from moshi_mlx.testing.tiny import save_random_lm
 
     precision = "q8" if mode == "q8" else "q4" if mode == "q4" else "bf16"
     folder = workdir / f"moshi-{cfg.num_layers}l-{precision}"
@@ -89,7 +89,7 @@ def _worker(args: argparse.Namespace) -> None:
     """Measure one precision in this process; print one JSON line."""
     import mlx.core as mx
 
-    from mimi_mlx.backend import lm_compute_dtype
+    from mimi_mlx.nn.backend import lm_compute_dtype
     from moshi_mlx import MoshiGenerator, load_model
 
     mode = args.worker

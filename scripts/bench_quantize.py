@@ -75,8 +75,8 @@ def _gib(n: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from moshi_mlx import LmConfig
+    from moshi_mlx.testing.synthetic import write_random_checkpoint
     from quantize import accuracy_report
-    from quantize.synthetic import write_random_checkpoint
 
     recipes = [r for r in args.recipes.split(";") if r]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_quantize_"))

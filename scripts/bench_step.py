@@ -107,7 +107,7 @@ def model_config(args: argparse.Namespace) -> dict:
 def _checkpoint(args: argparse.Namespace, cfg: dict) -> Path:
     """Random weights in Kyutai's MLX layout, written once per configuration and precision."""
     from moshi_mlx import LmConfig
-    from moshi_mlx.model.tiny import save_random_lm
+    from moshi_mlx.testing.tiny import save_random_lm
 
     bits = PRECISIONS[args.precision] or None
     tag = f"step-{args.dim}-{args.depformer_dim}-{args.layers}-{args.depformer_layers}"
@@ -138,7 +138,7 @@ def _worker(
     import mlx.core as mx
     import numpy as np
 
-    from mimi_mlx import kv_cache
+    from mimi_mlx.nn import kv_cache
     from moshi_mlx import MoshiGenerator, load_model
 
     if full:  # the ring at its steady-state size from the first step
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import mlx.core as mx
 
-    from mimi_mlx.backend import device_description, lm_compute_dtype
+    from mimi_mlx.nn.backend import device_description, lm_compute_dtype
 
     dtype_name = args.dtype or ("bfloat16" if lm_compute_dtype() == mx.bfloat16 else "float32")
     cfg = model_config(args)

@@ -44,7 +44,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def stt_config(layers: int) -> dict:
     """`kyutai/stt-1b-en_fr`'s config.json (the network keys and the STT keys)."""
-    from moshi_mlx.model.tiny import STT_KEYS
+    from moshi_mlx.testing.tiny import STT_KEYS
 
     return {
         "dim": 2048, "text_card": 8000, "existing_text_padding_id": 3, "n_q": 32, "dep_q": 0,
@@ -61,7 +61,7 @@ def stt_config(layers: int) -> dict:
 def _checkpoint(layers: int, mode: str, workdir: Path) -> Path:
     """Write (once) random weights in Kyutai's MLX layout, one tensor at a time."""
     from moshi_mlx.model.config import LmConfig
-    from moshi_mlx.model.tiny import save_random_lm
+    from moshi_mlx.testing.tiny import save_random_lm
 
     folder = workdir / f"stt-{layers}l-{mode}"
     if not (folder / "config.json").is_file():
@@ -103,7 +103,7 @@ def _pytorch(args: argparse.Namespace) -> dict:
     from moshi.models.lm import LMGen, LMModel
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    from moshi_mlx.model.tiny import STT_FILES, STT_KEYS
+    from moshi_mlx.testing.tiny import STT_FILES, STT_KEYS
 
     cfg = {k: v for k, v in stt_config(args.layers).items() if k not in {**STT_KEYS, **STT_FILES}}
     lm = LMModel(device="cpu", dtype=torch.float32, **cfg).eval()

@@ -87,7 +87,7 @@ def _write_float(layers: int, folder: Path) -> None:
     import moshi_reference as R
     from mimi_mlx.config import MimiConfig
     from mimi_mlx.model import Mimi
-    from moshi_mlx.model.tiny import save_mimi_kyutai
+    from moshi_mlx.testing.tiny import save_mimi_kyutai
 
     cfg = R.tts_1_6b(layers)
     model = R.make_kyutai_lm(cfg, seed=0, bf16_exact=True)
@@ -102,7 +102,8 @@ def _write_float(layers: int, folder: Path) -> None:
             fan_in = 1 if name.endswith(".embedding") else p.size // p.shape[0]
             weights.append((name, mx.random.normal(p.shape) * fan_in**-0.5))
     mimi.update(tree_unflatten(weights))
-    from moshi_mlx.model.tiny import KYUTAI_FILE, write_tiny_tokenizer
+    from mimi_mlx.constants import KYUTAI_FILE
+    from moshi_mlx.testing.tiny import write_tiny_tokenizer
 
     save_mimi_kyutai(mimi, folder / KYUTAI_FILE)
     write_tiny_tokenizer(folder, R.TTS_TOKENIZER)

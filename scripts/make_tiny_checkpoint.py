@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_mlx.cli_support import OneLineParser, run_cli
-from moshi_mlx.model.tiny import KINDS, make_tiny_checkpoint
+from mimi_mlx.io.cli_support import OneLineParser, run_cli
+from moshi_mlx.testing.tiny import KINDS, make_tiny_checkpoint
 
 TINY_VOICES = ("NATF0", "NATM0")  # PersonaPlex presets of the tiny checkpoint (random voices)
 

@@ -14,8 +14,9 @@ import sys
 
 import numpy as np
 
+from mimi_mlx.constants import FRAME_SECONDS
 from moshi_mlx.cli import main
-from moshi_mlx.jobs.pipeline import FRAME_SECONDS, Pipeline
+from moshi_mlx.jobs.pipeline import Pipeline
 
 
 def gated(schedule: list[tuple[float, float]], level_db: float):

@@ -17,7 +17,8 @@ import soundfile as sf
 import soxr
 import torch
 
-from mimi_mlx.weights import KYUTAI_FILE, name_table
+from mimi_mlx.constants import KYUTAI_FILE
+from mimi_mlx.weights import name_table
 
 TINY = {
     "sample_rate": 24000,

@@ -22,7 +22,7 @@ FRAME = 1920
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny random Moshi checkpoint folder in Kyutai's layout (float weights)."""
-    from moshi_mlx.model.tiny import make_tiny_checkpoint
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_moshi") / "ckpt", seed=0)
 

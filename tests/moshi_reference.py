@@ -534,7 +534,8 @@ def save_tts_folder(model, cfg: dict, folder: Path) -> Path:
     a tiny SentencePiece model and two voices `voices/v0`, `voices/v1` (as `kyutai/tts-voices`)."""
     import mlx.core as mx
 
-    from moshi_mlx.model.tiny import KYUTAI_FILE, write_tiny_mimi, write_tiny_tokenizer
+    from mimi_mlx.constants import KYUTAI_FILE
+    from moshi_mlx.testing.tiny import write_tiny_mimi, write_tiny_tokenizer
 
     save_pytorch(model, cfg, folder)
     write_tiny_mimi(folder, seed=3)

@@ -21,7 +21,7 @@ import mlx.core as mx
 import torch
 
 import moshi_reference as R
-from moshi_mlx.model.tiny import make_tiny_checkpoint
+from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
 # gated hidden widths: 2 * int(4.5 * 64) // 3 = 192 and 2 * 288 // 3 = 192
 QCFG = {**R.TINY_MOSHI, "hidden_scale": 4.5, "depformer_dim": 64, "depformer_dim_feedforward": 288}

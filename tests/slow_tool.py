@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from mimi_mlx.audio import AudioWriter
+from mimi_mlx.io.audio import AudioWriter
 from quantize.writer import SafetensorsWriter
 
 

@@ -33,12 +33,12 @@ import pytest
 from moshi_app import FRAME, REPO, read, speech_wav, tiny_checkpoint
 from pulse_audio import pulse
 
-from mimi_mlx.backend import LM_DTYPE_ENV, lm_compute_dtype
+from mimi_mlx.nn.backend import LM_DTYPE_ENV, lm_compute_dtype
 from moshi_mlx import LmConfig, MoshiGenerator, load_checkpoint, load_model
 from moshi_mlx.cli import main
 from moshi_mlx.jobs import pipeline as pipeline_module
 from moshi_mlx.model import depformer as depformer_module
-from moshi_mlx.model.tiny import TINY_LM, save_random_lm
+from moshi_mlx.testing.tiny import TINY_LM, save_random_lm
 
 __all__ = ["pulse", "speech_wav", "tiny_checkpoint"]  # fixtures used here
 

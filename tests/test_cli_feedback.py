@@ -23,8 +23,8 @@ from safetensors.numpy import save_file
 
 from mimi_mlx.cli import main as mimi_main
 from mimi_mlx.codes_file import MimiCodes
-from mimi_mlx.hub import CheckpointError
-from mimi_mlx.weights import KYUTAI_FILE
+from mimi_mlx.constants import KYUTAI_FILE
+from mimi_mlx.io.hub import CheckpointError
 from moshi_mlx.cli import main as moshi_main
 from quantize.cli import main as quantize_main
 
@@ -189,7 +189,7 @@ def test_quantize_report_records_absolute_paths(tiny_checkpoint, tmp_path, monke
 def test_hub_downloads_show_no_bars_into_a_pipe(capsys):
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
 
-    from mimi_mlx.cli_support import quiet_hub_logs
+    from mimi_mlx.io.cli_support import quiet_hub_logs
 
     try:
         quiet_hub_logs()  # stderr is captured here: not a terminal

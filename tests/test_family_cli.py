@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 def personaplex(tmp_path_factory) -> Path:
     from make_tiny_checkpoint import write_tiny_voices
 
-    from moshi_mlx.model.tiny import make_tiny_checkpoint
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
     folder = make_tiny_checkpoint(tmp_path_factory.mktemp("pp") / "ckpt", kind="personaplex")
     write_tiny_voices(folder, 0)
@@ -34,7 +34,7 @@ def personaplex(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hibiki(tmp_path_factory) -> Path:
-    from moshi_mlx.model.tiny import make_tiny_checkpoint
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("hib") / "ckpt", kind="hibiki")
 

@@ -15,9 +15,10 @@ from hub_cache import add_repo, hub_env
 from huggingface_hub import constants as hub_constants
 from moshi_app import REPO, cli, speech_wav, tiny_checkpoint
 
-import mimi_mlx.hub as hub
-from mimi_mlx.hub import CheckpointError
-from mimi_mlx.weights import HF_FILE, KYUTAI_FILE, resolve_mimi_files
+import mimi_mlx.io.hub as hub
+from mimi_mlx.constants import KYUTAI_FILE
+from mimi_mlx.io.hub import CheckpointError
+from mimi_mlx.weights import HF_FILE, resolve_mimi_files
 from moshi_mlx.model.checkpoint import config_from, resolve
 from moshi_mlx.model.config import LmConfig
 

@@ -16,7 +16,7 @@ import pytest
 from moshi_app import REPO, speech_wav, tiny_checkpoint
 
 from mimi_mlx.cli import main as mimi_main
-from mimi_mlx.weights import KYUTAI_FILE
+from mimi_mlx.constants import KYUTAI_FILE
 from moshi_mlx.cli import main as moshi_main
 from quantize.cli import main as quantize_main
 

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mimi_mlx import CheckpointError, load_mimi
-from mimi_mlx.weights import KYUTAI_FILE
+from mimi_mlx.constants import KYUTAI_FILE
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 from mimi_mlx import Mimi
 from moshi_mlx import CheckpointError, Lm, LmConfig, MoshiGenerator, load_checkpoint, load_model
 from moshi_mlx.model.checkpoint import config_from, resolve
-from moshi_mlx.model.tiny import make_tiny_checkpoint
+from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_tokenizer_display_rules(tiny):
 def test_quantized_load_never_holds_full_precision(tmp_path):
     """Loading a q4 file swaps quantized layers in before any weight is computed: the peak is
     about the file's size, far below the model in float32."""
-    from moshi_mlx.model.tiny import TINY_LM, save_random_lm
+    from moshi_mlx.testing.tiny import TINY_LM, save_random_lm
 
     cfg = LmConfig.from_dict(
         {**TINY_LM, "dim": 1024, "num_heads": 8, "num_layers": 4, "text_card": 32000,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import moshi_reference as R
-from mimi_mlx import kv_cache
+from mimi_mlx.nn import kv_cache
 from moshi_mlx import MoshiGenerator, Rng, Sampler, load_model
 
 

@@ -35,8 +35,8 @@ from moshi_mlx.jobs.prompts import (
 from moshi_mlx.model.checkpoint import config_from, resolve
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import delay_codes
-from moshi_mlx.model.tiny import _train_tokenizer
 from moshi_mlx.model.tokenizer import TextTokenizer
+from moshi_mlx.testing.tiny import _train_tokenizer
 from quantize.voices import convert_voices
 
 
@@ -209,7 +209,7 @@ def test_voice_recordings_are_normalised_to_minus_24_lufs(tiny_refs, tiny_mimi, 
     import soundfile as sf
     import soxr
 
-    from mimi_mlx.audio import AudioError
+    from mimi_mlx.io.audio import AudioError
     from moshi_mlx.jobs.prompts import normalize_loudness, voice_codes
 
     speech = tiny_refs.speech[: 24000 * 2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from moshi_mlx import LmConfig
-from quantize.synthetic import pytorch_layout, write_random_checkpoint
+from moshi_mlx.testing.synthetic import pytorch_layout, write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,17 +12,17 @@ import soundfile as sf
 from moshi_app import RATE, make_speech
 
 from moshi_mlx import load_checkpoint, load_model
+from moshi_mlx.formats.subtitles import LINE_CHARS, cues, to_srt, to_vtt
+from moshi_mlx.formats.words import Word, WordBuilder
 from moshi_mlx.jobs.stt import SttStream
-from moshi_mlx.jobs.subtitles import LINE_CHARS, cues, to_srt, to_vtt
 from moshi_mlx.jobs.transcribe import padded_frames, transcribe_files
-from moshi_mlx.jobs.words import Word, WordBuilder
 from moshi_mlx.model.config import LmConfig
-from moshi_mlx.model.tiny import TINY_STT
+from moshi_mlx.testing.tiny import TINY_STT
 
 
 @pytest.fixture(scope="module")
 def stt_checkpoint(tmp_path_factory):
-    from moshi_mlx.model.tiny import make_tiny_checkpoint
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_stt") / "ckpt", kind="stt")
 

@@ -24,7 +24,7 @@ __all__ = ["pulse", "speech_wav"]  # fixtures used here
 
 @pytest.fixture(scope="module")
 def stt(tmp_path_factory):
-    from moshi_mlx.model.tiny import make_tiny_checkpoint
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_stt") / "ckpt", kind="stt")
 

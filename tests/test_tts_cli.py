@@ -22,7 +22,7 @@ TEXT = "Hello there. How are you today? Ça va très bien."
 
 @pytest.fixture(scope="module")
 def tts_checkpoint(tmp_path_factory) -> Path:
-    from moshi_mlx.model.tiny import make_tiny_tts_checkpoint
+    from moshi_mlx.testing.tiny import make_tiny_tts_checkpoint
 
     return make_tiny_tts_checkpoint(tmp_path_factory.mktemp("tiny_tts") / "ckpt", seed=0)
 
@@ -97,7 +97,7 @@ def test_bad_inputs_one_line_and_nothing_written(tts_checkpoint, tiny_moshi, tmp
 
 @pytest.fixture(scope="module")
 def tiny_moshi(tmp_path_factory) -> Path:
-    from moshi_mlx.model.tiny import make_tiny_checkpoint
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_moshi") / "ckpt", seed=0)
 

@@ -13,14 +13,14 @@ import pytest
 from mlx.utils import tree_flatten
 from moshi_app import speech_wav, tiny_checkpoint
 
-from mimi_mlx.backend import LM_DTYPE_ENV
 from mimi_mlx.config import MimiConfig
 from mimi_mlx.model import Mimi
+from mimi_mlx.nn.backend import LM_DTYPE_ENV
 from moshi_mlx import Lm, LmConfig
 from moshi_mlx.cli import main
-from moshi_mlx.model import wired
-from moshi_mlx.model.memory import estimate_bytes
-from moshi_mlx.model.tiny import QUANTIZATION
+from moshi_mlx.system import wired
+from moshi_mlx.system.memory import estimate_bytes
+from moshi_mlx.testing.tiny import QUANTIZATION
 
 __all__ = ["speech_wav", "tiny_checkpoint"]  # fixtures used here
 

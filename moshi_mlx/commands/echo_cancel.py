@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError
 
 
 def register(command) -> None:
@@ -24,10 +24,10 @@ def register(command) -> None:
 
 
 def _echo_cancel(args: argparse.Namespace) -> None:
-    from mimi_mlx.audio import AudioError, output_format, read_audio, write_audio
-    from mimi_mlx.output_file import check_output
+    from mimi_mlx.constants import SAMPLE_RATE
+    from mimi_mlx.io.audio import AudioError, output_format, read_audio, write_audio
+    from mimi_mlx.io.output_file import check_output
 
-    from ..jobs.pipeline import SAMPLE_RATE
     from ..live.echo import OFFLINE_SEARCH, cancel_recording, check_engine
 
     try:

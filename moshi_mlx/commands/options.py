@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import one_line, positive_int, quiet_hub_logs, seed
+from mimi_mlx.io.cli_support import one_line, positive_int, quiet_hub_logs, seed
 
 from ..model.known import DEFAULT_MODEL, MODELS, KnownModel, known_model, model_for_repo
 
@@ -129,7 +129,7 @@ def known_of(args: argparse.Namespace) -> KnownModel | None:
 
 def source_of(args: argparse.Namespace) -> str:
     """The checkpoint the options name: --checkpoint, --hf-repo, --model, else the default."""
-    from mimi_mlx.cli_support import UsageError
+    from mimi_mlx.io.cli_support import UsageError
 
     if (args.checkpoint or args.hf_repo) and getattr(args, "precision", None):
         raise UsageError("--precision picks one of a --model's hub repos, not a checkpoint's")
@@ -186,7 +186,7 @@ LARGE_PARAMS = 5e8
 def warn_if_too_slow_to_chat(cfg) -> None:
     """On MLX's CPU backend a large model steps far slower than real time: say so, and what
     works instead, before the long load."""
-    from mimi_mlx.backend import on_gpu
+    from mimi_mlx.nn.backend import on_gpu
 
     if on_gpu() or 12 * cfg.dim**2 * cfg.num_layers < LARGE_PARAMS:
         return
@@ -208,11 +208,12 @@ def load(source: str, live: bool = False):
         CheckpointError: not found (offline and not cached: says what to download).
         MemoryCheckError: it would not fit.
     """
-    from mimi_mlx.hub import CheckpointError, looks_like_repo_id
+    from mimi_mlx.constants import KYUTAI_FILE
+    from mimi_mlx.io.hub import CheckpointError, looks_like_repo_id
 
-    from ..model.checkpoint import MIMI_FILE, config_from, load_checkpoint, resolve
-    from ..model.memory import check_memory, estimate_bytes
-    from ..model.wired import residency_warning
+    from ..model.checkpoint import config_from, load_checkpoint, resolve
+    from ..system.memory import check_memory, estimate_bytes
+    from ..system.wired import residency_warning
 
     quiet_hub_logs()
     is_repo = looks_like_repo_id(source) and not Path(source).expanduser().exists()
@@ -220,7 +221,7 @@ def load(source: str, live: bool = False):
         files = resolve(source)
         mimi = None
         if files.layout == "kyutai":
-            mimi = files.get((files.config or {}).get("mimi_name", MIMI_FILE))
+            mimi = files.get((files.config or {}).get("mimi_name", KYUTAI_FILE))
         cfg = config_from(files)
         needed = estimate_bytes(files.weights, cfg, mimi)
         check_memory(needed, source)
@@ -241,7 +242,7 @@ def load(source: str, live: bool = False):
 
 def resident(pipeline):
     """Context: the pipeline's models stay resident on Metal while it runs (no-op elsewhere)."""
-    from ..model.wired import session_bytes, wired_limit
+    from ..system.wired import session_bytes, wired_limit
 
     return wired_limit(session_bytes(pipeline.lm, pipeline.mimi))
 

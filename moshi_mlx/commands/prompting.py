@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mimi_mlx.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError
 
 from ..model.known import MODELS, TRAINED, KnownModel
 
@@ -87,7 +87,7 @@ def check_prompts(args: argparse.Namespace, known: KnownModel | None) -> None:
 
 
 def _check_voice_file(value: str) -> None:
-    from mimi_mlx.audio import AudioError, audio_info
+    from mimi_mlx.io.audio import AudioError, audio_info
 
     path = Path(value).expanduser()
     if not path.exists():
@@ -187,7 +187,7 @@ def _voice_path(value: str, source: str, profile: KnownModel) -> Path:
 
 def session_info(args: argparse.Namespace, source: str, profile: KnownModel, guidance) -> dict:
     """What `session.json` (and the transcript's JSON) records for a replay."""
-    from mimi_mlx.hub import recorded_name
+    from mimi_mlx.io.hub import recorded_name
 
     info = {"checkpoint": recorded_name(source), "model": profile.name}
     if args.prompt is not None:

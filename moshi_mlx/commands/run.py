@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import UsageError
-from mimi_mlx.hub import recorded_name
+from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.hub import recorded_name
 
 from . import options, prompting
 
@@ -38,8 +38,8 @@ def register(command) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from mimi_mlx.audio import AudioError, audio_info, output_format
-    from mimi_mlx.output_file import check_output
+    from mimi_mlx.io.audio import AudioError, audio_info, output_format
+    from mimi_mlx.io.output_file import check_output
 
     from ..jobs.offline import EndOfStream, run_file, transcript_paths
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mimi_mlx.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError
 
 from ..model.known import MODELS
 from . import options
@@ -124,8 +124,8 @@ def read_text(args: argparse.Namespace) -> str:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    from mimi_mlx.audio import AudioError, output_format
-    from mimi_mlx.output_file import check_output
+    from mimi_mlx.io.audio import AudioError, output_format
+    from mimi_mlx.io.output_file import check_output
 
     if args.output is not None:
         try:
@@ -206,7 +206,7 @@ def _speak(args: argparse.Namespace) -> None:
 
 
 def _to_file(args: argparse.Namespace, tts, blocks) -> None:
-    from mimi_mlx.audio import AudioWriter
+    from mimi_mlx.io.audio import AudioWriter
 
     progress = None
     if not args.quiet and sys.stderr.isatty():
@@ -238,7 +238,7 @@ def _to_speaker(device, blocks, first: list[float], buffer: float) -> None:
 
 
 def _write_json(args, source: str, seed: int, text: str, words, seconds: float) -> None:
-    from mimi_mlx.output_file import replace_on_success
+    from mimi_mlx.io.output_file import replace_on_success
 
     items = []
     for i, w in enumerate(words):

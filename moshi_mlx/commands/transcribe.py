@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.cli_support import UsageError
-from mimi_mlx.hub import recorded_name
+from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.hub import recorded_name
 
 from ..model.known import MODELS
 from . import options
@@ -102,7 +102,7 @@ def _format_of(args: argparse.Namespace) -> str:
 
 def _outputs(args: argparse.Namespace, fmt: str) -> list[Path] | None:
     """Where each input's transcript goes (None: stdout); refuses clashes before any work."""
-    from mimi_mlx.output_file import OutputError, check_output
+    from mimi_mlx.io.output_file import OutputError, check_output
 
     if args.output is None:
         return None
@@ -147,7 +147,7 @@ def _load(args: argparse.Namespace, vad: bool, batch_size: int):
 
 
 def _transcribe(args: argparse.Namespace) -> None:
-    from mimi_mlx.audio import AudioError, audio_info
+    from mimi_mlx.io.audio import AudioError, audio_info
 
     if args.list_devices:
         from ..live.devices import list_devices
@@ -166,7 +166,7 @@ def _transcribe(args: argparse.Namespace) -> None:
     if args.save_audio is not None:
         if args.files:
             raise UsageError("--save-audio is for the microphone (no FILE)")
-        from mimi_mlx.output_file import OutputError, check_output
+        from mimi_mlx.io.output_file import OutputError, check_output
 
         try:
             check_output(args.save_audio, args.force)
@@ -180,9 +180,9 @@ def _transcribe(args: argparse.Namespace) -> None:
 
 
 def _write(results, fmt: str, outputs: list[Path] | None, info: dict) -> None:
-    from mimi_mlx.output_file import replace_on_success
+    from mimi_mlx.io.output_file import replace_on_success
 
-    from ..jobs.subtitles import render
+    from ..formats.subtitles import render
 
     if outputs is None:
         for r in results:

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mimi_mlx.audio import AudioWriter, audio_info, iter_audio
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.io.audio import AudioWriter, audio_info, iter_audio
 
-from .pipeline import FRAME_SIZE, SAMPLE_RATE, Pipeline
-from .transcript import Transcript
+from ..formats.transcript import Transcript
+from .pipeline import Pipeline
 
 LOOKAHEAD = 1  # frames submitted ahead of the one being collected
 

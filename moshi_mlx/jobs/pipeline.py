@@ -23,11 +23,9 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import numpy as np
 
-from .generate import MoshiGenerator
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 
-SAMPLE_RATE = 24000
-FRAME_SIZE = 1920  # samples per 80 ms frame at 24 kHz
-FRAME_SECONDS = FRAME_SIZE / SAMPLE_RATE
+from .generate import MoshiGenerator
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mimi_mlx.audio import AudioError, read_audio
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.io.audio import AudioError, read_audio
 
-SAMPLE_RATE = 24000
-FRAME_SIZE = 1920
 # NVIDIA's constants (lm.py L56-57): the Mimi codes of a silent frame and of a 440 Hz sine frame
 SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)
 SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)

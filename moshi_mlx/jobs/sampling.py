@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from mimi_mlx.compiled import compile_enabled
+from mimi_mlx.nn.compiled import compile_enabled
 
 
 class Rng:

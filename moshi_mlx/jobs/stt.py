@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from mimi_mlx.constants import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
+
+from ..formats.words import Word, WordBuilder
 from ..model.lm import Lm
-from .pipeline import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
 from .sampling import Rng, Sampler
-from .words import Word, WordBuilder
 
 VAD_HEAD, VAD_CLASS, VAD_THRESHOLD = 2, 0, 0.5  # Kyutai's scripts: head 2, class 0, above 0.5
 TAIL_EXTRA_SECONDS = 1.0  # silence after the text delay at the end of a stream (Kyutai's)

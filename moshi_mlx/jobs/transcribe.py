@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mimi_mlx.audio import audio_info, iter_audio
-from mimi_mlx.hub import recorded_name
+from mimi_mlx.constants import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.io.audio import audio_info, iter_audio
+from mimi_mlx.io.hub import recorded_name
 
-from .pipeline import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
+from ..formats.words import Word
 from .stt import SttSettings, SttStep, SttStream
-from .words import Word
 
 
 @dataclass

@@ -31,7 +31,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mimi_mlx.hub import CheckpointError, hub_file
+from mimi_mlx.constants import FRAME_RATE
+from mimi_mlx.io.hub import CheckpointError, hub_file
 
 from ..model.checkpoint import Checkpoint
 from .generate import MoshiGenerator
@@ -40,7 +41,6 @@ from .tts_script import Entry, StateMachine, TokenIds, script_entries
 
 VOICE_REPO = "kyutai/tts-voices"
 MAX_SPEAKERS = 5  # voice slots of Kyutai's TTS cross-attention source
-FRAME_RATE = 12.5
 
 
 @dataclass

@@ -24,7 +24,8 @@ from collections import deque
 import numpy as np
 import soxr
 
-from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+
 from .devices import DeviceChoice, load_sounddevice
 from .echo import Canceller, EchoPath
 from .jitter import JitterBuffer

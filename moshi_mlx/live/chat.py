@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..jobs.pipeline import FRAME_SECONDS, Pipeline
-from ..jobs.transcript import Transcript
+from mimi_mlx.constants import FRAME_SECONDS
+
+from ..formats.transcript import Transcript
+from ..jobs.pipeline import Pipeline
 from .audio_io import AudioIO
 from .recording import Recorder, finish_recording
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 
 
 class AudioDeviceError(RuntimeError):

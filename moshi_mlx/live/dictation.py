@@ -20,12 +20,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mimi_mlx.audio import AudioWriter
+from mimi_mlx.constants import FRAME_SECONDS, SAMPLE_RATE
+from mimi_mlx.io.audio import AudioWriter
 
-from ..jobs.pipeline import FRAME_SECONDS, SAMPLE_RATE
+from ..formats.words import LAST_WORD_SECONDS
 from ..jobs.stt import SttStep, SttStream
 from ..jobs.transcribe import Transcription
-from ..jobs.words import LAST_WORD_SECONDS
 from .chat import LAG_REPORT_INTERVAL, NO_INPUT_TIMEOUT, POLL, SessionError, _StopOnSigint
 from .microphone import Microphone
 

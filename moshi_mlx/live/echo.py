@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
-from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 
 ENGINE = "WebRTC AEC3 (pywebrtc-audio)"
 LEAD = 0.02  # seconds the reference leads the microphone (guards against timestamp errors)

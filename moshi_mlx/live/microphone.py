@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+
 from .audio_io import InputCapture, _resampler
 from .devices import DeviceChoice, load_sounddevice
 

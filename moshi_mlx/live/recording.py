@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_mlx.audio import AudioWriter
-from mimi_mlx.output_file import check_output, replace_on_success
+from mimi_mlx.constants import SAMPLE_RATE
+from mimi_mlx.io.audio import AudioWriter
+from mimi_mlx.io.output_file import check_output, replace_on_success
 
-from ..jobs.pipeline import SAMPLE_RATE
-from ..jobs.transcript import Transcript
+from ..formats.transcript import Transcript
 
 RECORD_FILES = (
     "user.wav",

@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from ..jobs.pipeline import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+
 from .audio_io import FADE_SECONDS, OUTPUT_START_TIMEOUT, OutputPlayer, _resampler
 from .devices import DeviceChoice, load_sounddevice
 from .jitter import JitterBuffer

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mimi_mlx.backend import lm_compute_dtype
-from mimi_mlx.hub import CheckpointError, hub_file, looks_like_repo_id, missing_hint, read_json
+from mimi_mlx.constants import KYUTAI_FILE
+from mimi_mlx.io.hub import CheckpointError, hub_file, looks_like_repo_id, missing_hint, read_json
+from mimi_mlx.nn.backend import lm_compute_dtype
 from mimi_mlx.weights import read_safetensors
 
 from .config import LmConfig
@@ -27,7 +28,6 @@ from .weights import load_weights
 # Kyutai's weight files, in the order a repo without config.json is searched.
 MOSHI_FILES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors")
 HF_INDEX = "model.safetensors.index.json"
-MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 
 
 @dataclass
@@ -209,7 +209,7 @@ def _load_mimi(files: CheckpointFiles):
         mimi = Mimi(MimiConfig.from_hf_config(files.config.get("audio_encoder_config") or {}))
         load_mimi_weights(mimi, mimi_tensors, source=files.root)
     else:
-        name = (files.config or {}).get("mimi_name", MIMI_FILE)
+        name = (files.config or {}).get("mimi_name", KYUTAI_FILE)
         path = files.get(name)
         if path is None:
             raise CheckpointError(

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from mimi_mlx.compiled import compile_enabled
-from mimi_mlx.kv_cache import RingKVCache
+from mimi_mlx.nn.compiled import compile_enabled
+from mimi_mlx.nn.kv_cache import RingKVCache
 
 
 def compiled_step(

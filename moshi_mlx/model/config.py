@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from mimi_mlx.transformer import TransformerConfig
+from mimi_mlx.nn.transformer import TransformerConfig
 
 # Defaults of Kyutai's `LMModel.__init__` and `StreamingTransformer.__init__` for absent keys.
 KYUTAI_DEFAULTS = {

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 import mlx.nn as nn
 
-from mimi_mlx.streaming import StreamingModule
-from mimi_mlx.transformer import Transformer, make_norm
+from mimi_mlx.nn.streaming import StreamingModule
+from mimi_mlx.nn.transformer import Transformer, make_norm
 
 from .conditioning import ConditionProvider
 from .config import LmConfig

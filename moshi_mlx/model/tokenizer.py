@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mimi_mlx.hub import CheckpointError
+from mimi_mlx.io.hub import CheckpointError
 
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
 SILENT_TOKENS = (0, 3)  # end of padding and padding: never printed

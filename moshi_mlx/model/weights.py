@@ -18,8 +18,8 @@ from collections.abc import Callable
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mimi_mlx.hub import CheckpointError, listing, shape_mismatches
-from mimi_mlx.transformer import NORMS
+from mimi_mlx.io.hub import CheckpointError, listing, shape_mismatches
+from mimi_mlx.nn.transformer import NORMS
 from mimi_mlx.weights import hf_qkv
 
 from .config import LmConfig

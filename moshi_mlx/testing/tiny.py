@@ -22,14 +22,15 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mimi_mlx.config import MimiConfig
+from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.model import Mimi
 from mimi_mlx.quantizer import QuantizerConfig
 from mimi_mlx.seanet import SeanetConfig
-from mimi_mlx.weights import KYUTAI_FILE, kyutai_state
+from mimi_mlx.weights import kyutai_state
 
-from .config import LmConfig
-from .lm import Lm
-from .tokenizer import TOKENIZER_FILE
+from ..model.config import LmConfig
+from ..model.lm import Lm
+from ..model.tokenizer import TOKENIZER_FILE
 
 # Moshi's architecture (16 codebooks, 8 generated, delays 0/1, card 2048) at a tiny width.
 TINY_LM = {

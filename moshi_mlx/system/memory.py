@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mimi_mlx.backend import lm_compute_dtype
+from mimi_mlx.nn.backend import lm_compute_dtype
 
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 DTYPE_BYTES = {

@@ -18,8 +18,7 @@ from tqdm import tqdm
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import Lm
 from moshi_mlx.model.weights import name_table
-
-from .writer import SafetensorsWriter
+from quantize.writer import SafetensorsWriter
 
 
 def pytorch_layout(cfg: LmConfig) -> list[tuple[str, tuple[int, ...]]]:

@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mimi_mlx.output_file import replace_on_success
+from mimi_mlx.constants import FRAME_SECONDS
+from mimi_mlx.io.output_file import replace_on_success
 
-from .pipeline import FRAME_SECONDS, FrameResult
+from ..jobs.pipeline import FrameResult
 
 
 @dataclass

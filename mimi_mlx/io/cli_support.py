@@ -100,7 +100,7 @@ def blas_hint() -> None:
     global _hinted
     if _hinted or not sys.stderr.isatty():
         return
-    from .backend import on_reference_blas
+    from ..nn.backend import on_reference_blas
 
     _hinted = True
     if on_reference_blas():

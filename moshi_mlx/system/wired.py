@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import mlx.core as mx
 from mlx.utils import tree_reduce
 
-from mimi_mlx.backend import backend_name
+from mimi_mlx.nn.backend import backend_name
 
 WORKING_SET = "max_recommended_working_set_size"
 
