@@ -16,6 +16,11 @@ from .compiled import compile_enabled, compiled_layer_step
 from .kv_cache import RingKVCache
 from .streaming import StreamingModule
 
+# Kyutai's positional embeddings: "rope" rotates interleaved pairs (x0, x1), (x2, x3), ...;
+# "rope_concat" the two halves (x_i, x_{i + D/2}) (their `RotaryEmbedding(interleave=False)`).
+POSITIONAL_EMBEDDINGS = ("sin", "rope", "sin_rope", "rope_concat", "none")
+ROPE = ("rope", "sin_rope", "rope_concat")
+
 # Kyutai's norm names -> (kind, eps, computed in float32)
 NORMS = {
     "layer_norm": ("layer", 1e-5, False),
@@ -39,11 +44,18 @@ class TransformerConfig:
     norm: str = "layer_norm"
     gating: str = "none"  # "none": Linear-GELU-Linear; else the activation of a gated MLP
     layer_scale: float | None = None
-    positional_embedding: str = "sin"  # "rope", "sin", "sin_rope" or "none"
+    positional_embedding: str = "sin"  # one of POSITIONAL_EMBEDDINGS
     positional_scale: float = 1.0
     kv_repeat: int = 1
     cross_attention: bool = False  # a cross-attention block in every layer (Kyutai's TTS)
     extra: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.positional_embedding not in POSITIONAL_EMBEDDINGS:
+            raise ValueError(
+                f"positional_embedding {self.positional_embedding!r} is not implemented "
+                f"(expected one of {', '.join(POSITIONAL_EMBEDDINGS)})"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> TransformerConfig:
@@ -184,7 +196,8 @@ class Attention(nn.Module):
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_heads // cfg.kv_repeat
         self.head_dim = cfg.head_dim
-        self.rope = cfg.positional_embedding in ("rope", "sin_rope")
+        self.rope = cfg.positional_embedding in ROPE
+        self.rope_interleaved = cfg.positional_embedding != "rope_concat"
         self.max_period = cfg.max_period
 
     def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None) -> mx.array:
@@ -195,9 +208,14 @@ class Attention(nn.Module):
         qk = qkv[..., : (H + KV) * D].reshape(B, T, H + KV, D).transpose(0, 2, 1, 3)
         v = qkv[..., (H + KV) * D :].reshape(B, T, KV, D).transpose(0, 2, 1, 3)
         if self.rope:  # queries and keys in one call: the same rotation for every head
-            # Kyutai rotates interleaved pairs (x0, x1), (x2, x3), ...: MLX's "traditional" RoPE.
+            # interleaved pairs: MLX's "traditional" RoPE; halves: its default
             qk = mx.fast.rope(
-                qk, D, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset
+                qk,
+                D,
+                traditional=self.rope_interleaved,
+                base=self.max_period,
+                scale=1.0,
+                offset=cache.offset,
             )
         q, k = qk[:, :H], qk[:, H:]
         keys, values = cache.update_and_fetch(k, v)

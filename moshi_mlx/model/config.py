@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from mimi_mlx.nn.transformer import TransformerConfig
 
+from .supported import check_supported
+
 # Defaults of Kyutai's `LMModel.__init__` and `StreamingTransformer.__init__` for absent keys.
 KYUTAI_DEFAULTS = {
     "n_q": 8,
@@ -116,8 +118,10 @@ class LmConfig:
         """From a Kyutai config dict; absent keys take Kyutai's `LMModel` defaults.
 
         Depth-decoder keys that are absent (`depformer_num_layers`, `depformer_gating`, ...)
-        follow the temporal transformer's, as in Kyutai's code. Unknown keys land in `extra`.
+        follow the temporal transformer's, as in Kyutai's code. Keys that are not fields land in
+        `extra`; a key or value this port does not implement is refused by name.
         """
+        check_supported(d)
         d = dict(d)
         if "demux_second_stream" in d:  # Kyutai's older name
             d["demux_second_text_stream"] = d.pop("demux_second_stream")
