@@ -315,6 +315,16 @@ STACKED = {
 }
 
 
+def stacked_name(name: str) -> tuple[str, int] | None:
+    """(released name, weight set) of one of Kyutai's in-memory per-set projections
+    (`...self_attn.in_projs.2.weight` -> (`...self_attn.in_proj_weight`, 2)), else None."""
+    for split, stacked in STACKED.items():
+        prefix, sep, rest = name.partition(f".{split}.")
+        if sep and rest.endswith(".weight") and rest[: -len(".weight")].isdigit():
+            return f"{prefix}.{stacked}", int(rest[: -len(".weight")])
+    return None
+
+
 def normalize_names(tensors: dict[str, mx.array]) -> dict[str, mx.array]:
     """One spelling per tensor: aliases renamed, per-set attention projections stacked."""
     out: dict[str, mx.array] = {}
@@ -324,11 +334,9 @@ def normalize_names(tensors: dict[str, mx.array]) -> dict[str, mx.array]:
             if name.endswith(alias):
                 name = name[: -len(alias)] + canonical
                 break
-        for split, stacked in STACKED.items():
-            prefix, sep, rest = name.partition(f".{split}.")
-            if sep and rest.endswith(".weight") and rest[: -len(".weight")].isdigit():
-                stacks.setdefault(f"{prefix}.{stacked}", {})[int(rest[: -len(".weight")])] = value
-                break
+        stacked = stacked_name(name)
+        if stacked is not None:
+            stacks.setdefault(stacked[0], {})[stacked[1]] = value
         else:
             out[name] = value
     for name, parts in stacks.items():
