@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .io.cli_support import OneLineParser, UsageError, one_line, quiet_hub_logs, run_cli
+from .io.cli_support import (
+    OneLineParser,
+    UsageError,
+    one_line,
+    quiet_hub_logs,
+    refuse_overwriting,
+    run_cli,
+)
 from .offline import DEFAULT_NUM_QUANTIZERS, STREAM_ABOVE_SECONDS
 
 DEFAULT_CHECKPOINT = "kyutai/mimi"
@@ -142,6 +149,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     """Checks on the command line alone, before any file is read."""
     from .io.audio import AudioError, output_format
 
+    if args.command != "info":
+        refuse_overwriting([args.output], [args.input, args.checkpoint])
     if args.command in ("decode", "roundtrip"):
         try:
             output_format(args.output)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError, refuse_overwriting
 from mimi_mlx.io.hub import recorded_name
 
 from . import options, prompting
@@ -17,7 +16,10 @@ def register(command) -> None:
     run = command("run", "feed a recorded user stream through Moshi: IN audio -> OUT audio + text")
     run.add_argument("input", metavar="IN", help="the user's audio (any format soundfile reads)")
     run.add_argument(
-        "output", metavar="OUT", help="Moshi's audio (.wav); OUT.txt and OUT.json get the text"
+        "output",
+        metavar="OUT",
+        help="Moshi's audio (.wav); the text goes beside it, with .txt and .json for its "
+        "suffix (answer.wav: answer.txt, answer.json)",
     )
     options.add_model_options(run)
     prompting.add_prompt_options(run)
@@ -48,8 +50,7 @@ def _run(args: argparse.Namespace) -> None:
     except AudioError as e:
         raise UsageError(str(e)) from None
     outputs = (args.output, *transcript_paths(args.output))
-    if Path(args.input).resolve() in [Path(p).resolve() for p in outputs]:
-        raise UsageError("the output would overwrite the input")
+    refuse_overwriting(outputs, [args.input, args.voice_prompt, args.session])
     audio_info(args.input)
     for path in outputs:
         check_output(path, args.force)

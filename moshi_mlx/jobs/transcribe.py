@@ -10,7 +10,7 @@ the one it gets alone.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,7 @@ def transcribe_files(
     batch_size: int = 8,
     vad: bool = False,
     progress: bool | None = False,
+    on_done: Callable[[Transcription], None] | None = None,
 ) -> list[Transcription]:
     """Transcribe audio files, `batch_size` at a time.
 
@@ -115,6 +116,8 @@ def transcribe_files(
         batch_size: files stepped together (weights are read once per step for all of them).
         vad: also find the ends of turns (needs the voice-activity heads).
         progress: show a progress bar (None: only on a terminal).
+        on_done: called with each file's transcript as soon as that file is done (the shorter
+            files of a batch first), so an interrupted batch keeps what was finished.
 
     Returns:
         One `Transcription` per path, in order.
@@ -130,11 +133,13 @@ def transcribe_files(
     results: list[Transcription] = []
     for start in range(0, len(paths), batch_size):
         group = paths[start : start + batch_size]
-        results += _transcribe_batch(lm, mimi, tokenizer, group, settings, vad, progress)
+        results += _transcribe_batch(lm, mimi, tokenizer, group, settings, vad, progress, on_done)
     return results
 
 
-def _transcribe_batch(lm, mimi, tokenizer, paths, settings, vad, progress) -> list[Transcription]:
+def _transcribe_batch(
+    lm, mimi, tokenizer, paths, settings, vad, progress, on_done
+) -> list[Transcription]:
     rows = [_Row(p, settings, vad) for p in paths]
     stream = SttStream(lm, mimi, tokenizer, batch_size=len(rows), vad=vad)
     total = max(r.steps for r in rows)
@@ -156,6 +161,9 @@ def _transcribe_batch(lm, mimi, tokenizer, paths, settings, vad, progress) -> li
                 row.add(step)
                 if index == row.steps - 1:
                     row.result.words += stream.close_row(b)
+                    row.result.text = tokenizer.decode(row.result.tokens).strip()
+                    if on_done is not None:
+                        on_done(row.result)
         bar.update(FRAME_SECONDS)
 
     try:
@@ -171,6 +179,4 @@ def _transcribe_batch(lm, mimi, tokenizer, paths, settings, vad, progress) -> li
     finally:
         bar.close()
         stream.reset()
-    for row in rows:
-        row.result.text = tokenizer.decode(row.result.tokens).strip()
     return [row.result for row in rows]

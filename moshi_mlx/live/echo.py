@@ -76,11 +76,15 @@ def power_db(x: np.ndarray) -> float:
     return 10 * np.log10(max(p, 1e-12))
 
 
-def find_delay(reference: np.ndarray, mic: np.ndarray, max_lag: int, min_lag: int = 0):
-    """The lag (samples) at which `reference` best explains `mic`, and the peak's prominence.
+SIGNIFICANT = 6.0  # a correlation peak this many times its noise floor's expected maximum
+MIN_OVERLAP = 1.0  # seconds of played audio that must overlap the microphone for an echo
 
-    GCC-PHAT over lags `min_lag..max_lag` (mic[t] ~ reference[t - lag]); the prominence is the
-    peak over the median absolute correlation (above ~8: a clear echo).
+
+def find_delay(reference: np.ndarray, mic: np.ndarray, max_lag: int, min_lag: int = 0):
+    """The lag (samples) at which `reference` best explains `mic`, and the peak's significance.
+
+    GCC-PHAT over lags `min_lag..max_lag` (mic[t] ~ reference[t - lag]); the significance is
+    `peak_significance` (above `SIGNIFICANT`: an echo).
     """
     n = len(mic) + len(reference)
     size = 1 << (n - 1).bit_length()
@@ -90,8 +94,29 @@ def find_delay(reference: np.ndarray, mic: np.ndarray, max_lag: int, min_lag: in
     lags = np.arange(min_lag, max_lag + 1)
     values = np.abs(corr[lags % size])
     best = int(np.argmax(values))
-    prominence = float(values[best] / (np.median(values) + 1e-12))
-    return int(lags[best]), prominence
+    return int(lags[best]), peak_significance(values)
+
+
+def peak_significance(values: np.ndarray) -> float:
+    """How far the highest of `values` (|correlation| per lag) stands above what noise alone
+    gives at its best: the peak over the expected maximum of as many half-normal values as the
+    noise floor's (sigma from the median). Unrelated speech gives about 1-3, an echo 10-50."""
+    sigma = np.median(values) / 0.6745 + 1e-12
+    noise_max = sigma * np.sqrt(2 * np.log(2 * len(values)))
+    return float(values.max() / noise_max)
+
+
+def overlap_seconds(played: np.ndarray, mic_length: int, lag: int, rate: int) -> float:
+    """Seconds of non-silent `played` audio that land within the microphone's `mic_length`
+    samples when shifted by `lag` (mic[t] ~ played[t - lag])."""
+    lo, hi = max(0, lag), min(mic_length, len(played) + lag)
+    if hi <= lo:
+        return 0.0
+    part = played[lo - lag : hi - lag]
+    n = len(part) // FRAME_SIZE * FRAME_SIZE
+    frames = part[:n].reshape(-1, FRAME_SIZE)
+    loud = sum(power_db(f) > ACTIVE_DB for f in frames)
+    return loud * FRAME_SIZE / rate
 
 
 class Canceller:
@@ -158,8 +183,8 @@ class Canceller:
         if power_db(ref) < ACTIVE_DB or power_db(mic) < ACTIVE_DB:
             return
         reach = round(MAX_DELAY * self.rate / 3)
-        lag, prominence = find_delay(ref, mic, reach, -reach)
-        if prominence > 8:
+        lag, significance = find_delay(ref, mic, reach, -reach)
+        if significance > SIGNIFICANT:
             self.delay_ms = 1000 * 3 * lag / self.rate - 1000 * self.lead
             self.estimates += 1
 
@@ -399,15 +424,19 @@ def cancel_recording(mic: np.ndarray, played: np.ndarray, lead: float = LEAD) ->
     Both (n,) float32 at 24 kHz. The recordings carry no timestamps, so the reference is placed
     by the bulk delay GCC-PHAT finds between them (the first `OFFLINE_SEARCH` s), `lead` ahead
     of its echo as in the chat; then the same `Canceller` runs on the same 80 ms frames.
+    Without a significant peak over `MIN_OVERLAP` s of played audio there is no echo to take
+    out, and the microphone is returned as recorded.
     """
     rate = SAMPLE_RATE
     n = round(OFFLINE_SEARCH * rate)
     a, b = _decimate(played[:n]), _decimate(mic[:n])
-    lag, prominence = find_delay(a, b, len(b) - 1, -(len(a) - 1))
+    lag, significance = find_delay(a, b, len(b) - 1, -(len(a) - 1))
     lag *= 3
-    found = prominence > 8
-    if not found:
-        lag = 0
+    found = (
+        significance > SIGNIFICANT and overlap_seconds(played, len(mic), lag, rate) >= MIN_OVERLAP
+    )
+    if not found:  # no echo: the microphone stays as recorded
+        return OfflineResult(mic.astype(np.float32), None, None, 0.0)
     shift = lag - round(lead * rate)  # reference[t] = played[t - shift]
     reference = np.zeros(len(mic), np.float32)
     lo, hi = max(0, shift), min(len(mic), len(played) + shift)
@@ -430,14 +459,14 @@ def cancel_recording(mic: np.ndarray, played: np.ndarray, lead: float = LEAD) ->
         if power_db(reference[max(0, i - k) : i + FRAME_SIZE - k]) > ACTIVE_DB
     ]
     reduction = None
-    if heard and found:  # the median frame, as the chat's estimate (robust to double talk)
+    if heard:  # the median frame, as the chat's estimate (robust to double talk)
         m, o = mic[: len(out)], out
         reduction = np.median(
             [power_db(m[i : i + FRAME_SIZE]) - power_db(o[i : i + FRAME_SIZE]) for i in heard]
         )
     return OfflineResult(
         out,
-        1000 * lag / rate if found else None,
+        1000 * lag / rate,
         None if reduction is None else float(reduction),
         len(heard) * FRAME_SIZE / rate,
     )
