@@ -222,12 +222,44 @@ def _companions(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> d
             break
     else:
         warnings.append(f"{source.files.root} has no text tokenizer ({tokenizers[0]})")
-    voices = Path(source.files.root) / "voices"  # PersonaPlex's converted voice presets
+    _carry_voices(source, stage, warnings)
+    return names
+
+
+def _float_notes(notes: dict[str, str]) -> list[str]:
+    """One warning per reason a layer stays in float (not one per layer)."""
+    by_reason: dict[str, list[str]] = {}
+    for path, why in notes.items():
+        by_reason.setdefault(why, []).append(path)
+    out = []
+    for why, paths in by_reason.items():
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        layers = "stays" if len(paths) == 1 else f"({len(paths)} layers) stay"
+        out.append(f"{shown} {layers} in float: {why}")
+    return out
+
+
+def _carry_voices(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> None:
+    """The source's voice presets go along: PersonaPlex's `voices/` (converted), or its
+    `voices.tgz` converted here (needs PyTorch; a warning says how otherwise)."""
+    from .voices import TORCH_INSTALL, VOICES_ARCHIVE, convert_voices
+
+    voices = Path(source.files.root) / "voices"
     if voices.is_dir() and any(voices.glob("*.safetensors")):
         (stage / "voices").mkdir(exist_ok=True)
         for preset in sorted(voices.glob("*.safetensors")):
             _copy(preset, stage / "voices" / preset.name)
-    return names
+        return
+    archive = source.file(VOICES_ARCHIVE)
+    if archive is None:
+        return
+    try:
+        convert_voices(archive, stage / "voices")
+    except ValueError as e:
+        warnings.append(
+            f"the voice presets of {VOICES_ARCHIVE} are not carried over ({e}); with PyTorch "
+            f"({TORCH_INSTALL}) run `moshi-mlx-quantize voices {archive} OUTPUT/voices`"
+        )
 
 
 def _config_json(source: SourceCheckpoint, files: dict[str, str], quantization: dict) -> dict:
@@ -277,7 +309,7 @@ def convert(
     plan = make_plan(Lm(src.config), recipe)  # shapes only: the model is never evaluated
     items, specs = _plan_outputs(src, plan, dtype)
     name = weights_file_name(recipe, plan)
-    warnings = [f"{path} stays in float: {why}" for path, why in plan.notes.items()]
+    warnings = _float_notes(plan.notes)
     protected = [Path(src.files.root)] if Path(src.files.root).exists() else []
     check_output(output, force, protected)
     try:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 VOICES_ARCHIVE = "voices.tgz"
+# PyTorch's CPU build (the default index's Linux wheel pulls gigabytes of CUDA libraries)
+TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
 
 def _read_pt(data: bytes, name: str) -> dict[str, np.ndarray]:
@@ -23,7 +25,7 @@ def _read_pt(data: bytes, name: str) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise ValueError(
-            "converting PersonaPlex's .pt voice presets needs PyTorch once: pip install torch"
+            f"converting PersonaPlex's .pt voice presets needs PyTorch once: `{TORCH_INSTALL}`"
         ) from None
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

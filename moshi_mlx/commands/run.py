@@ -10,6 +10,17 @@ from mimi_mlx.io.hub import recorded_name
 
 from . import options, prompting
 
+EXAMPLES = """\
+examples:
+  moshi-mlx run question.wav answer.wav --seed 42   # answer.txt and answer.json get the text
+  moshi-mlx run talk/user.wav again.wav --session talk/session.json --float
+                                    # replay a recorded chat bit for bit
+  moshi-mlx run in.flac out.wav --temperature 0     # greedy: the same output every time
+  moshi-mlx run french.wav english.wav --model hibiki   # translate a recording
+  moshi-mlx run in.wav out.wav --checkpoint tiny/   # a tiny random checkpoint (it makes noise)
+
+Exit status: 0 on success, 1 on a failure, 2 on a usage error, 130 on Ctrl-C, 143 on SIGTERM."""
+
 
 def register(command) -> None:
     """Add the `run` subcommand (`command(name, help)` makes a subparser)."""
@@ -21,6 +32,7 @@ def register(command) -> None:
         help="Moshi's audio (.wav); the text goes beside it, with .txt and .json for its "
         "suffix (answer.wav: answer.txt, answer.json)",
     )
+    run.epilog = EXAMPLES
     options.add_model_options(run)
     prompting.add_prompt_options(run)
     run.add_argument(
@@ -73,6 +85,13 @@ def _run(args: argparse.Namespace) -> None:
         )
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)
+    if result.ended == "end-of-text":
+        print("stopped at the model's end of text", file=sys.stderr)
+    elif result.ended == "max-tail":
+        print(
+            f"stopped at --max-tail {args.max_tail:g} s: the model had not ended its text",
+            file=sys.stderr,
+        )
     print(
         f"wrote {args.output} ({result.steps * 0.08 if end else result.audio_seconds:.1f} s), "
         f"{text_path} and {json_path}: "

@@ -284,7 +284,7 @@ class TextToSpeech:
         return [g for g in groups if g]
 
 
-VOICE_FILE = re.compile(r"(\.[0-9a-f]+@\d+)?\.safetensors$")  # NAME[.<sig>@<epoch>].safetensors
+VOICE_FILE = re.compile(r"(\.[^./]+@\d+)?\.safetensors$")  # NAME[.<sig>@<epoch>].safetensors
 
 
 def voice_names(folder: Path | None) -> list[str]:
@@ -300,7 +300,8 @@ def folder_voices(tts: TextToSpeech) -> list[str]:
     if tts.folder is None:
         return []
     voices = tts.folder / "voices"
-    return [n for n in voice_names(voices) if (voices / f"{n}{tts.voice_suffix}").is_file()]
+    files = sorted(voices.rglob(f"*{tts.voice_suffix}")) if voices.is_dir() else []
+    return [p.relative_to(voices).as_posix()[: -len(tts.voice_suffix)] for p in files]
 
 
 def load_voice(voice: str | Path, tts: TextToSpeech) -> np.ndarray:
