@@ -349,3 +349,13 @@ def test_the_tools_run_as_installed_commands():
         [sys.executable, "-m", "mimi_mlx.cli", "--version"], capture_output=True, text=True
     )
     assert r.returncode == 0 and r.stdout.startswith("mimi-mlx ")
+
+
+def test_hibiki_run_says_what_ended_it(capsys, speech_wav, tmp_path):
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
+
+    hibiki = make_tiny_checkpoint(tmp_path / "hibiki", kind="hibiki")
+    status, _, err = call(moshi_main, capsys, "run", speech_wav, tmp_path / "o.wav",
+                          "--checkpoint", hibiki, "--max-tail", "0.5", "-q")  # fmt: skip
+    assert status == 0, err
+    assert "stopped at the model's end of text" in err or "stopped at --max-tail 0.5 s" in err
