@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -359,3 +360,36 @@ def test_hibiki_run_says_what_ended_it(capsys, speech_wav, tmp_path):
                           "--checkpoint", hibiki, "--max-tail", "0.5", "-q")  # fmt: skip
     assert status == 0, err
     assert "stopped at the model's end of text" in err or "stopped at --max-tail 0.5 s" in err
+
+
+def test_quantizing_personaplex_converts_its_voices_tgz(tmp_path):
+    import tarfile
+
+    torch = pytest.importorskip("torch")
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
+    from quantize import convert
+
+    src = make_tiny_checkpoint(tmp_path / "pp", kind="personaplex")
+    shutil.rmtree(src / "voices", ignore_errors=True)  # as NVIDIA's repo: only the archive
+    pt = tmp_path / "pt" / "voices"
+    pt.mkdir(parents=True)
+    torch.save({"embeddings": torch.zeros(6, 1, 1, 64), "cache": torch.zeros(1, 17, 4)},
+               pt / "NATF1.pt")  # fmt: skip
+    with tarfile.open(src / "voices.tgz", "w:gz") as tar:
+        tar.add(pt, arcname="voices")
+    convert(src, tmp_path / "q8", "q8", progress=False)
+    assert [p.name for p in (tmp_path / "q8" / "voices").iterdir()] == ["NATF1.safetensors"]
+
+
+def test_words_reach_a_caller_as_they_are_recognised(stt, two_files):
+    from moshi_mlx.jobs.transcribe import transcribe_files
+    from moshi_mlx.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(str(stt))
+    seen: dict = {}
+    results = transcribe_files(
+        ckpt.lm, ckpt.mimi, ckpt.tokenizer, two_files, batch_size=2,
+        on_words=lambda path, words: seen.setdefault(path, []).extend(words),
+    )  # fmt: skip
+    for r in results:
+        assert [w.word for w in seen.get(r.path, [])] == [w.word for w in r.words]

@@ -200,6 +200,12 @@ class _Writer:
         self.where = {Path(f): i for i, f in enumerate(inputs)}
         self.several = len(inputs) > 1
         self.written: list[Path] = []
+        # one file's text to a terminal: its words as they come, as dictation shows them
+        self.live = outputs is None and fmt == "txt" and len(inputs) == 1 and sys.stdout.isatty()
+
+    def words(self, path: Path, words) -> None:
+        sys.stdout.write("".join(f"{w.word} " for w in words))
+        sys.stdout.flush()
 
     def __call__(self, result) -> None:
         import json
@@ -208,6 +214,10 @@ class _Writer:
 
         from ..formats.subtitles import render
 
+        if self.live:
+            sys.stdout.write("\n")  # the words were shown as they came
+            sys.stdout.flush()
+            return
         if self.outputs is None:
             if self.fmt == "json":
                 text = json.dumps({**self.info, **result.to_dict()}, ensure_ascii=False) + "\n"
@@ -249,6 +259,7 @@ def _files(args: argparse.Namespace, fmt: str, outputs: list[Path] | None) -> No
             vad=args.vad,
             progress=False if args.quiet else None,
             on_done=writer,
+            on_words=writer.words if writer.live else None,
         )
     finally:
         writer.report()  # what was written before an interrupt stays, and is named
