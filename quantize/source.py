@@ -105,9 +105,6 @@ class SourceCheckpoint:
         """Drop the lazy handles (and with them any data read so far)."""
         self._open.clear()
 
-    def source_bytes(self) -> int:
-        return sum(Path(p).stat().st_size for p in self.files.weights)
-
     def file(self, name: str) -> Path | None:
         """Another file of the same folder or hub repo (Mimi, tokenizer), None if absent."""
         return self.files.get(name)

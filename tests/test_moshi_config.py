@@ -53,7 +53,9 @@ def test_absent_keys_take_lmmodel_defaults():
     # the depth decoder inherits the temporal transformer's settings, as in Kyutai's LMModel
     assert (dep.num_heads, dep.num_layers, dep.gating, dep.norm) == (4, 1, "none", "layer_norm")
     assert dep.dim_feedforward == 4 * 256
-    assert not cfg.depformer_multi_linear and cfg.num_depformer_in == 1
+    # one input projection for every codebook
+    assert not cfg.depformer_multi_linear
+    assert {cfg.depformer_in_index(k) for k in range(cfg.dep_q)} == {0}
     Lm(cfg)  # builds
 
 

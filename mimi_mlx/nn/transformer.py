@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 import mlx.core as mx
 import mlx.nn as nn
 
-from .compiled import compile_enabled, compiled_layer_step
+from .compiled import compile_enabled, compiled_step
 from .kv_cache import RingKVCache
 from .streaming import StreamingModule
 
@@ -301,7 +301,7 @@ class Transformer(StreamingModule):
         step_tokens: tokens a streaming step usually carries (2 for Mimi's 25 Hz transformers
             at one 12.5 Hz frame a step); the rings get room for them beyond the context.
         compile_steps: run one-token streaming steps through compiled layers
-            (`mimi_mlx.compiled`); the outputs are the same.
+            (`mimi_mlx.nn.compiled`); the outputs are the same.
         """
         super().__init__()
         self.cfg = cfg
@@ -333,14 +333,22 @@ class Transformer(StreamingModule):
         if self.cfg.causal:  # one mask for all layers
             queries = mx.arange(offset, offset + T, dtype=mx.int32)
             mask = attention_mask(queries, caches[0].key_positions(T), self.cfg.context)
-        layers = self.layers
-        if self._compile_steps and T == 1:
-            if self._compiled is None:
-                self._compiled = [compiled_layer_step(layer) for layer in self.layers]
-            layers = self._compiled
-        for i, (layer, cache) in enumerate(zip(layers, caches, strict=True)):
+        if self._compile_steps and T == 1 and cross is None:
+            for step, cache in zip(self._compiled_layers(), caches, strict=True):
+                x = step(x, mask, [cache])
+            return x
+        for i, (layer, cache) in enumerate(zip(self.layers, caches, strict=True)):
             x = layer(x, cache, mask, None if cross is None else cross[i])
         return x
+
+    def _compiled_layers(self) -> list:
+        """Each layer's one-token step `(x, mask, [cache]) -> x`, compiled at any position."""
+        if self._compiled is None:
+            self._compiled = [
+                compiled_step(lambda x, mask, caches, layer=layer: layer(x, caches[0], mask), layer)
+                for layer in self.layers
+            ]
+        return self._compiled
 
     def __call__(
         self, x: mx.array, chunk: int | None = None, cross: list | None = None

@@ -151,11 +151,6 @@ class ConditionProvider(nn.Module):
         """Conditions added to the model's input (the fuser's `sum` list)."""
         return list(self._sum)
 
-    @property
-    def cross_names(self) -> list[str]:
-        """Tensor conditions attended to by cross-attention (the fuser's `cross` list)."""
-        return list(self._cross)
-
     def condition_sum(self, conditions: list[dict[str, str | None]]) -> mx.array | None:
         """Per batch row, {name: value} -> the summed condition (B, 1, output_dim), or None."""
         total = None

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from mimi_mlx.nn.compiled import compiled_step
 from mimi_mlx.nn.transformer import Transformer, make_norm
 
-from .compiled import compiled_step
 from .config import LmConfig
 from .embedding import ScaledEmbedding
 
