@@ -113,7 +113,7 @@ def configure_voices_parser(parser: argparse.ArgumentParser | None = None):
 
 
 def _voices(args: argparse.Namespace) -> None:
-    from .voices import convert_voices
+    from .convert_voices import convert_voices
 
     written = convert_voices(args.source, args.output, force=args.force)
     names = " ".join(p.stem for p in written)
@@ -140,11 +140,11 @@ def _check_report_options(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     from .convert import REPORT_FILE, convert
     from .recipes import get_recipe
-    from .writer import check_output
+    from .writer import check_output_folder
 
     quiet_hub_logs()
     get_recipe(_recipe_spec(args))  # RecipeError before anything is read
-    check_output(args.output.expanduser(), args.force)
+    check_output_folder(args.output.expanduser(), args.force)
     if args.report:
         _check_report_options(args)
     elif args.audio is not None:

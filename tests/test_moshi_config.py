@@ -36,7 +36,7 @@ def test_default_is_kyutai_7b():
     assert LmConfig.from_dict(default.to_dict()) == default
     # the numbers DESIGN.md lists
     main, dep = default.transformer_config(), default.depformer_config(0)
-    from mimi_mlx.nn.transformer import gated_hidden_dim
+    from mimi_mlx.nn.layers import gated_hidden_dim
 
     assert gated_hidden_dim(main.d_model, main.dim_feedforward) == 11264
     assert gated_hidden_dim(dep.d_model, dep.dim_feedforward) == 2816

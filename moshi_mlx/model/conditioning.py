@@ -16,7 +16,7 @@ import hashlib
 import mlx.core as mx
 import mlx.nn as nn
 
-from mimi_mlx.nn.transformer import sin_embedding
+from mimi_mlx.nn.attention import sin_embedding
 
 
 def hash_trick(word: str, vocab_size: int) -> int:

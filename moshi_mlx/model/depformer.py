@@ -15,7 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mimi_mlx.nn.compiled import compiled_step
-from mimi_mlx.nn.transformer import Transformer, make_norm
+from mimi_mlx.nn.layers import make_norm
+from mimi_mlx.nn.transformer import Transformer
 
 from .config import LmConfig
 from .embedding import ScaledEmbedding
