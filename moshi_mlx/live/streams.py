@@ -95,15 +95,7 @@ class InputCapture:
         self.max_depth = 0
         self.status_errors = 0  # callbacks PortAudio flagged (overflow)
         self.pace = CallbackPace(device.blocksize / device.rate)
-        self.stream = sd.InputStream(
-            device=device.index,
-            samplerate=device.rate,
-            channels=device.channels,
-            blocksize=device.blocksize,
-            dtype="float32",
-            latency=latency,
-            callback=self._callback,
-        )
+        self.stream = sd.InputStream(**_settings(device, latency), callback=self._callback)
 
     def _callback(self, indata, frames, time_info, status) -> None:
         self.pace.tick()
@@ -143,20 +135,11 @@ class OutputPlayer:
             deque(maxlen=self.PLAYED_BLOCKS) if keep_played else None
         )
         self.status_errors = 0  # callbacks PortAudio flagged (underflow)
-        self.pace = CallbackPace(
-            device.blocksize / device.rate
-        )  # from the first callback that plays audio
+        # from the first callback that plays audio
+        self.pace = CallbackPace(device.blocksize / device.rate)
         self._mono = np.zeros(device.blocksize, np.float32)
         self.running = threading.Event()  # set by the first callback: the device is playing
-        self.stream = sd.OutputStream(
-            device=device.index,
-            samplerate=device.rate,
-            channels=device.channels,
-            blocksize=device.blocksize,
-            dtype="float32",
-            latency=latency,
-            callback=self._callback,
-        )
+        self.stream = sd.OutputStream(**_settings(device, latency), callback=self._callback)
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         self.running.set()
@@ -173,6 +156,18 @@ class OutputPlayer:
             outdata[:] = out[:, None]
         if self.played is not None:
             self.played.append((time_info.outputBufferDacTime or time_info.currentTime, out.copy()))
+
+
+def _settings(device: DeviceChoice, latency) -> dict:
+    """PortAudio's settings for a float32 stream of the device's rate, channels and blocks."""
+    return {
+        "device": device.index,
+        "samplerate": device.rate,
+        "channels": device.channels,
+        "blocksize": device.blocksize,
+        "dtype": "float32",
+        "latency": latency,
+    }
 
 
 def stop_stream(stream) -> None:
