@@ -26,7 +26,6 @@ class Resampler:
     out as one `soxr.resample` of the whole signal. Equal rates pass the blocks through."""
 
     def __init__(self, src_rate: int, dst_rate: int):
-        self.src_rate, self.dst_rate = src_rate, dst_rate
         self._stream = None
         if src_rate != dst_rate:
             self._stream = soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32")

@@ -40,9 +40,9 @@ def compiled_step(step: Step, module: nn.Module, position: int | None = None) ->
     """
     if not compile_enabled():
         return step
-    meta: list[tuple[int, int]] = []  # (capacity, context) of each cache, set before each call
 
-    def pure(inputs: list, states: list[list[mx.array]], offset: mx.array | int):
+    def pure(inputs: list, states: list[list[mx.array]], offset: mx.array | int, meta: tuple):
+        # meta: (capacity, context) of each cache, constants of the trace
         caches = [
             RingKVCache.from_state(state, (capacity, context, offset))
             for state, (capacity, context) in zip(states, meta, strict=True)
@@ -61,8 +61,8 @@ def compiled_step(step: Step, module: nn.Module, position: int | None = None) ->
             return step(*args)  # not the position this was compiled for
         else:
             offset = position
-        meta[:] = [(c.capacity, c.context) for c in caches]
-        y, states = compiled(inputs, [c.state for c in caches], offset)
+        meta = tuple((c.capacity, c.context) for c in caches)
+        y, states = compiled(inputs, [c.state for c in caches], offset, meta)
         for c, state in zip(caches, states, strict=True):
             c.state = state
             c.offset += 1

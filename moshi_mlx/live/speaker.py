@@ -63,7 +63,6 @@ class Speaker:
         if max_buffered_seconds is not None:
             self.max_buffered = int(max_buffered_seconds * device.rate)
         self.resampler = Resampler(SAMPLE_RATE, device.rate)
-        self.first_push: float | None = None  # time.perf_counter() of the first audio
 
     def __enter__(self) -> Speaker:
         self.start()
@@ -83,8 +82,6 @@ class Speaker:
         if self.max_buffered is not None:
             while self.buffer.buffered > self.max_buffered:
                 time.sleep(0.02)
-        if self.first_push is None:
-            self.first_push = time.perf_counter()
         self.buffer.push(audio)
 
     @property
