@@ -138,6 +138,8 @@ def _check_report_options(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from moshi_mlx.system.memory import format_bytes
+
     from .convert import REPORT_FILE, convert
     from .recipes import get_recipe
     from .writer import check_output_folder
@@ -162,7 +164,7 @@ def _convert(args: argparse.Namespace) -> None:
     n = len(result.plan.layers)
     print(
         f"wrote {result.output} ({result.recipe.name}: {n} layers quantized, "
-        f"{result.nbytes / 2**30:.2f} GiB, {result.seconds:.1f} s)"
+        f"{format_bytes(result.nbytes)}, {result.seconds:.1f} s)"
     )
     if args.report:
         _report(args, args.source, [result.output], args.output / REPORT_FILE)
