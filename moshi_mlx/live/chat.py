@@ -1,7 +1,7 @@
 """`moshi-mlx chat`: the live loop between the microphone, the pipeline and the speaker.
 
 One thread (the caller's) owns the pipeline and every MLX object; the audio callbacks only move
-NumPy blocks (see `audio_io`). Per 80 ms input frame: Mimi encode -> Moshi step -> Mimi decode,
+NumPy blocks (`streams`). Per 80 ms input frame: Mimi encode -> Moshi step -> Mimi decode,
 and Moshi's frame goes to the speaker's jitter buffer. When the model falls behind real time and
 more than `max_lag_frames` input frames wait, the oldest are skipped (and reported) so latency
 and queues stay bounded. The session has no step limit; Ctrl-C ends it cleanly (a second Ctrl-C
