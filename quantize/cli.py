@@ -118,7 +118,7 @@ def configure_voices_parser(parser: argparse.ArgumentParser | None = None):
 
 
 def _voices(args: argparse.Namespace) -> None:
-    from .voices import convert_voices
+    from .convert_voices import convert_voices
 
     written = convert_voices(args.source, args.output, force=args.force)
     names = " ".join(p.stem for p in written)
@@ -143,9 +143,11 @@ def _check_report_options(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from moshi_mlx.system.memory import format_bytes
+
     from .convert import REPORT_FILE, convert
     from .recipes import RecipeError, get_recipe
-    from .writer import check_output
+    from .writer import check_output_folder
 
     quiet_hub_logs()
     try:
@@ -153,7 +155,7 @@ def _convert(args: argparse.Namespace) -> None:
     except RecipeError as e:
         raise UsageError(str(e)) from None
     refuse_overwriting([args.output], [args.source, args.audio])
-    check_output(args.output.expanduser(), args.force)
+    check_output_folder(args.output.expanduser(), args.force)
     if args.report:
         _check_report_options(args)
     elif args.audio is not None:
@@ -171,7 +173,7 @@ def _convert(args: argparse.Namespace) -> None:
     n = len(result.plan.layers)
     print(
         f"wrote {result.output} ({result.recipe.name}: {n} layers quantized, "
-        f"{result.nbytes / 2**30:.2f} GiB, {result.seconds:.1f} s)"
+        f"{format_bytes(result.nbytes)}, {result.seconds:.1f} s)"
     )
     if args.report:
         _report(args, args.source, [result.output], args.output / REPORT_FILE)

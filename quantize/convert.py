@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError
+from mimi_mlx.io.output_file import OutputError
 from mimi_mlx.weights import read_safetensors
 from moshi_mlx.model.config import FILE_KEYS, LmConfig
 from moshi_mlx.model.lm import Lm
@@ -36,7 +37,7 @@ from moshi_mlx.model.tokenizer import TOKENIZER_FILE
 
 from .recipes import Q4, Q8, RECIPES, Plan, Recipe, get_recipe, make_plan
 from .source import SourceCheckpoint
-from .writer import OutputError, SafetensorsWriter, Spec, check_output, staged_output
+from .writer import SafetensorsWriter, Spec, check_output_folder, staged_output
 
 MIMI_CONFIG_FILE = "mimi_config.json"
 REPORT_FILE = "quantization_report.json"
@@ -169,9 +170,9 @@ def _copy(src: Path, dst: Path) -> None:
 def _mimi_from_transformers(source: SourceCheckpoint, stage: Path) -> bool:
     """transformers bundles Mimi as `audio_encoder.*`: write it out in Kyutai's layout."""
     from mimi_mlx.config import MimiConfig
+    from mimi_mlx.export import save_mimi_kyutai
     from mimi_mlx.model import Mimi
     from mimi_mlx.weights import load_weights as load_mimi_weights
-    from moshi_mlx.testing.tiny import save_mimi_kyutai
 
     prefix = "audio_encoder."
     tensors = {}
@@ -242,7 +243,7 @@ def _float_notes(notes: dict[str, str]) -> list[str]:
 def _carry_voices(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> None:
     """The source's voice presets go along: PersonaPlex's `voices/` (converted), or its
     `voices.tgz` converted here (needs PyTorch; a warning says how otherwise)."""
-    from .voices import TORCH_INSTALL, VOICES_ARCHIVE, convert_voices
+    from .convert_voices import TORCH_INSTALL, VOICES_ARCHIVE, convert_voices
 
     voices = Path(source.files.root) / "voices"
     if voices.is_dir() and any(voices.glob("*.safetensors")):
@@ -311,7 +312,7 @@ def convert(
     name = weights_file_name(recipe, plan)
     warnings = _float_notes(plan.notes)
     protected = [Path(src.files.root)] if Path(src.files.root).exists() else []
-    check_output(output, force, protected)
+    check_output_folder(output, force, protected)
     try:
         with staged_output(output, force) as stage:
             nbytes = _write_weights(src, stage / name, items, specs, dtype, progress, recipe.name)

@@ -326,7 +326,7 @@ def test_the_portaudio_error_says_it_once(monkeypatch):
 
 def test_help_texts_a_new_user_reads(capsys):
     from mimi_mlx.io.cli_support import BLAS_HINT
-    from quantize.voices import TORCH_INSTALL
+    from quantize.convert_voices import TORCH_INSTALL
 
     assert "20-30x" in BLAS_HINT and "20-30x" in (REPO / "README.md").read_text()
     assert "download.pytorch.org/whl/cpu" in TORCH_INSTALL

@@ -5,6 +5,10 @@ by their `LMGen._step_voice_prompt_core`: `embeddings` (V, 1, 1, 4096), the inpu
 the voice prompt's steps, and `cache` (1, 17, 4), the token ring it left. The tensors are copied
 as they are (float32 and int32) into `NAME.safetensors`, which `moshi-mlx --voice-prompt NAME`
 reads without PyTorch. PyTorch is needed here only.
+
+This is a conversion, not quantization: it lives in `quantize`, the package of one-time checkpoint
+conversions run before use (`moshi-mlx-quantize convert` rewrites a language model's layout too),
+so that `moshi_mlx`, which runs the models, never needs PyTorch.
 """
 
 from __future__ import annotations
