@@ -393,3 +393,34 @@ def test_words_reach_a_caller_as_they_are_recognised(stt, two_files):
     )  # fmt: skip
     for r in results:
         assert [w.word for w in seen.get(r.path, [])] == [w.word for w in r.words]
+
+
+def test_on_a_terminal_one_files_words_are_printed_as_they_come(stt, two_files):
+    import pty
+
+    master, slave = pty.openpty()
+    r = subprocess.run(
+        [sys.executable, "-m", "moshi_mlx", "transcribe", str(two_files[0]), "--checkpoint",
+         str(stt), "--format", "txt"],
+        stdout=slave, stderr=subprocess.PIPE, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert r.returncode == 0, r.stderr
+    text = out.decode().replace("\r", "")
+    with_file = subprocess.run(
+        [sys.executable, "-m", "moshi_mlx", "transcribe", str(two_files[0]), "--checkpoint",
+         str(stt), "--format", "json", "-q"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    words = [w["word"] for w in json.loads(with_file.stdout)["words"]]
+    assert text.split() == words and text.endswith("\n")
