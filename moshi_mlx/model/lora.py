@@ -25,7 +25,8 @@ from mimi_mlx.io.hub import CheckpointError
 from mimi_mlx.weights import read_safetensors
 
 from .config import LmConfig
-from .weights import STACKED, name_table, stacked_name
+from .name_tables import name_table
+from .weights import STACKED, stacked_name
 
 LORA_KEYS = ("lora", "lora_name", "lora_rank", "lora_scaling")
 DEFAULT_SCALING = 2.0  # Kyutai's `lora_scaling` when a config does not say

@@ -8,7 +8,8 @@ implement (a positional embedding, a norm, an activation), instead of running so
 
 from __future__ import annotations
 
-from mimi_mlx.nn.transformer import ACTIVATIONS, NORMS, POSITIONAL_EMBEDDINGS
+from mimi_mlx.nn.attention import POSITIONAL_EMBEDDINGS
+from mimi_mlx.nn.layers import ACTIVATIONS, NORMS
 
 
 class UnsupportedConfigError(ValueError):
