@@ -33,6 +33,7 @@ from mimi_mlx.io.output_file import OutputError
 from mimi_mlx.weights import read_safetensors
 from moshi_mlx.model.config import FILE_KEYS, LmConfig
 from moshi_mlx.model.lm import Lm
+from moshi_mlx.model.lora import LORA_KEYS
 from moshi_mlx.model.tokenizer import TOKENIZER_FILE
 
 from .recipes import Q4, Q8, RECIPES, Plan, Recipe, get_recipe, make_plan
@@ -211,8 +212,6 @@ def _companions(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> d
                 _copy(path, stage / path.name)
                 names["mimi_config_name"] = path.name
         tokenizers = [raw.get("tokenizer_name", TOKENIZER_FILE)]
-    if raw.get("lora_name"):
-        warnings.append(f"the LoRA {raw['lora_name']} of {source.files.root} is not carried over")
     if "mimi_name" not in names:
         warnings.append(f"{source.files.root} has no Mimi checkpoint: the output holds no codec")
     for name in tokenizers:
@@ -267,7 +266,7 @@ def _config_json(source: SourceCheckpoint, files: dict[str, str], quantization: 
     """Kyutai's repo config: their own keys kept (Kyutai sources), the model's, the files'."""
     base = dict(source.files.config or {}) if source.files.layout == "kyutai" else {}
     config = {**base, **source.config.to_dict()}
-    for key in (*FILE_KEYS, "quantization"):
+    for key in (*FILE_KEYS, *LORA_KEYS, "quantization"):  # a LoRA is fused in
         config.pop(key, None)
     config["model_type"] = source.config.model_type  # "moshi", "stt", ...
     return {**config, **files, "quantization": quantization}

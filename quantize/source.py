@@ -11,11 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from mimi_mlx.io.hub import CheckpointError
 from mimi_mlx.weights import read_safetensors
-from moshi_mlx.model.checkpoint import CheckpointFiles, config_from, resolve
+from moshi_mlx.model.checkpoint import CheckpointFiles, config_from, lora_for, resolve
 from moshi_mlx.model.config import LmConfig
+from moshi_mlx.model.lm import Lm
+from moshi_mlx.model.lora import linear_layers, lora_deltas
 from moshi_mlx.model.name_tables import name_table, unused_sources
 from moshi_mlx.model.weights import LAYOUT_NAMES, detect_format, ignored, normalize_names
 
@@ -62,6 +65,12 @@ class SourceCheckpoint:
         self.rows = {ours: (srcs, fn) for ours, srcs, fn in name_table(self.config, self.format)}
         self._check_names()
         self._open: dict[Path, dict[str, mx.array]] = {}
+        self.lora = lora_for(self.files, None)  # a fine-tune: fused before quantizing
+        self._deltas = {}
+        if self.lora is not None:
+            model = Lm(self.config)  # shapes only: never evaluated
+            shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+            self._deltas = lora_deltas(self.config, linear_layers(model), shapes, self.lora)
 
     @property
     def source(self) -> str:
@@ -93,7 +102,10 @@ class SourceCheckpoint:
     def param(self, ours: str) -> mx.array:
         """Our parameter `ours`, lazily computed from the source tensors (nothing is read yet)."""
         sources, transform = self.rows[ours]
-        return transform(*(self._tensor(s) for s in sources))
+        x = transform(*(self._tensor(s) for s in sources))
+        if ours in self._deltas:  # W + scaling * B @ A
+            x = (x.astype(mx.float32) + self._deltas[ours]).astype(x.dtype)
+        return x
 
     def release(self) -> None:
         """Drop the lazy handles (and with them any data read so far)."""

@@ -142,3 +142,20 @@ def test_wrong_rank_and_absent_file_are_one_line(fine_tune, tmp_path):
     L.name_lora(named, "other.safetensors", RANK, SCALING)
     with pytest.raises(LoraError, match="lacks the LoRA file other.safetensors"):
         load_model(named)
+
+
+def test_quantizer_fuses_the_lora_first(fine_tune, tmp_path):
+    """q8 of a fine-tune: the adapter fused, then quantized; its config names no LoRA."""
+    from quantize.convert import convert
+
+    outputs, folder, _, codes, _ = fine_tune
+    named = tmp_path / "fine-tune"
+    shutil.copytree(folder, named)
+    L.name_lora(named, "lora.safetensors", RANK, SCALING)
+    out = convert(named, tmp_path / "q8", "q8", progress=False)
+    assert not [w for w in out.warnings if "LoRA" in w]
+    config = json.loads((out.output / "config.json").read_text())
+    assert not {"lora", "lora_name", "lora_rank", "lora_scaling"} & config.keys()
+    text = np.array(load_model(out.output).forward(mx.array(codes)).text_logits)
+    assert rel(text, outputs[True][0][0]) < 0.05  # the fused model, quantized
+    assert rel(text, outputs["base"][0]) > 0.1

@@ -31,10 +31,11 @@ NETWORK_KEYS = frozenset(
     depformer_causal depformer_context depformer_positional_embedding depformer_cross_attention
     generated_codebooks""".split()
 )
-# Keys Kyutai's loader reads before building the model: files, LoRA, generation defaults.
+# Keys Kyutai's loader reads before building the model (files, LoRA, generation defaults), and
+# `quantization`, which `moshi-mlx-quantize` writes (the tensors' shapes say it again).
 OTHER_KEYS = frozenset(
     """moshi_name mimi_name mimi_config_name tokenizer_name model_type lm_gen_config tts_config
-    stt_config model_id lora lora_name lora_rank lora_scaling""".split()
+    stt_config model_id lora lora_name lora_rank lora_scaling quantization""".split()
 )
 
 # Keys whose values we implement only in part: key -> implemented values.
