@@ -7,9 +7,10 @@ model and runs every step on a single thread; the asyncio side awaits `ModelThre
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -20,42 +21,69 @@ class ModelThread:
 
     `await thread.call(fn, *args, **kwargs)` runs `fn` on the thread and returns its result; an
     exception raised by `fn` is raised in the awaiting coroutine. A call cancelled before it
-    started is never run; one already running finishes (MLX work cannot be interrupted).
+    started is never run; one already running finishes (MLX work cannot be interrupted). The
+    thread is a daemon: a process interrupted during a long call (a model load) still exits.
     """
 
     def __init__(self, name: str = "moshi-mlx-models"):
         self.name = name
-        self._executor: ThreadPoolExecutor | None = None
-        self._ident: int | None = None
+        self._jobs: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the thread (calls made before `start` are refused)."""
-        if self._executor is not None:
+        if self._thread is not None:
             raise RuntimeError("the model thread is already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
-        self._ident = self._executor.submit(threading.get_ident).result()
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._jobs,), name=self.name, daemon=True
+        )
+        self._thread.start()
 
-    def stop(self) -> None:
-        """Cancel the calls not started, wait for the running one, end the thread."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+    def stop(self, wait: bool = True) -> None:
+        """Cancel the calls not started and end the thread (after the running call if `wait`)."""
+        jobs, thread = self._jobs, self._thread
+        self._jobs = self._thread = None
+        if jobs is None:
+            return
+        jobs.put(None)
+        if wait and thread is not threading.current_thread():
+            thread.join()
 
     @property
     def running(self) -> bool:
-        return self._executor is not None
+        return self._thread is not None
 
     @property
     def ident(self) -> int | None:
         """The thread's identifier (`threading.get_ident()` inside a call)."""
-        return self._ident
+        return self._thread.ident if self._thread is not None else None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(*args, **kwargs)` on the model thread and return its result."""
-        if self._executor is None:
+        if self._jobs is None:
             raise RuntimeError("the model thread is not running")
-        future = self._executor.submit(fn, *args, **kwargs)
+        future: Future = Future()
+        self._jobs.put((future, fn, args, kwargs))
         return await asyncio.wrap_future(future)
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue) -> None:
+        while (job := jobs.get()) is not None:
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:
+                future.set_exception(e)
+        while True:  # stopped: the calls still queued are cancelled
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job[0].cancel()
 
     def __enter__(self) -> ModelThread:
         self.start()
