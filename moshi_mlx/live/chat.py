@@ -130,7 +130,7 @@ class _StopOnSigint:
             signal.signal(s, handler)
 
 
-class _StepTimes:
+class StepTimes:
     """Step durations: totals for the summary, the last second for `--stats`."""
 
     def __init__(self):
@@ -210,7 +210,7 @@ class _Session:
         self.recorder = None
         if options.record is not None:
             self.recorder = Recorder(Path(options.record), audio.output_device.rate)
-        self.times = _StepTimes()
+        self.times = StepTimes()
         self.started = time.perf_counter()
         self.last_stats = self.last_check = self.last_lag_report = self.started
         self.lag_pending = 0  # frames skipped since the last notice
@@ -319,7 +319,7 @@ def _ready_line(pipeline: Pipeline, audio: AudioIO) -> str:
     )
 
 
-def _stats_line(times: _StepTimes, audio: AudioIO) -> str:
+def _stats_line(times: StepTimes, audio: AudioIO) -> str:
     recent = list(times.recent)[-13:]
     step = 1000 * sum(recent) / max(1, len(recent))
     s = audio.stats()
@@ -338,7 +338,7 @@ def _echo_text(echo: dict) -> str:
     return f"echo delay {delay}, reduced by {reduction}"
 
 
-def _summary(audio: AudioIO, times: _StepTimes, elapsed: float, transcript: Transcript) -> dict:
+def _summary(audio: AudioIO, times: StepTimes, elapsed: float, transcript: Transcript) -> dict:
     return {
         **transcript.info,
         "duration_s": round(elapsed, 3),
