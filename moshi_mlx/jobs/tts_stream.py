@@ -199,12 +199,15 @@ class SpeechStream:
         self.frame_index += 1
         return TTSFrame(st.codes, index, ready)
 
-    def frames(self) -> Iterator[TTSFrame]:
+    def frames(self, limit: int | None = None) -> Iterator[TTSFrame]:
         """Every frame that can be generated with the text pushed so far (all of them once the
-        text has ended); words after the last frame come in a frame without codes."""
-        while self.ready():
+        text has ended), at most `limit`; words after the last frame come in a frame without
+        codes."""
+        count = 0
+        while self.ready() and (limit is None or count < limit):
             frame = self.step()
             if frame is not None:
+                count += 1
                 yield frame
         if self.done and self._words:
             from .tts import TTSFrame
