@@ -111,11 +111,11 @@ async def _ws_exchange(url: str, messages: list[bytes]) -> list[dict]:
             await ws.send_bytes(m)
         got = []
         while len(got) < 20:
-            msg = await ws.receive(timeout=30)
+            msg = await ws.receive(timeout=20)
             if msg.type != aiohttp.WSMsgType.BINARY:
                 break
             got.append(msgpack.unpackb(msg.data))
-            if got[-1]["type"] == "Error":
+            if got[-1]["type"] in ("Error", "Step"):
                 break
         return got
 
