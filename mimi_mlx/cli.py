@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .io.cli_support import OneLineParser, UsageError, one_line, quiet_hub_logs, run_cli
+from .io.cli_support import (
+    OneLineParser,
+    UsageError,
+    add_version,
+    one_line,
+    quiet_hub_logs,
+    refuse_overwriting,
+    run_cli,
+)
 from .offline import DEFAULT_NUM_QUANTIZERS, STREAM_ABOVE_SECONDS
 
 DEFAULT_CHECKPOINT = "kyutai/mimi"
@@ -25,7 +33,8 @@ Inputs: any format soundfile reads (WAV, FLAC, OGG, MP3, ...), any rate, any cha
 are averaged to mono and resampled to 24 kHz with soxr. Audio outputs are 24 kHz, in the
 format their suffix names (16-bit WAV by default; --float for 32-bit float).
 Files longer than {STREAM_ABOVE_SECONDS:g} s are streamed (with a progress bar) unless --no-stream.
-Existing outputs are kept unless --force.
+Existing outputs are kept unless --force; an input is never overwritten.
+-n/--num-codebooks (also spelled --num-quantizers) is the number of Mimi codebooks.
 Exit status: 0 on success, 1 on a failure, 2 on a usage error."""
 
 
@@ -47,6 +56,7 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     what = {"AUDIO": "audio file", "CODES": "codes file (.safetensors)"}
@@ -77,7 +87,9 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     for sub in (encode, roundtrip):
         sub.add_argument(
             "-n",
+            "--num-codebooks",
             "--num-quantizers",
+            dest="num_quantizers",
             type=_num_quantizers,
             default=DEFAULT_NUM_QUANTIZERS,
             metavar="N",
@@ -86,7 +98,9 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         )
     decode.add_argument(
         "-n",
+        "--num-codebooks",
         "--num-quantizers",
+        dest="num_quantizers",
         type=_num_quantizers,
         default=None,
         metavar="N",
@@ -142,6 +156,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     """Checks on the command line alone, before any file is read."""
     from .io.audio import AudioError, output_format
 
+    if args.command != "info":
+        refuse_overwriting([args.output], [args.input, args.checkpoint])
     if args.command in ("decode", "roundtrip"):
         try:
             output_format(args.output)

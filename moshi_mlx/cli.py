@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mimi_mlx.io.cli_support import OneLineParser, run_cli
+from mimi_mlx.io.cli_support import OneLineParser, add_version, run_cli
 
 from .commands import chat, echo_cancel, models, run, speak, transcribe
 
@@ -35,11 +35,17 @@ examples:
   moshi-mlx speak "Hello there."                  # spoken on the speaker as it is generated
 
 Offline: `hf download kyutai/moshiko-mlx-q4` once; hub ids then work from the local cache
-(HF_HUB_OFFLINE=1 skips asking the hub). Or `--local-dir DIR` and `--checkpoint DIR`.
+(HF_HUB_OFFLINE=1 skips asking the hub). Or `hf download REPO --local-dir DIR`, then
+`--checkpoint DIR`.
 Live chat with the 7B model needs Apple silicon (MLX's CPU backend takes about 5 s per 80 ms
 frame); elsewhere use `run`, or a tiny random checkpoint (it makes noise) for any machine:
 `python scripts/make_tiny_checkpoint.py tiny/`, then `--checkpoint tiny/`.
 Exit status: 0 on success, 1 on a failure, 2 on a usage error, 130 on Ctrl-C, 143 on SIGTERM."""
+
+SUBCOMMAND_EPILOG = (
+    "`moshi-mlx --help` lists examples of every subcommand.\n"
+    "Exit status: 0 on success, 1 on a failure, 2 on a usage error, 130 on Ctrl-C, 143 on SIGTERM."
+)
 
 
 def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -51,6 +57,7 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -58,7 +65,7 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
             name,
             help=help,
             description=help,
-            epilog=EXAMPLES,
+            epilog=EXAMPLES if name == "chat" else SUBCOMMAND_EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 

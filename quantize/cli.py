@@ -15,8 +15,10 @@ from pathlib import Path
 from mimi_mlx.io.cli_support import (
     OneLineParser,
     UsageError,
+    add_version,
     positive_int,
     quiet_hub_logs,
+    refuse_overwriting,
     run_cli,
     seed,
 )
@@ -57,10 +59,13 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         prog="moshi-mlx-quantize",
         description="Quantize a Moshi checkpoint (Kyutai PyTorch, Kyutai MLX bf16 or transformers;"
         " hub repo id or local path) into an MLX checkpoint folder that moshi-mlx loads as is. "
-        "`moshi-mlx-quantize report SOURCE QUANTIZED...` compares existing checkpoints.",
+        "`moshi-mlx-quantize report SOURCE QUANTIZED...` compares existing checkpoints; "
+        "`moshi-mlx-quantize voices VOICES.TGZ FOLDER` converts PersonaPlex's voice presets "
+        "(each has its own --help).",
         epilog=RECIPE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p)
     p.add_argument("source", help="float checkpoint: hub repo id, folder or .safetensors file")
     p.add_argument("output", type=Path, help="checkpoint folder to create")
     p.add_argument(
@@ -100,7 +105,7 @@ def configure_report_parser(parser: argparse.ArgumentParser | None = None):
 
 def configure_voices_parser(parser: argparse.ArgumentParser | None = None):
     """The `voices` command's arguments."""
-    p = parser or argparse.ArgumentParser(
+    p = parser or OneLineParser(
         prog="moshi-mlx-quantize voices",
         description="Convert PersonaPlex's voice presets (voices.tgz of PyTorch .pt files) to "
         "safetensors, once: `moshi-mlx --voice-prompt NAME` then reads them without PyTorch. "
@@ -113,7 +118,7 @@ def configure_voices_parser(parser: argparse.ArgumentParser | None = None):
 
 
 def _voices(args: argparse.Namespace) -> None:
-    from .voices import convert_voices
+    from .convert_voices import convert_voices
 
     written = convert_voices(args.source, args.output, force=args.force)
     names = " ".join(p.stem for p in written)
@@ -138,13 +143,19 @@ def _check_report_options(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from moshi_mlx.system.memory import format_bytes
+
     from .convert import REPORT_FILE, convert
-    from .recipes import get_recipe
-    from .writer import check_output
+    from .recipes import RecipeError, get_recipe
+    from .writer import check_output_folder
 
     quiet_hub_logs()
-    get_recipe(_recipe_spec(args))  # RecipeError before anything is read
-    check_output(args.output.expanduser(), args.force)
+    try:
+        get_recipe(_recipe_spec(args))  # before anything is read
+    except RecipeError as e:
+        raise UsageError(str(e)) from None
+    refuse_overwriting([args.output], [args.source, args.audio])
+    check_output_folder(args.output.expanduser(), args.force)
     if args.report:
         _check_report_options(args)
     elif args.audio is not None:
@@ -162,7 +173,7 @@ def _convert(args: argparse.Namespace) -> None:
     n = len(result.plan.layers)
     print(
         f"wrote {result.output} ({result.recipe.name}: {n} layers quantized, "
-        f"{result.nbytes / 2**30:.2f} GiB, {result.seconds:.1f} s)"
+        f"{format_bytes(result.nbytes)}, {result.seconds:.1f} s)"
     )
     if args.report:
         _report(args, args.source, [result.output], args.output / REPORT_FILE)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError
+from mimi_mlx.io.output_file import OutputError
 from mimi_mlx.weights import read_safetensors
 from moshi_mlx.model.config import FILE_KEYS, LmConfig
 from moshi_mlx.model.lm import Lm
@@ -36,7 +37,7 @@ from moshi_mlx.model.tokenizer import TOKENIZER_FILE
 
 from .recipes import Q4, Q8, RECIPES, Plan, Recipe, get_recipe, make_plan
 from .source import SourceCheckpoint
-from .writer import OutputError, SafetensorsWriter, Spec, check_output, staged_output
+from .writer import SafetensorsWriter, Spec, check_output_folder, staged_output
 
 MIMI_CONFIG_FILE = "mimi_config.json"
 REPORT_FILE = "quantization_report.json"
@@ -169,9 +170,9 @@ def _copy(src: Path, dst: Path) -> None:
 def _mimi_from_transformers(source: SourceCheckpoint, stage: Path) -> bool:
     """transformers bundles Mimi as `audio_encoder.*`: write it out in Kyutai's layout."""
     from mimi_mlx.config import MimiConfig
+    from mimi_mlx.export import save_mimi_kyutai
     from mimi_mlx.model import Mimi
     from mimi_mlx.weights import load_weights as load_mimi_weights
-    from moshi_mlx.testing.tiny import save_mimi_kyutai
 
     prefix = "audio_encoder."
     tensors = {}
@@ -222,12 +223,44 @@ def _companions(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> d
             break
     else:
         warnings.append(f"{source.files.root} has no text tokenizer ({tokenizers[0]})")
-    voices = Path(source.files.root) / "voices"  # PersonaPlex's converted voice presets
+    _carry_voices(source, stage, warnings)
+    return names
+
+
+def _float_notes(notes: dict[str, str]) -> list[str]:
+    """One warning per reason a layer stays in float (not one per layer)."""
+    by_reason: dict[str, list[str]] = {}
+    for path, why in notes.items():
+        by_reason.setdefault(why, []).append(path)
+    out = []
+    for why, paths in by_reason.items():
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        layers = "stays" if len(paths) == 1 else f"({len(paths)} layers) stay"
+        out.append(f"{shown} {layers} in float: {why}")
+    return out
+
+
+def _carry_voices(source: SourceCheckpoint, stage: Path, warnings: list[str]) -> None:
+    """The source's voice presets go along: PersonaPlex's `voices/` (converted), or its
+    `voices.tgz` converted here (needs PyTorch; a warning says how otherwise)."""
+    from .convert_voices import TORCH_INSTALL, VOICES_ARCHIVE, convert_voices
+
+    voices = Path(source.files.root) / "voices"
     if voices.is_dir() and any(voices.glob("*.safetensors")):
         (stage / "voices").mkdir(exist_ok=True)
         for preset in sorted(voices.glob("*.safetensors")):
             _copy(preset, stage / "voices" / preset.name)
-    return names
+        return
+    archive = source.file(VOICES_ARCHIVE)
+    if archive is None:
+        return
+    try:
+        convert_voices(archive, stage / "voices")
+    except ValueError as e:
+        warnings.append(
+            f"the voice presets of {VOICES_ARCHIVE} are not carried over ({e}); with PyTorch "
+            f"({TORCH_INSTALL}) run `moshi-mlx-quantize voices {archive} OUTPUT/voices`"
+        )
 
 
 def _config_json(source: SourceCheckpoint, files: dict[str, str], quantization: dict) -> dict:
@@ -277,9 +310,9 @@ def convert(
     plan = make_plan(Lm(src.config), recipe)  # shapes only: the model is never evaluated
     items, specs = _plan_outputs(src, plan, dtype)
     name = weights_file_name(recipe, plan)
-    warnings = [f"{path} stays in float: {why}" for path, why in plan.notes.items()]
+    warnings = _float_notes(plan.notes)
     protected = [Path(src.files.root)] if Path(src.files.root).exists() else []
-    check_output(output, force, protected)
+    check_output_folder(output, force, protected)
     try:
         with staged_output(output, force) as stage:
             nbytes = _write_weights(src, stage / name, items, specs, dtype, progress, recipe.name)

@@ -21,6 +21,7 @@ import numpy as np
 from mimi_mlx.io.hub import recorded_name
 from moshi_mlx.model.checkpoint import load_model, resolve
 from moshi_mlx.model.config import LmConfig
+from moshi_mlx.system.memory import format_bytes
 
 from .recipes import PARTS, part_of
 from .source import SourceCheckpoint
@@ -117,7 +118,9 @@ class Report:
             lines.append(row(stream, [r.streams[stream] for r in self.results]))
         if self.results[0].mean_audio() is not None:
             lines.append(row("audio mean", [r.mean_audio() for r in self.results]))
-        lines.append(f"{'size':20}" + "".join(f"{_size(r.nbytes):>{col}}" for r in self.results))
+        lines.append(
+            f"{'size':20}" + "".join(f"{format_bytes(r.nbytes):>{col}}" for r in self.results)
+        )
         lines += ["", "relative weight error, mean / max over the part's layers"]
         parts = [p for p in [*PARTS, "other"] if any(p in r.part_errors() for r in self.results)]
         for p in parts:
@@ -127,10 +130,6 @@ class Report:
                 cells.append(f"{e[0]:.4f} / {e[1]:.4f}" if e else "float")
             lines.append(f"{p:20}" + "".join(f"{c:>{col}}" for c in cells))
         return "\n".join(lines)
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 # -- inputs ------------------------------------------------------------------------------------

@@ -16,14 +16,8 @@ from mimi_mlx.io.hub import CheckpointError
 from mimi_mlx.weights import read_safetensors
 from moshi_mlx.model.checkpoint import CheckpointFiles, config_from, resolve
 from moshi_mlx.model.config import LmConfig
-from moshi_mlx.model.weights import (
-    LAYOUT_NAMES,
-    detect_format,
-    ignored,
-    name_table,
-    normalize_names,
-    unused_sources,
-)
+from moshi_mlx.model.name_tables import name_table, unused_sources
+from moshi_mlx.model.weights import LAYOUT_NAMES, detect_format, ignored, normalize_names
 
 
 def _listing(names: list[str], limit: int = 8) -> str:
@@ -104,9 +98,6 @@ class SourceCheckpoint:
     def release(self) -> None:
         """Drop the lazy handles (and with them any data read so far)."""
         self._open.clear()
-
-    def source_bytes(self) -> int:
-        return sum(Path(p).stat().st_size for p in self.files.weights)
 
     def file(self, name: str) -> Path | None:
         """Another file of the same folder or hub repo (Mimi, tokenizer), None if absent."""

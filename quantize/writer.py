@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mimi_mlx.io.output_file import remove_stale
+from mimi_mlx.io.output_file import OutputError, remove_stale
 
 # MLX dtype -> (safetensors dtype name, a same-width dtype whose buffer Python can export)
 DTYPES: dict[mx.Dtype, tuple[str, mx.Dtype]] = {
@@ -93,17 +93,14 @@ class SafetensorsWriter:
         self._file.close()
 
 
-class OutputError(ValueError):
-    """The output folder cannot be created or replaced. The message says why."""
-
-
 def looks_like_checkpoint(folder: Path) -> bool:
     """A folder `--force` may replace: one holding a config.json or safetensors files."""
     return (folder / "config.json").is_file() or any(folder.glob("*.safetensors"))
 
 
-def check_output(output: Path, force: bool, protected: list[Path] = ()) -> None:
-    """Refuse an output that exists (unless `force`), is a file, or would delete `protected`.
+def check_output_folder(output: Path, force: bool, protected: list[Path] = ()) -> None:
+    """Refuse an output folder that exists (unless `force`), is a file, or would delete
+    `protected` (`mimi_mlx.io.output_file.check_output` checks an output file).
 
     Raises:
         OutputError: with the reason.
@@ -137,7 +134,7 @@ def staged_output(output: str | Path, force: bool = False) -> Iterator[Path]:
     `output` is replaced only once the new one is complete.
     """
     output = Path(output)
-    check_output(output, force)
+    check_output_folder(output, force)
     created = [p for p in [output.parent, *output.parent.parents] if not p.exists()]
     # `.OUT.incomplete-<pid>-<random>`: what a killed run left is removed by the next one
     remove_stale(output.parent, f".{output.name}.incomplete-")

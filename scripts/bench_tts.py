@@ -86,8 +86,8 @@ def _write_float(layers: int, folder: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import moshi_reference as R
     from mimi_mlx.config import MimiConfig
+    from mimi_mlx.export import save_mimi_kyutai
     from mimi_mlx.model import Mimi
-    from moshi_mlx.testing.tiny import save_mimi_kyutai
 
     cfg = R.tts_1_6b(layers)
     model = R.make_kyutai_lm(cfg, seed=0, bf16_exact=True)

@@ -5,7 +5,7 @@ its own line, the words so far shown again after it."""
 
 from __future__ import annotations
 
-from moshi_mlx.live.chat import _Console
+from moshi_mlx.live.console import Console
 
 WORDS = "Hello there, how are you doing today? I am fine, thank you very much for asking me."
 
@@ -15,7 +15,7 @@ def pieces(text: str) -> list[str]:
     return [words[0]] + [" " + w for w in words[1:]]
 
 
-def feed(console: _Console, text: str, first_step: int = 0, notice_every: int = 0) -> int:
+def feed(console: Console, text: str, first_step: int = 0, notice_every: int = 0) -> int:
     step = first_step
     for i, piece in enumerate(pieces(text)):
         console.piece(piece, step)
@@ -26,7 +26,7 @@ def feed(console: _Console, text: str, first_step: int = 0, notice_every: int = 
 
 
 def test_statistics_never_split_a_line_of_text(capsys):
-    console = _Console(show_text=True, whole_lines=True)
+    console = Console(show_text=True, whole_lines=True)
     step = feed(console, "Hello there, how are you?", notice_every=2)
     for quiet in range(step, step + 20):  # a pause of 1.6 s ends the line
         console.tick(quiet)
@@ -38,16 +38,16 @@ def test_statistics_never_split_a_line_of_text(capsys):
 
 
 def test_piped_lines_are_whole_and_wrapped(capsys):
-    console = _Console(show_text=True, whole_lines=True)
+    console = Console(show_text=True, whole_lines=True)
     feed(console, WORDS)
     console.end_line()
     lines = capsys.readouterr().out.splitlines()
     assert " ".join(lines) == WORDS and len(lines) == 2
-    assert all(len(line) <= _Console.WIDTH for line in lines)
+    assert all(len(line) <= Console.WIDTH for line in lines)
 
 
 def test_terminal_words_as_they_come_and_a_notice_on_its_own_line(capsys):
-    console = _Console(show_text=True, whole_lines=False)
+    console = Console(show_text=True, whole_lines=False)
     console.piece("Hello", 0)
     console.piece(" there", 1)
     assert capsys.readouterr().out == "Hello there"  # no waiting for the line's end
@@ -59,7 +59,7 @@ def test_terminal_words_as_they_come_and_a_notice_on_its_own_line(capsys):
 
 
 def test_quiet_prints_no_text(capsys):
-    console = _Console(show_text=False, whole_lines=True)
+    console = Console(show_text=False, whole_lines=True)
     feed(console, WORDS)
     console.end_line()
     assert capsys.readouterr().out == ""

@@ -22,14 +22,8 @@ from echo_room import (
 )
 from moshi_app import cli, read
 
-from moshi_mlx.live.echo import (
-    LEAD,
-    REALIGN_MARGIN,
-    Canceller,
-    EchoPath,
-    cancel_recording,
-    find_delay,
-)
+from moshi_mlx.live.echo import LEAD, REALIGN_MARGIN, Canceller, cancel_recording, find_delay
+from moshi_mlx.live.echo_path import EchoPath
 
 RATE = 24000
 B = 1920  # samples per block

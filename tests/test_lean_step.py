@@ -1,6 +1,6 @@
-"""The compiled streaming step (`mimi_mlx.compiled`, the depth decoder's compiled slices) gives
-exactly the uncompiled step's tokens, through ring wrap-around and new weights, with a smaller
-graph. (Its speed is measured in `scripts/bench.py step`, never asserted here.)"""
+"""The compiled streaming step (`mimi_mlx.nn.compiled`: the temporal layers, the depth decoder's
+slices) gives exactly the uncompiled step's tokens, through ring wrap-around and new weights, with
+a smaller graph. (Its speed is measured in `scripts/bench.py step`, never asserted here.)"""
 
 from __future__ import annotations
 

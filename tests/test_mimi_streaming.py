@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import mimi_reference as R
+from mimi_mlx.nn.attention import attend, attention_mask
 from mimi_mlx.nn.kv_cache import RingKVCache, ring_positions
-from mimi_mlx.nn.transformer import attend, attention_mask
 
 FRAME = 1920
 

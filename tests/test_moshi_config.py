@@ -36,7 +36,7 @@ def test_default_is_kyutai_7b():
     assert LmConfig.from_dict(default.to_dict()) == default
     # the numbers DESIGN.md lists
     main, dep = default.transformer_config(), default.depformer_config(0)
-    from mimi_mlx.nn.transformer import gated_hidden_dim
+    from mimi_mlx.nn.layers import gated_hidden_dim
 
     assert gated_hidden_dim(main.d_model, main.dim_feedforward) == 11264
     assert gated_hidden_dim(dep.d_model, dep.dim_feedforward) == 2816
@@ -53,7 +53,9 @@ def test_absent_keys_take_lmmodel_defaults():
     # the depth decoder inherits the temporal transformer's settings, as in Kyutai's LMModel
     assert (dep.num_heads, dep.num_layers, dep.gating, dep.norm) == (4, 1, "none", "layer_norm")
     assert dep.dim_feedforward == 4 * 256
-    assert not cfg.depformer_multi_linear and cfg.num_depformer_in == 1
+    # one input projection for every codebook
+    assert not cfg.depformer_multi_linear
+    assert {cfg.depformer_in_index(k) for k in range(cfg.dep_q)} == {0}
     Lm(cfg)  # builds
 
 

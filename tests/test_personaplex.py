@@ -37,7 +37,7 @@ from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import delay_codes
 from moshi_mlx.model.tokenizer import TextTokenizer
 from moshi_mlx.testing.tiny import _train_tokenizer
-from quantize.voices import convert_voices
+from quantize.convert_voices import convert_voices
 
 
 def rel(a, b) -> float:

@@ -36,8 +36,8 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def assert_one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 1
+def assert_one_line_error(code: int, err: str, fragment: str, status: int = 1) -> None:
+    assert code == status  # 1 a failure, 2 a usage error
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0], err
@@ -54,7 +54,7 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> None:
 )
 def test_bad_recipe(sources, tmp_path, capsys, args, fragment):
     code, _, err = run_cli(capsys, sources.pytorch, tmp_path / "out", *args)
-    assert_one_line_error(code, err, fragment)
+    assert_one_line_error(code, err, fragment, status=2)  # the command line alone is wrong
     assert leftovers(tmp_path) == []
 
 
@@ -178,7 +178,7 @@ def test_force_never_deletes_what_is_not_a_checkpoint(sources, tmp_path, capsys)
     copy = tmp_path / "source"
     shutil.copytree(sources.pytorch, copy)
     code, _, err = run_cli(capsys, copy, copy, "--force", "--quiet")
-    assert_one_line_error(code, err, "would overwrite the source")
+    assert_one_line_error(code, err, "would overwrite the input", status=2)
     assert (copy / "model.safetensors").exists()
 
 
@@ -203,8 +203,8 @@ def test_python_dash_m_entry_point(sources, tmp_path):
     assert help_text.returncode == 0 and "q4-mlp" in help_text.stdout
     assert "default q4: 4 bits" in " ".join(help_text.stdout.split())  # the default recipe
     bad = run(sources.pytorch, tmp_path / "out", "--recipe", "int3")
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert_one_line_error(bad.returncode, bad.stderr, "unknown recipe 'int3'")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert_one_line_error(bad.returncode, bad.stderr, "unknown recipe 'int3'", status=2)
     ok = run(sources.pytorch, tmp_path / "out", "--recipe", "q8")
     assert ok.returncode == 0, ok.stderr
     assert "wrote" in ok.stdout and ok.stderr == ""  # no progress bar into a pipe

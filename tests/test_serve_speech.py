@@ -87,7 +87,8 @@ def test_kyutai_tts_client_gets_speaks_audio(server, checkpoints, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(TEXT + "\n")
     out = tmp_path / "out.wav"
-    kyutai("tts_rust_server.py", text, out, "--voice", "tiny", "--url", server.replace("http", "ws"))
+    url = server.replace("http", "ws")
+    kyutai("tts_rust_server.py", text, out, "--voice", "tiny", "--url", url)
     got, rate = sf.read(str(out), dtype="float32")
     assert rate == 24000
     want_file = tmp_path / "speak.wav"

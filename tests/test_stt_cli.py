@@ -58,7 +58,7 @@ def test_text_on_stdout_and_each_format_to_a_file(capsys, stt, audio, tmp_path):
 
 
 def test_several_files_go_to_a_folder(capsys, stt, audio, tmp_path):
-    status, _, err = run(capsys, *audio, "--checkpoint", stt, "--vad", "-o", tmp_path / "out",
+    status, _, err = run(capsys, *audio, "--checkpoint", stt, "--vad", "-o", f"{tmp_path}/out/",
                          "--format", "json")  # fmt: skip
     assert status == 0, err
     texts = [json.loads((tmp_path / "out" / f"{p.stem}.json").read_text()) for p in audio]
@@ -94,7 +94,7 @@ def test_bad_inputs_are_one_line_errors_and_nothing_is_half_written(
     assert status == 0 and existing.read_text() != "keep me"
 
     assert "folder" in error(capsys, *audio, "--checkpoint", stt, "-o", existing, "--force")
-    assert "overwrite an input" in error(capsys, audio[0], "--checkpoint", stt, "-o", audio[0])
+    assert "overwrite the input" in error(capsys, audio[0], "--checkpoint", stt, "-o", audio[0])
     assert "--format" in error(capsys, audio[0], "--checkpoint", stt, "--format", "doc")
 
     # a checkpoint without the voice-activity heads (as Kyutai's -mlx repos)

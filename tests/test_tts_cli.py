@@ -83,7 +83,7 @@ def test_bad_inputs_one_line_and_nothing_written(tts_checkpoint, tiny_moshi, tmp
     wrong = tmp_path / "wrong.safetensors"
     mx.save_safetensors(str(wrong), {"speaker_wavs": mx.zeros((1, 7, 125))})
     one_line_error(speak(tts_checkpoint, "Hi.", out, "--voice", wrong), 1, "(1, 32, T)")
-    one_line_error(speak(tts_checkpoint, "Hi.", out, "--voice", "tiny", "--cfg", "2.2"), 1, "cfg")
+    one_line_error(speak(tts_checkpoint, "Hi.", out, "--voice", "tiny", "--cfg", "2.2"), 2, "cfg")
     one_line_error(
         speak(tts_checkpoint, "Hi.", out, "--voice", "tiny", "--num-codebooks", "9"), 2, "1..8"
     )

@@ -13,13 +13,14 @@ import pytest
 from mlx.utils import tree_flatten
 from moshi_app import speech_wav, tiny_checkpoint
 
+import moshi_reference as R
 from mimi_mlx.config import MimiConfig
 from mimi_mlx.model import Mimi
 from mimi_mlx.nn.backend import LM_DTYPE_ENV
 from moshi_mlx import Lm, LmConfig
 from moshi_mlx.cli import main
 from moshi_mlx.system import wired
-from moshi_mlx.system.memory import estimate_bytes
+from moshi_mlx.system.memory import estimate_bytes, kv_cache_bytes
 from moshi_mlx.testing.tiny import QUANTIZATION
 
 __all__ = ["speech_wav", "tiny_checkpoint"]  # fixtures used here
@@ -87,6 +88,20 @@ def _header_only(path, model, floats: str) -> None:
     }
     blob = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(blob)) + blob)
+
+
+def test_the_kv_cache_counted_is_the_one_streaming_holds():
+    """Grouped-query attention (`kv_repeat` 2, as Hibiki-Zero) caches half the heads: the size
+    counted is the bytes the rings really hold once the context is full."""
+    cfg = LmConfig.from_dict(R.VARIANT)
+    assert cfg.kv_repeat == 2
+    lm = Lm(cfg)
+    for _ in range(cfg.context + 3):
+        mx.eval(lm.transformer.step(mx.random.normal((1, 1, cfg.dim))))
+    held = sum(c.keys.nbytes + c.values.nbytes for c in lm.transformer._caches)
+    assert kv_cache_bytes(cfg, 4) == held
+    assert wired.session_bytes(lm) == wired.arrays_bytes(lm) + held
+    assert estimate_bytes([], cfg) == int(held * 1.15)  # MARGIN
 
 
 @pytest.mark.parametrize(("bits", "fits"), [(8, False), (4, True)])

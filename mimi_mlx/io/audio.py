@@ -21,6 +21,21 @@ from .output_file import replace_on_success
 READ_BLOCK = 65536  # source frames read at a time
 
 
+class Resampler:
+    """Streaming mono float32 resampling with soxr: the blocks of a signal in, the same samples
+    out as one `soxr.resample` of the whole signal. Equal rates pass the blocks through."""
+
+    def __init__(self, src_rate: int, dst_rate: int):
+        self._stream = None
+        if src_rate != dst_rate:
+            self._stream = soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32")
+
+    def resample_chunk(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        """The next block (n,) at `dst_rate`; `last` flushes what soxr still holds."""
+        block = np.asarray(block, np.float32)
+        return block if self._stream is None else self._stream.resample_chunk(block, last=last)
+
+
 class AudioError(ValueError):
     """An audio file that cannot be read or written. The message says which file and why."""
 
@@ -87,9 +102,7 @@ def iter_audio(path: str | Path, sample_rate: int, block_samples: int) -> Iterat
         AudioError: unreadable, empty or corrupt input, or non-finite samples.
     """
     info = audio_info(path)
-    resampler = None
-    if info.sample_rate != sample_rate:
-        resampler = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32")
+    resampler = Resampler(info.sample_rate, sample_rate)
     pending = np.zeros(0, np.float32)
     try:
         with sf.SoundFile(str(info.path)) as f:
@@ -99,8 +112,7 @@ def iter_audio(path: str | Path, sample_rate: int, block_samples: int) -> Iterat
                 mono = block.mean(axis=1, dtype=np.float32) if info.channels > 1 else block[:, 0]
                 if not np.isfinite(mono).all():
                     raise AudioError(f"{info.path} holds NaN or infinite samples")
-                if resampler is not None:
-                    mono = resampler.resample_chunk(mono, last=last)
+                mono = resampler.resample_chunk(mono, last=last)
                 pending = np.concatenate([pending, mono]) if len(pending) else mono
                 while len(pending) >= block_samples:
                     yield pending[:block_samples]

@@ -12,7 +12,13 @@ from contextlib import contextmanager
 
 
 class UsageError(Exception):
-    """A bad command line (exit status 2)."""
+    """A bad command line (exit status 2): an unknown option, a bad option value, options that
+    exclude each other, an output that would overwrite an input. What is wrong on disk, on the
+    hub or in a model (a missing input, an existing output) is a failure (exit status 1)."""
+
+
+class InputError(ValueError):
+    """An input file that is missing or cannot be read (exit status 1)."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -38,10 +44,47 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports errors as one `error: ...` line (a UsageError), not usage + exit."""
+    """argparse that reports errors as one `error: ...` line (a UsageError), not usage + exit;
+    an unknown option after a subcommand points at that subcommand's help."""
 
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras and getattr(parsed, "takes_extras", False):
+            parsed.extras = extras  # the subcommand explains them (e.g. `speak`)
+        elif extras:
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost subcommand's parser that `parsed` went through (else this one)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if isinstance(sub, OneLineParser):
+                    return sub._chosen(parsed)
+        return self
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version`: the package's version (one for the three tools)."""
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def refuse_overwriting(outputs: list, inputs: list) -> None:
+    """UsageError when an output names an input (also through a symlink or another spelling):
+    nothing the user gave is overwritten, not even with --force."""
+    from .output_file import overwritten_input
+
+    clash = overwritten_input(outputs, inputs)
+    if clash is not None:
+        out, inp = clash
+        same = "" if str(out) == str(inp) else f" ({out} is {inp})"
+        raise UsageError(f"the output would overwrite the input {inp}{same}; name another output")
 
 
 def positive_int(text: str) -> int:
@@ -88,7 +131,8 @@ def quiet_hub_logs() -> None:
 
 
 BLAS_HINT = (
-    "hint: MLX runs on the reference BLAS its Linux wheel bundles (5-10x slower); preload "
+    "hint: MLX runs on the reference BLAS its Linux wheel bundles (matrix products 20-30x "
+    "slower); preload "
     "OpenBLAS: `sudo apt-get install libopenblas0-pthread` and "
     "`export LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`"
 )

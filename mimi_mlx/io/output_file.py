@@ -107,3 +107,23 @@ def replace_on_success(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when `a` and `b` name one existing file, through a symlink, `..`, another spelling
+    (a case-insensitive file system) or a hard link."""
+    try:
+        return os.path.samefile(Path(a).expanduser(), Path(b).expanduser())
+    except OSError:  # one of them does not exist: writing it cannot clobber the other
+        return False
+
+
+def overwritten_input(
+    outputs: list[str | Path], inputs: list[str | Path | None]
+) -> tuple[Path, Path] | None:
+    """The first (output, input) pair that names one file, else None."""
+    for out in outputs:
+        for inp in inputs:
+            if inp is not None and same_file(out, inp):
+                return Path(out), Path(inp)
+    return None

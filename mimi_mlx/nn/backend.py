@@ -68,7 +68,7 @@ def device_description() -> str:
 
 def on_reference_blas() -> bool:
     """True when MLX's CPU backend does its matrix products with the reference (netlib) BLAS its
-    Linux wheel bundles, 5-10x slower than OpenBLAS (which can be preloaded, see the README).
+    Linux wheel bundles, 20-30x slower than OpenBLAS (which can be preloaded, see the README).
 
     The bundled library is loaded privately with MLX: a faster BLAS is in use only if one
     provides `sgemm_` in the global namespace (LD_PRELOAD) ahead of it.

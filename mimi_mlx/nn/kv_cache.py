@@ -40,6 +40,30 @@ class RingKVCache:
         self.keys: mx.array | None = None  # (B, H, capacity, D)
         self.values: mx.array | None = None
 
+    @property
+    def state(self) -> list[mx.array]:
+        """The cache's arrays, `[keys, values]` (`[]` before the first write), as mlx-lm's caches
+        have them: the inputs and outputs of a compiled step (`mimi_mlx.nn.compiled`)."""
+        return [] if self.keys is None else [self.keys, self.values]
+
+    @state.setter
+    def state(self, arrays: list[mx.array]) -> None:
+        self.keys, self.values = arrays if arrays else (None, None)
+
+    @property
+    def meta_state(self) -> tuple[int, int, int | mx.array]:
+        """What the arrays do not say: capacity, context and offset."""
+        return self.capacity, self.context, self.offset
+
+    @classmethod
+    def from_state(cls, state: list[mx.array], meta_state: tuple) -> RingKVCache:
+        """A cache holding `state` at `meta_state`; inside a compiled step the offset may be a
+        traced scalar (`mx.array`), so one graph serves every position."""
+        capacity, context, offset = meta_state
+        cache = cls(capacity, context)
+        cache.state, cache.offset = state, offset
+        return cache
+
     def reset(self) -> None:
         """Forget everything: the next token is position 0."""
         self.offset = 0
@@ -95,6 +119,11 @@ class RingKVCache:
     def _write(self, k: mx.array, v: mx.array) -> None:
         """Store the last `min(T, capacity)` of `k, v` (B, H, T, D) at their ring slots."""
         T = k.shape[2]
+        if isinstance(self.offset, mx.array):  # a traced offset: `reserve(T)` made the room
+            slot = (self.offset % self.capacity).reshape(1)
+            self.keys = mx.slice_update(self.keys, k, slot, axes=(2,))
+            self.values = mx.slice_update(self.values, v, slot, axes=(2,))
+            return
         self._grow(T, k.shape, k.dtype)
         n = min(T, self.capacity)
         k, v = k[:, :, T - n :], v[:, :, T - n :]

@@ -12,17 +12,11 @@ from dataclasses import dataclass, field, fields
 import mlx.core as mx
 import mlx.nn as nn
 
-from .compiled import compile_enabled, compiled_layer_step
+from .attention import Attention, CrossAttention, attention_mask, sin_embedding
+from .compiled import compile_enabled, compiled_step
 from .kv_cache import RingKVCache
+from .layers import LayerScale, make_mlp, make_norm
 from .streaming import StreamingModule
-
-# Kyutai's norm names -> (kind, eps, computed in float32)
-NORMS = {
-    "layer_norm": ("layer", 1e-5, False),
-    "layer_norm_f32": ("layer", 1e-8, True),
-    "rms_norm": ("rms", 1e-5, False),
-    "rms_norm_f32": ("rms", 1e-8, True),
-}
 
 
 @dataclass
@@ -54,193 +48,6 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.scale = mx.ones((dim,))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return x * self.scale
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm as Kyutai computes it: `x * weight / sqrt(eps + mean(x^2))`."""
-
-    def __init__(self, dim: int, eps: float, in_float32: bool):
-        super().__init__()
-        self.weight = mx.ones((dim,))
-        self.eps = eps
-        self.in_float32 = in_float32
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.in_float32 and x.dtype != mx.float32:
-            y = mx.fast.rms_norm(x.astype(mx.float32), self.weight.astype(mx.float32), self.eps)
-            return y.astype(x.dtype)
-        return mx.fast.rms_norm(x, self.weight, self.eps)
-
-
-class LayerNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, in_float32: bool):
-        super().__init__()
-        self.weight = mx.ones((dim,))
-        self.bias = mx.zeros((dim,))
-        self.eps = eps
-        self.in_float32 = in_float32
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.in_float32 and x.dtype != mx.float32:
-            w, b = self.weight.astype(mx.float32), self.bias.astype(mx.float32)
-            return mx.fast.layer_norm(x.astype(mx.float32), w, b, self.eps).astype(x.dtype)
-        return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
-
-
-def make_norm(norm: str, dim: int) -> nn.Module:
-    """A norm by Kyutai's name (`layer_norm`, `rms_norm_f32`, ...)."""
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(NORMS)}")
-    kind, eps, in_float32 = NORMS[norm]
-    return (RMSNorm if kind == "rms" else LayerNorm)(dim, eps, in_float32)
-
-
-ACTIVATIONS = {"silu": nn.silu, "gelu": nn.gelu, "relu": nn.relu, "sigmoid": mx.sigmoid}
-
-
-def gated_hidden_dim(d_model: int, dim_feedforward: int) -> int:
-    """Hidden width of Kyutai's `ActivationGating` for a given `dim_feedforward`."""
-    if dim_feedforward == 4 * d_model:
-        return (21 * d_model) // 8
-    return (2 * dim_feedforward) // 3
-
-
-class GatedMLP(nn.Module):
-    """`linear_out(act(a) * b)` with `[a, b] = linear_in(x)`."""
-
-    def __init__(self, d_model: int, dim_feedforward: int, activation: str):
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown gating {activation!r}; expected one of {sorted(ACTIVATIONS)}"
-            )
-        hidden = gated_hidden_dim(d_model, dim_feedforward)
-        self.linear_in = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.linear_out = nn.Linear(hidden, d_model, bias=False)
-        self.activation = activation
-
-    def __call__(self, x: mx.array) -> mx.array:
-        h = self.linear_in(x)
-        hidden = h.shape[-1] // 2
-        return self.linear_out(ACTIVATIONS[self.activation](h[..., :hidden]) * h[..., hidden:])
-
-
-class MLP(nn.Module):
-    """Linear -> exact (erf) GELU -> Linear."""
-
-    def __init__(self, d_model: int, dim_feedforward: int):
-        super().__init__()
-        self.linear1 = nn.Linear(d_model, dim_feedforward, bias=False)
-        self.linear2 = nn.Linear(dim_feedforward, d_model, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.linear2(nn.gelu(self.linear1(x)))
-
-
-def make_mlp(cfg: TransformerConfig) -> nn.Module:
-    if cfg.gating == "none":
-        return MLP(cfg.d_model, cfg.dim_feedforward)
-    return GatedMLP(cfg.d_model, cfg.dim_feedforward, cfg.gating)
-
-
-def attention_mask(
-    query_positions: mx.array, key_positions: mx.array, context: int | None
-) -> mx.array:
-    """Boolean (T, S) mask: a query sees filled keys at or before it, and within `context` of it."""
-    delta = query_positions[:, None] - key_positions[None, :]
-    mask = (key_positions[None, :] >= 0) & (delta >= 0)
-    if context is not None:
-        mask = mask & (delta < context)
-    return mask
-
-
-def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
-    """Scaled dot-product attention of q (B, H, T, D) over k, v (B, H, S, D) -> (B, T, H * D)."""
-    B, H, T, D = q.shape
-    if H != k.shape[1]:  # grouped keys and values: repeat them over the query heads
-        k = mx.repeat(k, H // k.shape[1], axis=1)
-        v = mx.repeat(v, H // v.shape[1], axis=1)
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=D**-0.5, mask=mask)
-    return out.transpose(0, 2, 1, 3).reshape(B, T, H * D)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused input projection, RoPE and a ring KV cache."""
-
-    def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        kv_dim = cfg.head_dim * (cfg.num_heads // cfg.kv_repeat)
-        self.in_proj = nn.Linear(cfg.d_model, cfg.d_model + 2 * kv_dim, bias=False)
-        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.num_heads = cfg.num_heads
-        self.num_kv_heads = cfg.num_heads // cfg.kv_repeat
-        self.head_dim = cfg.head_dim
-        self.rope = cfg.positional_embedding in ("rope", "sin_rope")
-        self.max_period = cfg.max_period
-
-    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None) -> mx.array:
-        """x (B, T, d_model); `mask` (T, S) says which of the cache's keys each query sees."""
-        B, T, _ = x.shape
-        H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.in_proj(x)
-        qk = qkv[..., : (H + KV) * D].reshape(B, T, H + KV, D).transpose(0, 2, 1, 3)
-        v = qkv[..., (H + KV) * D :].reshape(B, T, KV, D).transpose(0, 2, 1, 3)
-        if self.rope:  # queries and keys in one call: the same rotation for every head
-            # Kyutai rotates interleaved pairs (x0, x1), (x2, x3), ...: MLX's "traditional" RoPE.
-            qk = mx.fast.rope(
-                qk, D, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset
-            )
-        q, k = qk[:, :H], qk[:, H:]
-        keys, values = cache.update_and_fetch(k, v)
-        return self.out_proj(attend(q, keys, values, mask))
-
-
-class CrossAttention(nn.Module):
-    """Attention of the tokens over a fixed conditioning sequence (no positions, no mask).
-
-    One fused `in_proj` as Kyutai's: its first `d_model` rows give the queries, the others the
-    keys and values of the source, which `keys_values` computes once for a whole utterance.
-    """
-
-    def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        self.in_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.head_dim
-
-    def _project(self, x: mx.array, part: int) -> mx.array:
-        """Rows `part` (0: q, 1: k, 2: v) of the fused projection: x (B, T, d) -> (B, H, T, D)."""
-        B, T, _ = x.shape
-        H, D = self.num_heads, self.head_dim
-        rows = slice(part * H * D, (part + 1) * H * D)  # only the rows needed
-        proj = self.in_proj
-        if isinstance(proj, nn.QuantizedLinear):
-            y = mx.quantized_matmul(
-                x, proj.weight[rows], proj.scales[rows],
-                proj.get("biases")[rows] if "biases" in proj else None,
-                transpose=True, group_size=proj.group_size, bits=proj.bits, mode=proj.mode,
-            )  # fmt: skip
-        else:
-            y = x @ proj.weight[rows].T
-        return y.reshape(B, T, H, D).transpose(0, 2, 1, 3)
-
-    def keys_values(self, source: mx.array) -> tuple[mx.array, mx.array]:
-        """Keys and values (B, H, S, D) of a conditioning source (B, S, d_model)."""
-        return self._project(source, 1), self._project(source, 2)
-
-    def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
-        q = self._project(x, 0)
-        return self.out_proj(attend(q, kv[0].astype(q.dtype), kv[1].astype(q.dtype), None))
 
 
 class TransformerLayer(nn.Module):
@@ -279,14 +86,6 @@ class TransformerLayer(nn.Module):
         return x + (self.layer_scale_2(update) if self.has_layer_scale else update)
 
 
-def sin_embedding(positions: mx.array, dim: int, max_period: float) -> mx.array:
-    """Kyutai's sinusoidal embedding: (T,) positions -> (T, dim) `[cos, sin]`."""
-    half = dim // 2
-    adim = mx.arange(half, dtype=mx.float32)
-    phase = positions.astype(mx.float32)[:, None] / (max_period ** (adim / (half - 1)))
-    return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)
-
-
 class Transformer(StreamingModule):
     """A stack of layers: `__call__` for a whole sequence, `step` + `reset` for streaming.
 
@@ -301,7 +100,7 @@ class Transformer(StreamingModule):
         step_tokens: tokens a streaming step usually carries (2 for Mimi's 25 Hz transformers
             at one 12.5 Hz frame a step); the rings get room for them beyond the context.
         compile_steps: run one-token streaming steps through compiled layers
-            (`mimi_mlx.compiled`); the outputs are the same.
+            (`mimi_mlx.nn.compiled`); the outputs are the same.
         """
         super().__init__()
         self.cfg = cfg
@@ -333,14 +132,22 @@ class Transformer(StreamingModule):
         if self.cfg.causal:  # one mask for all layers
             queries = mx.arange(offset, offset + T, dtype=mx.int32)
             mask = attention_mask(queries, caches[0].key_positions(T), self.cfg.context)
-        layers = self.layers
-        if self._compile_steps and T == 1:
-            if self._compiled is None:
-                self._compiled = [compiled_layer_step(layer) for layer in self.layers]
-            layers = self._compiled
-        for i, (layer, cache) in enumerate(zip(layers, caches, strict=True)):
+        if self._compile_steps and T == 1 and cross is None:
+            for step, cache in zip(self._compiled_layers(), caches, strict=True):
+                x = step(x, mask, [cache])
+            return x
+        for i, (layer, cache) in enumerate(zip(self.layers, caches, strict=True)):
             x = layer(x, cache, mask, None if cross is None else cross[i])
         return x
+
+    def _compiled_layers(self) -> list:
+        """Each layer's one-token step `(x, mask, [cache]) -> x`, compiled at any position."""
+        if self._compiled is None:
+            self._compiled = [
+                compiled_step(lambda x, mask, caches, layer=layer: layer(x, caches[0], mask), layer)
+                for layer in self.layers
+            ]
+        return self._compiled
 
     def __call__(
         self, x: mx.array, chunk: int | None = None, cross: list | None = None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError, refuse_overwriting
 
 
 def register(command) -> None:
@@ -34,9 +33,7 @@ def _echo_cancel(args: argparse.Namespace) -> None:
         output_format(args.output)
     except AudioError as e:
         raise UsageError(str(e)) from None
-    out = Path(args.output).resolve()
-    if out in (Path(args.mic).resolve(), Path(args.played).resolve()):
-        raise UsageError("the output would overwrite an input")
+    refuse_overwriting([args.output], [args.mic, args.played])
     check_output(args.output, args.force)
     check_engine()
     mic = read_audio(args.mic, SAMPLE_RATE)
@@ -45,8 +42,9 @@ def _echo_cancel(args: argparse.Namespace) -> None:
     write_audio(args.output, result.audio, SAMPLE_RATE, float32=True)
     if result.delay_ms is None:
         print(
-            f"no echo of {args.played} found in the first {OFFLINE_SEARCH:g} s of {args.mic}: "
-            f"wrote {args.output} ({len(mic) / SAMPLE_RATE:.1f} s) after cancelling anyway",
+            f"no echo of PLAYED ({args.played}) found in MIC ({args.mic}, first "
+            f"{OFFLINE_SEARCH:g} s searched): wrote {args.output} "
+            f"({len(mic) / SAMPLE_RATE:.1f} s), MIC as recorded",
             file=sys.stderr,
         )
         return

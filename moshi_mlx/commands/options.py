@@ -137,14 +137,58 @@ def source_of(args: argparse.Namespace) -> str:
         return args.checkpoint
     if args.hf_repo:
         return args.hf_repo
-    known = known_of(args)
-    precision = getattr(args, "precision", None) or known.precision
+    return repo_at(known_of(args), getattr(args, "precision", None))
+
+
+def repo_at(known: KnownModel, precision: str | None) -> str:
+    """The hub repo of a known model at `precision` (None: the model's default)."""
+    from mimi_mlx.io.cli_support import UsageError
+
+    precision = precision or known.precision
     if precision not in known.repos:
         raise UsageError(
             f"{known.name} has no {precision} repo on the hub (it has "
             f"{', '.join(known.repos)}); make one with `moshi-mlx-quantize` and pass --checkpoint"
         )
     return known.repos[precision]
+
+
+def add_kind_model_options(which, group, kind: str, default: str) -> None:
+    """`--model NAME` (the known models of one `kind`) and `--precision`, for the commands that
+    run one kind (`transcribe`, `speak`); `which` is the --hf-repo/--checkpoint group."""
+    from ..model.known import UnknownModelError
+
+    def name(text: str) -> str:
+        try:
+            return known_model(text, (kind,)).name
+        except UnknownModelError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    names = [n for n, m in MODELS.items() if m.kind == kind]
+    which.add_argument(
+        "--model",
+        type=name,
+        metavar="NAME",
+        help=f"a known model: {', '.join(names)} (default {default}); `moshi-mlx models` "
+        "lists them with their repos",
+    )
+    group.add_argument(
+        "--precision",
+        choices=("q4", "q8", "bf16"),
+        help="with --model: which of its hub repos (default: the model's)",
+    )
+
+
+def kind_source_of(args: argparse.Namespace, default: str) -> str:
+    """The checkpoint of `transcribe` or `speak`: --checkpoint, --hf-repo, else --model's repo
+    (at --precision), else the `default` known model's."""
+    from mimi_mlx.io.cli_support import UsageError
+
+    if (args.checkpoint or args.hf_repo) and args.precision:
+        raise UsageError("--precision picks one of a --model's hub repos, not a checkpoint's")
+    if args.checkpoint or args.hf_repo:
+        return args.checkpoint or args.hf_repo
+    return repo_at(MODELS[args.model or default], args.precision)
 
 
 def sampling_of(args: argparse.Namespace, known: KnownModel | None = None):
@@ -240,6 +284,23 @@ def load(source: str, live: bool = False):
         raise
 
 
+KIND_NAMES = {"stt": "a speech-to-text", "tts": "a text-to-speech"}
+
+
+def refuse_other_kind(cfg, source: str) -> None:
+    """`chat` and `run` drive dialogue and translation models: an STT or TTS checkpoint is
+    refused with the command that runs it (ValueError: a failure, as transcribe's and speak's)."""
+    from ..model.known import COMMAND_OF_KIND
+
+    kind = cfg.model_type
+    if kind in KIND_NAMES:
+        where = "--checkpoint" if Path(source).expanduser().exists() else "--hf-repo"
+        raise ValueError(
+            f"{source} is {KIND_NAMES[kind]} model ({kind}): `moshi-mlx {COMMAND_OF_KIND[kind]} "
+            f"{where} {source} ...` runs it; chat and run drive Moshi, PersonaPlex and Hibiki"
+        )
+
+
 def resident(pipeline):
     """Context: the pipeline's models stay resident on Metal while it runs (no-op elsewhere)."""
     from ..system.wired import session_bytes, wired_limit
@@ -258,7 +319,7 @@ def pipeline(args: argparse.Namespace, source: str, live: bool = False):
     if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
         print(f"loading {source} ...", file=sys.stderr, flush=True)
     ckpt = load(source, live)
-
+    refuse_other_kind(ckpt.lm.cfg, source)
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)
     profile = prompting.profile_of(known, ckpt.lm)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError, refuse_overwriting
 from mimi_mlx.io.hub import recorded_name
 
 from . import options, prompting
+
+EXAMPLES = """\
+examples:
+  moshi-mlx run question.wav answer.wav --seed 42   # answer.txt and answer.json get the text
+  moshi-mlx run talk/user.wav again.wav --session talk/session.json --float
+                                    # replay a recorded chat bit for bit
+  moshi-mlx run in.flac out.wav --temperature 0     # greedy: the same output every time
+  moshi-mlx run french.wav english.wav --model hibiki   # translate a recording
+  moshi-mlx run in.wav out.wav --checkpoint tiny/   # a tiny random checkpoint (it makes noise)
+
+Exit status: 0 on success, 1 on a failure, 2 on a usage error, 130 on Ctrl-C, 143 on SIGTERM."""
 
 
 def register(command) -> None:
@@ -17,8 +27,12 @@ def register(command) -> None:
     run = command("run", "feed a recorded user stream through Moshi: IN audio -> OUT audio + text")
     run.add_argument("input", metavar="IN", help="the user's audio (any format soundfile reads)")
     run.add_argument(
-        "output", metavar="OUT", help="Moshi's audio (.wav); OUT.txt and OUT.json get the text"
+        "output",
+        metavar="OUT",
+        help="Moshi's audio (.wav); the text goes beside it, with .txt and .json for its "
+        "suffix (answer.wav: answer.txt, answer.json)",
     )
+    run.epilog = EXAMPLES
     options.add_model_options(run)
     prompting.add_prompt_options(run)
     run.add_argument(
@@ -48,8 +62,7 @@ def _run(args: argparse.Namespace) -> None:
     except AudioError as e:
         raise UsageError(str(e)) from None
     outputs = (args.output, *transcript_paths(args.output))
-    if Path(args.input).resolve() in [Path(p).resolve() for p in outputs]:
-        raise UsageError("the output would overwrite the input")
+    refuse_overwriting(outputs, [args.input, args.voice_prompt, args.session])
     audio_info(args.input)
     for path in outputs:
         check_output(path, args.force)
@@ -72,6 +85,13 @@ def _run(args: argparse.Namespace) -> None:
         )
     text_path, json_path = transcript_paths(args.output)
     print(result.transcript.text)
+    if result.ended == "end-of-text":
+        print("stopped at the model's end of text", file=sys.stderr)
+    elif result.ended == "max-tail":
+        print(
+            f"stopped at --max-tail {args.max_tail:g} s: the model had not ended its text",
+            file=sys.stderr,
+        )
     print(
         f"wrote {args.output} ({result.steps * 0.08 if end else result.audio_seconds:.1f} s), "
         f"{text_path} and {json_path}: "

@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError, refuse_overwriting
 
 from ..model.known import MODELS
 from . import options
 
-DEFAULT_TTS_REPO = MODELS["tts-1.6b-en_fr"].repo  # kyutai/tts-1.6b-en_fr
+DEFAULT_TTS_MODEL = "tts-1.6b-en_fr"
+DEFAULT_TTS_REPO = MODELS[DEFAULT_TTS_MODEL].repo  # kyutai/tts-1.6b-en_fr
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"
 
 EXAMPLES = """\
@@ -49,13 +50,20 @@ def register(command) -> None:
     which.add_argument(
         "--checkpoint", metavar="PATH", help="local TTS checkpoint folder (Kyutai's layout)"
     )
+    options.add_kind_model_options(which, model, "tts", DEFAULT_TTS_MODEL)
     voice = speak.add_argument_group("voice and sampling")
     voice.add_argument(
         "--voice",
         action="append",
         metavar="NAME|FILE",
-        help=f"a kyutai/tts-voices name or a .safetensors voice (default {DEFAULT_VOICE}); "
+        help="a voice name (the checkpoint folder's voices/, else kyutai/tts-voices) or a "
+        f".safetensors voice (default: the folder's first voice, else {DEFAULT_VOICE}); "
         "repeat for a dialogue: each line of the text is then a turn, the voices in order",
+    )
+    voice.add_argument(
+        "--list-voices",
+        action="store_true",
+        help="list the voices --voice can name: the checkpoint folder's and the hub cache's",
     )
     voice.add_argument(
         "--cfg",
@@ -95,23 +103,32 @@ def register(command) -> None:
     )
     out.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    speak.set_defaults(handler=_speak)
+    speak.set_defaults(handler=_speak, takes_extras=True)
 
 
 def read_text(args: argparse.Namespace) -> str:
     """The text to speak, from TEXT, stdin (`-`) or --text-file; UsageError when empty."""
+    from mimi_mlx.io.cli_support import InputError
+
+    extras = getattr(args, "extras", None) or []
     if args.text_file is not None:
-        if args.text is not None and args.output is None:
+        if args.text is not None and args.output is None and not extras:
             args.output, args.text = args.text, None  # `--text-file F OUT`
         if args.text is not None:
-            raise UsageError("give the text either as TEXT or with --text-file, not both")
+            raise UsageError(
+                "TEXT and --text-file exclude each other: give the text one way "
+                f"(`speak --text-file {args.text_file} OUT` or `speak TEXT OUT`)"
+            )
+    if extras:
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)}")
+    if args.text_file is not None:
         path = Path(args.text_file)
         if not path.is_file():
-            raise UsageError(f"no such text file: {path}")
+            raise InputError(f"no such text file: {path}")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read {path} as UTF-8 text ({e})") from None
+            raise InputError(f"cannot read {path} as UTF-8 text ({e})") from None
     elif args.text == "-":
         text = sys.stdin.read()
     elif args.text is None:
@@ -127,6 +144,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from mimi_mlx.io.audio import AudioError, output_format
     from mimi_mlx.io.output_file import check_output
 
+    voice_files = [v for v in args.voice or [] if Path(v).expanduser().is_file()]
+    refuse_overwriting(
+        [p for p in (args.output, args.json) if p is not None],
+        [args.text_file, args.checkpoint, *voice_files],
+    )
     if args.output is not None:
         try:
             output_format(args.output)
@@ -140,8 +162,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _speak(args: argparse.Namespace) -> None:
-    from ..jobs.tts import TextToSpeech, TTSSettings, load_voice
+    from ..jobs.tts import TextToSpeech, TTSSettings, folder_voices, load_voice
 
+    if args.list_voices:
+        _list_voices(args)
+        return
     text = read_text(args)
     _check_outputs(args)
     device = None
@@ -149,14 +174,18 @@ def _speak(args: argparse.Namespace) -> None:
         from ..live.devices import choose_device
 
         device = choose_device(args.output_device, "output")
-    source = args.checkpoint or args.hf_repo or DEFAULT_TTS_REPO
+    source = options.kind_source_of(args, DEFAULT_TTS_MODEL)
     if sys.stderr.isatty():
         print(f"loading {source} ...", file=sys.stderr, flush=True)
     tts = TextToSpeech(options.load(source))
     n_q = tts.lm.cfg.dep_q
     if args.num_codebooks is not None and args.num_codebooks > n_q:
         raise UsageError(f"--num-codebooks must be in 1..{n_q} for this model")
-    voices = [load_voice(v, tts) for v in args.voice or [DEFAULT_VOICE]]
+    if tts.cfg_values and args.cfg not in tts.cfg_values:
+        values = ", ".join(f"{v:g}" for v in tts.cfg_values)
+        raise UsageError(f"--cfg {args.cfg:g} is not one this model knows: use one of {values}")
+    args.voice = args.voice or (folder_voices(tts) or [DEFAULT_VOICE])[:1]
+    voices = [load_voice(v, tts) for v in args.voice]
     script: str | list[str] = text
     if len(voices) > 1:  # a dialogue: one turn a line
         script = [line for line in text.splitlines() if line.strip()]
@@ -199,7 +228,8 @@ def _speak(args: argparse.Namespace) -> None:
     rtf = elapsed / seconds if seconds else 0.0
     first_audio = f", first audio after {first[0]:.2f} s" if first else ""
     print(
-        f"{where}{written}: {seconds:.2f} s of speech, {len(words)} words, in {elapsed:.1f} s "
+        f"{where}{written}: {seconds:.2f} s of speech, {len(words)} "
+        f"word{'' if len(words) == 1 else 's'}, in {elapsed:.1f} s "
         f"(real-time factor {rtf:.2f}{first_audio}, seed {seed})",
         file=sys.stderr,
     )
@@ -244,10 +274,12 @@ def _write_json(args, source: str, seed: int, text: str, words, seconds: float) 
     for i, w in enumerate(words):
         end = words[i + 1].start if i + 1 < len(words) else seconds
         items.append({"word": w.text, "start": round(w.start, 3), "end": round(end, 3)})
+    from mimi_mlx.io.hub import recorded_name
+
     content = {
-        "checkpoint": source,
+        "checkpoint": recorded_name(source),  # absolute: valid from any folder
         "text": text,
-        "voices": args.voice or [DEFAULT_VOICE],
+        "voices": args.voice,
         "cfg": args.cfg,
         "temperature": args.temperature,
         "seed": seed,
@@ -257,3 +289,25 @@ def _write_json(args, source: str, seed: int, text: str, words, seconds: float) 
     }
     with replace_on_success(args.json) as tmp:
         tmp.write_text(json.dumps(content, ensure_ascii=False, indent=2) + "\n")
+
+
+def _list_voices(args: argparse.Namespace) -> None:
+    """Print the voices of the checkpoint folder and of the hub cache's kyutai/tts-voices."""
+    from mimi_mlx.io.hub import cached_snapshot
+
+    from ..jobs.tts import VOICE_REPO, voice_names
+
+    if args.checkpoint is not None:
+        folder = Path(args.checkpoint).expanduser()
+        names = voice_names(folder / "voices")
+        print(f"{folder / 'voices'}: {', '.join(names) if names else '(none)'}")
+    names = voice_names(cached_snapshot(VOICE_REPO))
+    if names:
+        print(f"{VOICE_REPO} (local cache, {len(names)}):")
+        print("\n".join(f"  {n}" for n in names))
+    else:
+        print(
+            f"{VOICE_REPO}: not in the local cache; a name from "
+            f"https://huggingface.co/{VOICE_REPO} is fetched when used "
+            f"(`hf download {VOICE_REPO}` fetches them all)"
+        )

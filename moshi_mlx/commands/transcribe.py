@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError, refuse_overwriting
 from mimi_mlx.io.hub import recorded_name
 
 from ..model.known import MODELS
 from . import options
 
-DEFAULT_STT_REPO = MODELS["stt-1b-en_fr"].repo  # kyutai/stt-1b-en_fr-mlx
+DEFAULT_STT_MODEL = "stt-1b-en_fr"
+DEFAULT_STT_REPO = MODELS[DEFAULT_STT_MODEL].repo  # kyutai/stt-1b-en_fr-mlx
 
 EXAMPLES = """\
 examples:
@@ -43,6 +44,7 @@ def register(command) -> None:
         "--hf-repo", metavar="REPO", help=f"hub repo id (default {DEFAULT_STT_REPO})"
     )
     which.add_argument("--checkpoint", metavar="PATH", help="local checkpoint folder or file")
+    options.add_kind_model_options(which, model, "stt", DEFAULT_STT_MODEL)
     out = sub.add_argument_group("output")
     out.add_argument(
         "--format",
@@ -54,15 +56,18 @@ def register(command) -> None:
         "-o",
         "--output",
         metavar="PATH",
-        help="the transcript file (one input, or the microphone), or a folder for several "
-        "inputs (FILE's name with the format's suffix); default: stdout",
+        help="the transcript file (one input, or the microphone), or a folder (an existing one, "
+        "or NAME/ to create it) for several inputs (FILE's name with the format's suffix); "
+        "default: stdout (JSON: one line per file; txt, srt, vtt: a ==> FILE <== line before "
+        "each of several files), each file's as soon as it is done",
     )
     out.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sub.add_argument(
         "--vad",
         action="store_true",
-        help="mark the ends of turns (Kyutai's voice-activity head 2 above 0.5)",
+        help="mark the ends of turns (Kyutai's voice-activity head 2 above 0.5): JSON lists "
+        "their times, txt puts a blank line between turns, a subtitle cue ends at each",
     )
     sub.add_argument(
         "--batch-size",
@@ -93,16 +98,29 @@ def register(command) -> None:
 
 
 def _format_of(args: argparse.Namespace) -> str:
-    if args.format:
-        return args.format
-    if args.output and Path(args.output).suffix.lstrip(".") in ("txt", "json", "srt", "vtt"):
-        return Path(args.output).suffix.lstrip(".")
-    return "txt"
+    """--format, else the --output file's suffix, else txt; a suffix that is not the format's
+    is refused (`-o notes.docx` would hold plain text)."""
+    from ..formats.subtitles import FORMATS
+
+    suffix = Path(args.output).suffix.lstrip(".").lower() if args.output else ""
+    to_file = suffix and not _is_folder(args.output) and len(args.files) <= 1
+    if to_file and suffix not in FORMATS:
+        raise UsageError(
+            f"-o {args.output}: transcripts are {', '.join('.' + f for f in FORMATS)}; "
+            "name the file with one of these suffixes"
+        )
+    if to_file and args.format and suffix != args.format:
+        raise UsageError(f"-o {args.output} does not match --format {args.format}")
+    return args.format or (suffix if to_file else "txt")
+
+
+def _is_folder(path: str) -> bool:
+    return path.endswith(("/", "\\")) or Path(path).is_dir()
 
 
 def _outputs(args: argparse.Namespace, fmt: str) -> list[Path] | None:
     """Where each input's transcript goes (None: stdout); refuses clashes before any work."""
-    from mimi_mlx.io.output_file import OutputError, check_output
+    from mimi_mlx.io.output_file import check_output
 
     if args.output is None:
         return None
@@ -110,33 +128,31 @@ def _outputs(args: argparse.Namespace, fmt: str) -> list[Path] | None:
     if len(args.files) > 1:
         if out.exists() and not out.is_dir():
             raise UsageError(f"--output must be a folder for several files: {out} is a file")
+        if not _is_folder(args.output):
+            raise UsageError(
+                f"several files write one transcript each into a folder: -o {args.output}/ "
+                "(a trailing / creates it) or an existing folder"
+            )
         paths = [out / f"{Path(f).stem}.{fmt}" for f in args.files]
         clashes = {p for p in paths if paths.count(p) > 1}
         if clashes:
             raise UsageError(f"two inputs would write the same file: {sorted(clashes)[0]}")
-    elif out.is_dir():
+    elif _is_folder(args.output):
         paths = [out / f"{Path(args.files[0]).stem if args.files else 'microphone'}.{fmt}"]
     else:
         paths = [out]
-    inputs = {Path(f).resolve() for f in args.files}
-    if args.save_audio is not None:
-        inputs.add(Path(args.save_audio).resolve())
+    refuse_overwriting(paths, [*args.files, args.save_audio, args.checkpoint])
     for p in paths:
-        if p.resolve() in inputs:
-            raise UsageError(f"the output would overwrite an input: {p}")
-        if not p.parent.exists() and len(args.files) > 1 and p.parent == out:
+        if not p.parent.exists() and p.parent == out:
             continue  # the folder is created after the checks
-        try:
-            check_output(p, args.force)
-        except OutputError as e:
-            raise UsageError(str(e)) from None
+        check_output(p, args.force)
     return paths
 
 
 def _load(args: argparse.Namespace, vad: bool, batch_size: int):
     from ..jobs.stt import SttSettings, SttStream
 
-    source = args.checkpoint or args.hf_repo or DEFAULT_STT_REPO
+    source = options.kind_source_of(args, DEFAULT_STT_MODEL)
     if sys.stderr.isatty():
         print(f"loading {source} ...", file=sys.stderr, flush=True)
     ckpt = options.load(source)
@@ -147,31 +163,27 @@ def _load(args: argparse.Namespace, vad: bool, batch_size: int):
 
 
 def _transcribe(args: argparse.Namespace) -> None:
-    from mimi_mlx.io.audio import AudioError, audio_info
+    from mimi_mlx.io.audio import audio_info
 
     if args.list_devices:
         from ..live.devices import list_devices
 
         print(list_devices())
         return
+    if args.output is not None:  # before its suffix is judged: `-o talk.wav` names an input
+        refuse_overwriting([args.output], [*args.files, args.save_audio, args.checkpoint])
     fmt = _format_of(args)
     if args.files:
         for f in args.files:
-            try:
-                audio_info(f)
-            except AudioError as e:
-                raise UsageError(str(e)) from None
+            audio_info(f)  # AudioError: missing or unreadable (a failure, exit status 1)
     elif args.batch_size != 8:
         raise UsageError("--batch-size is for files; the microphone is one stream")
     if args.save_audio is not None:
         if args.files:
             raise UsageError("--save-audio is for the microphone (no FILE)")
-        from mimi_mlx.io.output_file import OutputError, check_output
+        from mimi_mlx.io.output_file import check_output
 
-        try:
-            check_output(args.save_audio, args.force)
-        except OutputError as e:
-            raise UsageError(str(e)) from None
+        check_output(args.save_audio, args.force)
     outputs = _outputs(args, fmt)
     if args.files:
         _files(args, fmt, outputs)
@@ -179,22 +191,54 @@ def _transcribe(args: argparse.Namespace) -> None:
         _microphone(args, fmt, outputs)
 
 
-def _write(results, fmt: str, outputs: list[Path] | None, info: dict) -> None:
-    from mimi_mlx.io.output_file import replace_on_success
+class _Writer:
+    """Each transcript as soon as its file is done: to its output file, or to stdout (JSON: one
+    line per file, JSON Lines; txt, srt, vtt: a `==> FILE <==` line first when several)."""
 
-    from ..formats.subtitles import render
+    def __init__(self, fmt: str, outputs: list[Path] | None, info: dict, inputs: list):
+        self.fmt, self.outputs, self.info = fmt, outputs, info
+        self.where = {Path(f): i for i, f in enumerate(inputs)}
+        self.several = len(inputs) > 1
+        self.written: list[Path] = []
+        # one file's text to a terminal: its words as they come, as dictation shows them
+        self.live = outputs is None and fmt == "txt" and len(inputs) == 1 and sys.stdout.isatty()
 
-    if outputs is None:
-        for r in results:
-            sys.stdout.write(render(r, fmt, info))
+    def words(self, path: Path, words) -> None:
+        sys.stdout.write("".join(f"{w.word} " for w in words))
         sys.stdout.flush()
-        return
-    outputs[0].parent.mkdir(parents=True, exist_ok=True)
-    for r, path in zip(results, outputs, strict=True):
+
+    def __call__(self, result) -> None:
+        import json
+
+        from mimi_mlx.io.output_file import replace_on_success
+
+        from ..formats.subtitles import render
+
+        if self.live:
+            sys.stdout.write("\n")  # the words were shown as they came
+            sys.stdout.flush()
+            return
+        if self.outputs is None:
+            if self.fmt == "json":
+                text = json.dumps({**self.info, **result.to_dict()}, ensure_ascii=False) + "\n"
+            else:
+                text = render(result, self.fmt, self.info)
+                if self.several:
+                    text = f"==> {result.path} <==\n{text}"
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        path = self.outputs[self.where.get(Path(result.path), 0)]
+        path.parent.mkdir(parents=True, exist_ok=True)
         with replace_on_success(path) as tmp:
-            tmp.write_text(render(r, fmt, info))
-    written = ", ".join(str(p) for p in outputs[:3]) + (" ..." if len(outputs) > 3 else "")
-    print(f"wrote {written}", file=sys.stderr)
+            tmp.write_text(render(result, self.fmt, self.info))
+        self.written.append(path)
+
+    def report(self) -> None:
+        if self.written:
+            shown = self.written[:3]
+            more = " ..." if len(self.written) > 3 else ""
+            print(f"wrote {', '.join(str(p) for p in shown)}{more}", file=sys.stderr)
 
 
 def _files(args: argparse.Namespace, fmt: str, outputs: list[Path] | None) -> None:
@@ -203,18 +247,23 @@ def _files(args: argparse.Namespace, fmt: str, outputs: list[Path] | None) -> No
     from ..jobs.transcribe import transcribe_files
 
     ckpt, source = _load(args, args.vad, args.batch_size)
+    writer = _Writer(fmt, outputs, {"checkpoint": recorded_name(source)}, args.files)
     started = time.perf_counter()
-    results = transcribe_files(
-        ckpt.lm,
-        ckpt.mimi,
-        ckpt.tokenizer,
-        args.files,
-        batch_size=args.batch_size,
-        vad=args.vad,
-        progress=False if args.quiet else None,
-    )
+    try:
+        results = transcribe_files(
+            ckpt.lm,
+            ckpt.mimi,
+            ckpt.tokenizer,
+            args.files,
+            batch_size=args.batch_size,
+            vad=args.vad,
+            progress=False if args.quiet else None,
+            on_done=writer,
+            on_words=writer.words if writer.live else None,
+        )
+    finally:
+        writer.report()  # what was written before an interrupt stays, and is named
     elapsed = time.perf_counter() - started
-    _write(results, fmt, outputs, {"checkpoint": recorded_name(source)})
     audio = sum(r.duration for r in results)
     print(
         f"transcribed {len(results)} file(s), {audio:.1f} s of audio in {elapsed:.1f} s "
@@ -239,7 +288,9 @@ def _microphone(args: argparse.Namespace, fmt: str, outputs: list[Path] | None) 
     )
     result = run_dictation(stream, Microphone(device), dictation)
     if outputs is not None:
-        _write([result], fmt, outputs, {"checkpoint": recorded_name(source)})
+        writer = _Writer(fmt, outputs, {"checkpoint": recorded_name(source)}, [])
+        writer(result)
+        writer.report()
     if args.save_audio is not None:
         print(f"wrote {args.save_audio} ({result.duration:.1f} s)", file=sys.stderr)
     skipped = dictation.stats.get("skipped_frames", 0)

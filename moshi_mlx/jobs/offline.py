@@ -47,6 +47,7 @@ class OfflineResult:
     steps: int
     audio_seconds: float
     elapsed: float
+    ended: str | None = None  # with end_of_stream: "end-of-text", or "max-tail" (cut short)
 
     @property
     def real_time_factor(self) -> float:
@@ -108,6 +109,7 @@ def run_file(
     try:
         with AudioWriter(dst, SAMPLE_RATE, float32) as out:
             tail = end_of_stream is not None
+            ended = None
             tokens: list[int] = []  # the text token of every step
 
             def take():
@@ -127,20 +129,21 @@ def run_file(
             while pipeline.pending:
                 take()
             if tail:
-                _finish_stream(pipeline, take, tokens, end_of_stream)
+                ended = _finish_stream(pipeline, take, tokens, end_of_stream)
     finally:
         bar.close()
         pipeline.reset()  # leave no session state behind, on errors too
     text_path, json_path = transcript_paths(dst)
     transcript.save(text_path, json_path)
     return OfflineResult(
-        transcript, len(transcript.tokens), fed / SAMPLE_RATE, time.perf_counter() - start
+        transcript, len(transcript.tokens), fed / SAMPLE_RATE, time.perf_counter() - start, ended
     )
 
 
-def _finish_stream(pipeline: Pipeline, take, tokens: list[int], end: EndOfStream) -> None:
+def _finish_stream(pipeline: Pipeline, take, tokens: list[int], end: EndOfStream) -> str:
     """Kyutai's `run_inference` end of input: the end-of-stream frame, then silence until the
-    end-of-text token has come out with its audio.
+    end-of-text token has come out with its audio. Returns why it stopped: "end-of-text", or
+    "max-tail" (`max_tail_steps` ran out first).
 
     Their loop sees each text token with its audio, `audio_lag` steps after it is sampled, and
     counts an end-of-text only once the end-of-stream frame is fed: a token sampled at step s
@@ -154,6 +157,7 @@ def _finish_stream(pipeline: Pipeline, take, tokens: list[int], end: EndOfStream
     for _ in range(end.max_tail_steps):
         said = [s for s in range(max(first, 0), len(tokens)) if tokens[s] == end.eos_token]
         if said and len(tokens) > said[0] + lag:
-            return
+            return "end-of-text"
         pipeline.submit(silence)
         take()
+    return "max-tail"

@@ -10,7 +10,7 @@ the one it gets alone.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,8 @@ def transcribe_files(
     batch_size: int = 8,
     vad: bool = False,
     progress: bool | None = False,
+    on_done: Callable[[Transcription], None] | None = None,
+    on_words: Callable[[Path, list[Word]], None] | None = None,
 ) -> list[Transcription]:
     """Transcribe audio files, `batch_size` at a time.
 
@@ -115,6 +117,9 @@ def transcribe_files(
         batch_size: files stepped together (weights are read once per step for all of them).
         vad: also find the ends of turns (needs the voice-activity heads).
         progress: show a progress bar (None: only on a terminal).
+        on_done: called with each file's transcript as soon as that file is done (the shorter
+            files of a batch first), so an interrupted batch keeps what was finished.
+        on_words: called with a file's path and its words as they are recognised.
 
     Returns:
         One `Transcription` per path, in order.
@@ -130,11 +135,15 @@ def transcribe_files(
     results: list[Transcription] = []
     for start in range(0, len(paths), batch_size):
         group = paths[start : start + batch_size]
-        results += _transcribe_batch(lm, mimi, tokenizer, group, settings, vad, progress)
+        results += _transcribe_batch(
+            lm, mimi, tokenizer, group, settings, vad, progress, on_done, on_words
+        )
     return results
 
 
-def _transcribe_batch(lm, mimi, tokenizer, paths, settings, vad, progress) -> list[Transcription]:
+def _transcribe_batch(
+    lm, mimi, tokenizer, paths, settings, vad, progress, on_done, on_words
+) -> list[Transcription]:
     rows = [_Row(p, settings, vad) for p in paths]
     stream = SttStream(lm, mimi, tokenizer, batch_size=len(rows), vad=vad)
     total = max(r.steps for r in rows)
@@ -154,8 +163,16 @@ def _transcribe_batch(lm, mimi, tokenizer, paths, settings, vad, progress) -> li
         for b, (row, step) in enumerate(zip(rows, steps, strict=True)):
             if index < row.steps:
                 row.add(step)
+                if on_words is not None and step.words:
+                    on_words(row.result.path, step.words)
                 if index == row.steps - 1:
-                    row.result.words += stream.close_row(b)
+                    last = stream.close_row(b)
+                    row.result.words += last
+                    if on_words is not None and last:
+                        on_words(row.result.path, last)
+                    row.result.text = tokenizer.decode(row.result.tokens).strip()
+                    if on_done is not None:
+                        on_done(row.result)
         bar.update(FRAME_SECONDS)
 
     try:
@@ -171,6 +188,4 @@ def _transcribe_batch(lm, mimi, tokenizer, paths, settings, vad, progress) -> li
     finally:
         bar.close()
         stream.reset()
-    for row in rows:
-        row.result.text = tokenizer.decode(row.result.tokens).strip()
     return [row.result for row in rows]

@@ -251,6 +251,26 @@ class TextToSpeech:
         return [g for g in groups if g]
 
 
+VOICE_FILE = re.compile(r"(\.[^./]+@\d+)?\.safetensors$")  # NAME[.<sig>@<epoch>].safetensors
+
+
+def voice_names(folder: Path | None) -> list[str]:
+    """The voices a folder holds, by the names `--voice` takes (sorted; [] without a folder)."""
+    if folder is None or not folder.is_dir():
+        return []
+    files = (p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
+    return sorted({VOICE_FILE.sub("", f) for f in files})
+
+
+def folder_voices(tts: TextToSpeech) -> list[str]:
+    """The voices of the checkpoint's own `voices/` folder that fit this model."""
+    if tts.folder is None:
+        return []
+    voices = tts.folder / "voices"
+    files = sorted(voices.rglob(f"*{tts.voice_suffix}")) if voices.is_dir() else []
+    return [p.relative_to(voices).as_posix()[: -len(tts.voice_suffix)] for p in files]
+
+
 def load_voice(voice: str | Path, tts: TextToSpeech) -> np.ndarray:
     """A voice embedding (1, dim, T) from a `.safetensors` file or a `kyutai/tts-voices` name
     (the checkpoint's own `voices/` folder first, then the hub or its local cache).

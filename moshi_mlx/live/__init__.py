@@ -1,1 +1,2 @@
-"""The live audio app: devices, streams, the jitter buffer, the chat loop and its recording."""
+"""The live audio apps: devices, streams, microphone, speaker, jitter buffer, echo cancellation,
+the chat loop (console, signals, summary), dictation and recording."""

@@ -26,7 +26,9 @@ def load_sounddevice():
             )
         else:
             hint = "reinstall sounddevice (`pip install --force-reinstall sounddevice`)"
-        raise AudioDeviceError(f"the PortAudio library was not found ({e}): {hint}") from e
+        said = " ".join(str(e).split())
+        detail = "" if "portaudio library not found" in said.lower() else f" ({said})"
+        raise AudioDeviceError(f"the PortAudio library was not found{detail}: {hint}") from e
     return sounddevice
 
 

@@ -26,8 +26,9 @@ from mimi_mlx.io.audio import AudioWriter
 from ..formats.words import LAST_WORD_SECONDS
 from ..jobs.stt import SttStep, SttStream
 from ..jobs.transcribe import Transcription
-from .chat import LAG_REPORT_INTERVAL, NO_INPUT_TIMEOUT, POLL, SessionError, _StopOnSigint
+from .chat import LAG_REPORT_INTERVAL, NO_INPUT_TIMEOUT, POLL, SessionError
 from .microphone import Microphone
+from .signals import StopOnSignals
 
 PAUSE_SECONDS = 1.5  # silence after a word's end that ends a line
 LINE_WIDTH = 80  # when stdout is not a terminal
@@ -131,7 +132,7 @@ def run_dictation(stream: SttStream, mic: Microphone, options: DictationOptions)
     started = time.perf_counter()
     last_report = last_check = started
     try:
-        with _StopOnSigint() as stop, mic, writer if writer else nullcontext():
+        with StopOnSignals() as stop, mic, writer if writer else nullcontext():
             lines.notice(f"listening on {mic.device.name!r}; Ctrl-C to stop")
             while not stop.requested:
                 now = time.perf_counter()

@@ -16,7 +16,7 @@ import hashlib
 import mlx.core as mx
 import mlx.nn as nn
 
-from mimi_mlx.nn.transformer import sin_embedding
+from mimi_mlx.nn.attention import sin_embedding
 
 
 def hash_trick(word: str, vocab_size: int) -> int:
@@ -150,11 +150,6 @@ class ConditionProvider(nn.Module):
     def names(self) -> list[str]:
         """Conditions added to the model's input (the fuser's `sum` list)."""
         return list(self._sum)
-
-    @property
-    def cross_names(self) -> list[str]:
-        """Tensor conditions attended to by cross-attention (the fuser's `cross` list)."""
-        return list(self._cross)
 
     def condition_sum(self, conditions: list[dict[str, str | None]]) -> mx.array | None:
         """Per batch row, {name: value} -> the summed condition (B, 1, output_dim), or None."""

@@ -136,11 +136,6 @@ class LmConfig:
         return cfg
 
     @classmethod
-    def moshi_7b(cls) -> LmConfig:
-        """Kyutai's 7B Moshiko/Moshika (`moshi/models/loaders.py` `_lm_kwargs`)."""
-        return cls()
-
-    @classmethod
     def personaplex_7b(cls) -> LmConfig:
         """NVIDIA's PersonaPlex: the 7B model with a 16-step depth decoder (`dep_q` 16, NVIDIA's
         `loaders.py`), of which the first 8 steps are Moshi's codebooks."""
@@ -215,14 +210,6 @@ class LmConfig:
             return 0
         schedule = self.depformer_weights_per_step_schedule
         return schedule[codebook] if schedule else codebook
-
-    @property
-    def num_depformer_in(self) -> int:
-        """Input projections of the depth decoder in Kyutai's PyTorch layout."""
-        if not self.depformer_multi_linear:
-            return 1
-        schedule = self.depformer_weights_per_step_schedule
-        return max(schedule) + 1 if schedule else self.dep_q
 
     def depformer_in_index(self, codebook: int) -> int:
         if not self.depformer_multi_linear:

@@ -14,9 +14,10 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from mimi_mlx.nn.transformer import Transformer, make_norm
+from mimi_mlx.nn.compiled import compiled_step
+from mimi_mlx.nn.layers import make_norm
+from mimi_mlx.nn.transformer import Transformer
 
-from .compiled import compiled_step
 from .config import LmConfig
 from .embedding import ScaledEmbedding
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from mimi_mlx.nn.transformer import make_norm
+from mimi_mlx.nn.layers import make_norm
 
 ZERO_TOKEN = -1  # "no input here": embeds to exactly zero (Kyutai's `zero_token_id`)
 

@@ -147,6 +147,9 @@ MODELS: dict[str, KnownModel] = {
 
 DEFAULT_MODEL = "moshiko"
 
+# the `moshi-mlx` command that runs each kind of model
+COMMAND_OF_KIND = {"dialogue": "run", "translation": "run", "stt": "transcribe", "tts": "speak"}
+
 
 class UnknownModelError(ValueError):
     pass
@@ -166,8 +169,8 @@ def known_model(name: str, kinds: tuple[str, ...] | None = None) -> KnownModel:
         )
     if kinds is not None and model.kind not in kinds:
         raise UnknownModelError(
-            f"{name} is a {model.kind} model, which this command does not run: choose one of "
-            f"{choices}"
+            f"{name} is a {model.kind} model, which this command does not run (`moshi-mlx "
+            f"{COMMAND_OF_KIND[model.kind]} --model {name}` does): choose one of {choices}"
         )
     return model
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 import mlx.nn as nn
 
+from mimi_mlx.nn.layers import make_norm
 from mimi_mlx.nn.streaming import StreamingModule
-from mimi_mlx.nn.transformer import Transformer, make_norm
+from mimi_mlx.nn.transformer import Transformer
 
 from .conditioning import ConditionProvider
 from .config import LmConfig

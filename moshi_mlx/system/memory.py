@@ -55,6 +55,17 @@ def weights_bytes(path: str | Path, float_bytes: int) -> int:
     return total
 
 
+def kv_cache_bytes(cfg, dtype_bytes: int) -> int:
+    """Keys and values of the temporal transformer's every layer over its whole context (bytes).
+
+    `cfg`: an `LmConfig`. Grouped-query models (`kv_repeat` > 1, e.g. Hibiki-Zero) cache
+    `num_heads / kv_repeat` heads; an unlimited context is counted as 3000 steps (Moshi's).
+    """
+    t = cfg.transformer_config()
+    kv_heads = t.num_heads // t.kv_repeat
+    return 2 * t.num_layers * (t.context or 3000) * kv_heads * t.head_dim * dtype_bytes
+
+
 def estimate_bytes(weight_files: list[Path], cfg, mimi_file: Path | None = None) -> int:
     """Estimated memory of the language model, its KV cache and Mimi (bytes)."""
     float_bytes = lm_compute_dtype().size
@@ -62,7 +73,7 @@ def estimate_bytes(weight_files: list[Path], cfg, mimi_file: Path | None = None)
     if mimi_file is not None:
         total += weights_bytes(mimi_file, 4)  # Mimi computes in float32
     if cfg is not None:
-        total += 2 * cfg.num_layers * (cfg.context or 3000) * cfg.dim * float_bytes
+        total += kv_cache_bytes(cfg, float_bytes)
     return int(total * MARGIN)
 
 
@@ -97,14 +108,15 @@ def check_memory(needed: int, what: str, available: int | None = None) -> None:
     available = available_bytes() if available is None else available
     if available is not None and needed > available:
         raise MemoryCheckError(
-            f"not enough memory for {what}: it needs about {_size(needed)}, "
-            f"{_size(available)} are available. Close other programs, or choose a smaller "
+            f"not enough memory for {what}: it needs about {format_bytes(needed)}, "
+            f"{format_bytes(available)} are available. Close other programs, or choose a smaller "
             "checkpoint (for example the 4-bit kyutai/moshiko-mlx-q4)."
         )
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+def format_bytes(n: float) -> str:
+    """A size for people, in decimal units: `1.2 TB`, `11.5 GB`, `240 MB`, `12 kB`."""
+    for unit, scale, digits in (("TB", 1e12, 1), ("GB", 1e9, 1), ("MB", 1e6, 0)):
         if n >= scale:
-            return f"{n / scale:.1f} {unit}"
+            return f"{n / scale:.{digits}f} {unit}"
     return f"{n / 1e3:.0f} kB"

@@ -20,6 +20,8 @@ from mlx.utils import tree_reduce
 
 from mimi_mlx.nn.backend import backend_name
 
+from .memory import format_bytes, kv_cache_bytes
+
 WORKING_SET = "max_recommended_working_set_size"
 
 
@@ -41,9 +43,7 @@ def arrays_bytes(*trees) -> int:
 
 def session_bytes(lm, *others) -> int:
     """Weights of `lm` and `others` plus `lm`'s KV cache at its full context (bytes)."""
-    cfg = lm.cfg
-    kv = 2 * cfg.num_layers * (cfg.context or 3000) * cfg.dim * lm.dtype.size
-    return arrays_bytes(lm, *others) + kv
+    return arrays_bytes(lm, *others) + kv_cache_bytes(lm.cfg, lm.dtype.size)
 
 
 def residency_warning(needed: int, what: str, info: dict | None = None) -> str | None:
@@ -59,8 +59,8 @@ def residency_warning(needed: int, what: str, info: dict | None = None) -> str |
         return None
     smaller = "the 4-bit kyutai/moshiko-mlx-q4" if "q4" not in what else "a smaller model"
     return (
-        f"warning: {what} needs about {_size(needed)}, more than the "
-        f"{_size(info[WORKING_SET])} this Mac keeps resident for the GPU: it will be "
+        f"warning: {what} needs about {format_bytes(needed)}, more than the "
+        f"{format_bytes(info[WORKING_SET])} this Mac keeps resident for the GPU: it will be "
         f"paged in and out and fall behind real time. Choose {smaller}."
     )
 
@@ -85,8 +85,8 @@ def wired_limit(
     limit = min(int(needed), int(info[WORKING_SET]))
     if needed > info[WORKING_SET]:
         print(
-            f"warning: the model needs {_size(needed)}; only {_size(limit)} stay resident "
-            "on this Mac",
+            f"warning: the model needs {format_bytes(needed)}; only {format_bytes(limit)} "
+            "stay resident on this Mac",
             file=sys.stderr,
         )
     previous = set_limit(limit)
@@ -95,7 +95,3 @@ def wired_limit(
     finally:
         mx.synchronize()
         set_limit(previous)
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import Lm
-from moshi_mlx.model.weights import name_table
+from moshi_mlx.model.name_tables import name_table
 from quantize.writer import SafetensorsWriter
 
 

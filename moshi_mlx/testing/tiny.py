@@ -23,10 +23,10 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mimi_mlx.config import MimiConfig
 from mimi_mlx.constants import KYUTAI_FILE
+from mimi_mlx.export import save_mimi_kyutai
 from mimi_mlx.model import Mimi
 from mimi_mlx.quantizer import QuantizerConfig
 from mimi_mlx.seanet import SeanetConfig
-from mimi_mlx.weights import kyutai_state
 
 from ..model.config import LmConfig
 from ..model.lm import Lm
@@ -204,11 +204,6 @@ def _random_mimi(seed: int) -> Mimi:
             weights.append((name, 0.01 * mx.random.normal(p.shape)))
     mimi.update(tree_unflatten(weights))
     return mimi
-
-
-def save_mimi_kyutai(mimi: Mimi, path: Path) -> None:
-    """Write our Mimi in Kyutai's PyTorch layout (their released tensor names and shapes)."""
-    mx.save_safetensors(str(path), kyutai_state(mimi))
 
 
 def _train_tokenizer(prefix: Path, vocab_size: int) -> None:

@@ -5,6 +5,10 @@ by their `LMGen._step_voice_prompt_core`: `embeddings` (V, 1, 1, 4096), the inpu
 the voice prompt's steps, and `cache` (1, 17, 4), the token ring it left. The tensors are copied
 as they are (float32 and int32) into `NAME.safetensors`, which `moshi-mlx --voice-prompt NAME`
 reads without PyTorch. PyTorch is needed here only.
+
+This is a conversion, not quantization: it lives in `quantize`, the package of one-time checkpoint
+conversions run before use (`moshi-mlx-quantize convert` rewrites a language model's layout too),
+so that `moshi_mlx`, which runs the models, never needs PyTorch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 VOICES_ARCHIVE = "voices.tgz"
+# PyTorch's CPU build (the default index's Linux wheel pulls gigabytes of CUDA libraries)
+TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
 
 def _read_pt(data: bytes, name: str) -> dict[str, np.ndarray]:
@@ -23,7 +29,7 @@ def _read_pt(data: bytes, name: str) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise ValueError(
-            "converting PersonaPlex's .pt voice presets needs PyTorch once: pip install torch"
+            f"converting PersonaPlex's .pt voice presets needs PyTorch once: `{TORCH_INSTALL}`"
         ) from None
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
