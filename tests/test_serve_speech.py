@@ -91,17 +91,22 @@ def test_kyutai_tts_client_gets_speaks_audio(server, checkpoints, tmp_path):
     kyutai("tts_rust_server.py", text, out, "--voice", "tiny", "--url", url)
     got, rate = sf.read(str(out), dtype="float32")
     assert rate == 24000
+    want = speak(checkpoints[1], tmp_path)
+    assert len(got) == len(want) > 24000
+    np.testing.assert_allclose(got, want, atol=2.5 / 32768)  # the script writes 16-bit WAV
+    assert np.abs(want).max() > 0.01
+
+
+def speak(checkpoint: Path, tmp_path: Path) -> np.ndarray:
+    """`moshi-mlx speak TEXT` at temperature 0 with the voice `tiny`, float samples."""
     want_file = tmp_path / "speak.wav"
     r = subprocess.run(
-        ["moshi-mlx", "speak", TEXT, str(want_file), "--checkpoint", str(checkpoints[1]),
+        ["moshi-mlx", "speak", TEXT, str(want_file), "--checkpoint", str(checkpoint),
          "--voice", "tiny", "--temperature", "0", "--float", "-q"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    want, _ = sf.read(str(want_file), dtype="float32")
-    assert len(got) == len(want) > 24000
-    np.testing.assert_allclose(got, want, atol=2.5 / 32768)  # the script writes 16-bit WAV
-    assert np.abs(want).max() > 0.01
+    return sf.read(str(want_file), dtype="float32")[0]
 
 
 async def _ws_exchange(url: str, messages: list[bytes]) -> list[dict]:
@@ -152,3 +157,45 @@ def test_bad_tts_requests(server):
     assert got[-1]["type"] == "Error" and "nobody" in got[-1]["message"]
     got = asyncio.run(_ws_exchange(url + "?voice=tiny", [b"\xc1garbage"]))
     assert got[-1]["type"] == "Error" and "msgpack" in got[-1]["message"]
+
+
+def test_openai_sdk_transcriptions_speech_and_load(server, checkpoints, tmp_path):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
+    audio = make_speech(tmp_path / "a.wav", "Hello, this is a transcription test.")
+    ckpt = load_checkpoint(checkpoints[0])
+    (expected,) = transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [audio])
+    with open(audio, "rb") as f:
+        got = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert got.text == expected.text and expected.text
+    with open(audio, "rb") as f:
+        srt = client.audio.transcriptions.create(model="x", file=f, response_format="srt")
+    from moshi_mlx.formats.subtitles import render
+
+    assert srt == render(expected, "srt")
+    assert [m.id for m in client.models.list().data] == ["tiny-stt", "tiny-tts"]
+    speech = client.audio.speech.create(model="tts-1", input=TEXT, voice="tiny")
+    data = speech.read()
+    assert data[:4] == b"RIFF" and data[40:44] == b"\xff" * 4  # streamed: open-ended sizes
+    got = np.frombuffer(data[44:], "<i2") / 32768
+    want = speak(checkpoints[1], tmp_path)
+    assert len(got) == len(want) > 24000
+    np.testing.assert_allclose(got, want, atol=1.01 / 32768)
+    with pytest.raises(openai.BadRequestError):
+        with open(tmp_path / "garbage.bin", "wb") as g:
+            g.write(np.random.default_rng(0).bytes(20 << 20))
+        with open(tmp_path / "garbage.bin", "rb") as g:
+            client.audio.transcriptions.create(model="whisper-1", file=g)
+
+    def one(_):
+        with open(audio, "rb") as f:
+            try:
+                return client.audio.transcriptions.create(model="whisper-1", file=f).text
+            except openai.InternalServerError as e:  # 503 beyond the queue's depth
+                return e.status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, range(20)))
+    assert all(a == expected.text or a == 503 for a in answers), answers
+    assert answers.count(expected.text) >= 1
