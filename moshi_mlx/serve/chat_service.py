@@ -1,0 +1,227 @@
+"""Speech to speech over the server: the loaded model, its one session slot, per-session settings.
+
+The model serves one live session at a time: `ChatService.acquire` takes the slot at once or
+says no (the caller then tells the client it is busy), never a wait. A session's settings come
+from the query of its WebSocket URL, with the names Kyutai's and NVIDIA's servers take, over the
+defaults of the command line; everything MLX happens on the model thread (`build_pipeline`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from ..jobs.pipeline import Pipeline, Sampling
+
+FORMATS = ("opus", "pcm16")
+SEED_LIMIT = 2**63
+# Kyutai's web client always sends these; only their neutral values are implemented.
+NEUTRAL = {"pad_mult": 0.0, "repetition_penalty": 1.0}
+IGNORED = ("repetition_penalty_context", "audio_seed", "email", "worker_auth_id", "auth_id")
+VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+VOICE_SUFFIXES = (".pt", ".safetensors")
+
+
+class QueryError(ValueError):
+    """A query parameter the server cannot honour (sent to the client as one line)."""
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """One session's settings.
+
+    Attributes:
+        sampling: temperatures, top-k and seed.
+        prompt: PersonaPlex's persona (`text_prompt`), None for the server's default.
+        voice_prompt: a voice preset name beside the model (`voice_prompt`), None: the default.
+        cfg_coef: Hibiki's classifier-free guidance, None: the server's.
+        format: "opus" (Kyutai's protocol) or "pcm16" (our page: raw int16 PCM at 24 kHz).
+        stats: send the kind-4 statistics messages (always with pcm16).
+    """
+
+    sampling: Sampling
+    prompt: str | None = None
+    voice_prompt: str | None = None
+    cfg_coef: float | None = None
+    format: str = "opus"
+    stats: bool = False
+
+
+def settings_from_query(query: Mapping[str, str], defaults: Sampling) -> ChatSettings:
+    """Read a session's settings from its URL query (unknown names are ignored, as Kyutai's
+    servers do; values out of range raise QueryError naming the parameter)."""
+    sampling = {}
+    for name, key, read in (
+        ("text_temperature", "text_temperature", _temperature),
+        ("audio_temperature", "audio_temperature", _temperature),
+        ("text_topk", "text_top_k", _top_k),
+        ("audio_topk", "audio_top_k", _top_k),
+        ("top_p", "top_p", _top_p),
+    ):
+        if query.get(name, "") != "":
+            sampling[key] = read(name, query[name])
+    seed_name = "seed" if "seed" in query else "text_seed"  # (the Rust server's name)
+    if query.get(seed_name, "") != "":
+        seed = _number(seed_name, query[seed_name], int)
+        if seed != -1:  # NVIDIA's client sends -1 for "any"
+            if not 0 <= seed < SEED_LIMIT:
+                raise QueryError(f"{seed_name} must be in 0..2**63-1 (or -1), got {seed}")
+            sampling["seed"] = seed
+    for name, neutral in NEUTRAL.items():
+        if query.get(name, "") != "" and _number(name, query[name], float) != neutral:
+            raise QueryError(f"{name} is not implemented here (only {neutral:g})")
+    if query.get("image_url"):
+        raise QueryError("image_url is not implemented here (MoshiVis is not served)")
+    fmt = query.get("format", "opus") or "opus"
+    if fmt not in FORMATS:
+        raise QueryError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    cfg = query.get("cfg_coef", "")
+    return ChatSettings(
+        sampling=replace(defaults, **sampling),
+        prompt=query.get("text_prompt") or None,
+        voice_prompt=_voice_name(query.get("voice_prompt") or None),
+        cfg_coef=_number("cfg_coef", cfg, float) if cfg != "" else None,
+        format=fmt,
+        stats=fmt == "pcm16" or query.get("stats", "") in ("1", "true"),
+    )
+
+
+def _number(name: str, text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise QueryError(f"{name} must be a number, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise QueryError(f"{name} must be finite, got {text!r}")
+    return value
+
+
+def _temperature(name: str, text: str) -> float:
+    value = _number(name, text, float)
+    if value < 0:
+        raise QueryError(f"{name} must be 0 or more, got {text}")
+    return value
+
+
+def _top_k(name: str, text: str) -> int:
+    value = _number(name, text, int)
+    if value < 1:
+        raise QueryError(f"{name} must be 1 or more, got {text}")
+    return value
+
+
+def _top_p(name: str, text: str) -> float:
+    value = _number(name, text, float)
+    if not 0 < value <= 1:
+        raise QueryError(f"{name} must be in (0, 1], got {text}")
+    return value
+
+
+def _voice_name(value: str | None) -> str | None:
+    """A preset name (NVIDIA's client sends `NATF2.pt`); never a path."""
+    if value is None:
+        return None
+    for suffix in VOICE_SUFFIXES:
+        value = value.removesuffix(suffix)
+    if not VOICE_NAME.fullmatch(value):
+        raise QueryError(f"voice_prompt must be a voice preset name, got {value!r}")
+    return value
+
+
+class ChatService:
+    """The speech-to-speech model and its session slot.
+
+    Args:
+        args: the command line (model, sampling and prompt options: the sessions' defaults).
+        source: the checkpoint the options name.
+        default: the default session's pipeline, built (and warmed up) on the model thread.
+    """
+
+    def __init__(self, args: argparse.Namespace, source: str, default: Pipeline):
+        self.args, self.source, self.default = args, source, default
+        self.profile = default.profile
+        self.info_ = default.info
+        self._busy = False
+
+    @classmethod
+    def load(cls, args: argparse.Namespace, source: str) -> ChatService:
+        """Load the checkpoint and warm it up (on the model thread)."""
+        from ..commands import options
+
+        pipeline = options.pipeline(args, source, live=True)
+        pipeline.warmup()
+        return cls(args, source, pipeline)
+
+    @property
+    def defaults(self) -> Sampling:
+        """The command line's sampling, without its seed when it drew a random one."""
+        return replace(self.default.sampling, seed=self.args.seed)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def acquire(self) -> bool:
+        """Take the session slot (True), or False at once when a session holds it."""
+        if self._busy:
+            return False
+        self._busy = True
+        return True
+
+    def release(self) -> None:
+        self._busy = False
+
+    def build_pipeline(self, settings: ChatSettings) -> Pipeline:
+        """A fresh session's pipeline with `settings` (on the model thread); the prompt is
+        prefilled, so the session can start at once."""
+        from mimi_mlx.io.cli_support import UsageError
+
+        from ..commands import prompting
+
+        args, d = self.args, self.default
+        session = argparse.Namespace(
+            prompt=settings.prompt or args.prompt,
+            voice_prompt=self._voice(settings.voice_prompt) or args.voice_prompt,
+            cfg_coef=args.cfg_coef if settings.cfg_coef is None else settings.cfg_coef,
+        )
+        try:
+            guidance = prompting.guidance_of(session, self.profile, d.lm)
+            prompt = d.prompt
+            if (settings.prompt, settings.voice_prompt) != (None, None):
+                # (the pipeline holds the checkpoint's lm, mimi and tokenizer prompts read)
+                prompt = prompting.build_prompt(session, self.profile, d, self.source)
+        except UsageError as e:  # what this model cannot take
+            raise QueryError(str(e).replace("--", "")) from None
+        # a new pipeline each session: its own seed (drawn when the settings give none)
+        pipeline = Pipeline(d.lm, d.mimi, d.tokenizer, settings.sampling, guidance, prompt)
+        pipeline.reset()
+        pipeline.prefill_prompt()
+        return pipeline
+
+    def _voice(self, name: str | None) -> str | None:
+        if name is None:
+            return None
+        from ..model.checkpoint import resolve
+
+        found = resolve(self.source).get(f"voices/{name}.safetensors")
+        if found is None:
+            voices = ", ".join(self.profile.voices) or "none"
+            raise QueryError(f"no voice preset {name!r} beside the model (voices: {voices})")
+        return str(found)
+
+    def info(self) -> dict:
+        """What `/api/info` says about the chat model."""
+        from ..model.known import TRAINED
+
+        profile = self.profile
+        return {
+            "model": self.info_.get("model", profile.name),
+            "checkpoint": self.info_.get("checkpoint"),
+            "kind": profile.kind,
+            "prompts": profile.text_prompt == TRAINED,
+            "voices": list(profile.voices),
+            "sampling": self.defaults.to_dict(),
+        }

@@ -1,0 +1,93 @@
+"""Audio on the wire: Ogg Opus (Kyutai's protocols, through sphn) or raw int16 PCM, 24 kHz mono.
+
+A decoder turns the bytes of one message into float32 samples (any number, possibly none yet:
+an Ogg page can be incomplete); an encoder turns samples into the bytes to send (possibly none
+yet). Bad bytes raise `AudioFormatError` (the stream cannot go on).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sphn
+
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+
+PCM16_SCALE = 32768.0
+
+
+class AudioFormatError(ValueError):
+    """The client's audio bytes are not what the stream's format says."""
+
+
+class OpusDecoder:
+    """An Ogg Opus stream in (`sphn.OpusStreamWriter`'s pages, as Kyutai's clients send)."""
+
+    def __init__(self):
+        self._reader = sphn.OpusStreamReader(SAMPLE_RATE)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        try:
+            pcm = self._reader.append_bytes(data)
+        except ValueError as e:
+            raise AudioFormatError(f"invalid Ogg Opus audio ({e})") from None
+        return np.asarray(pcm, np.float32).reshape(-1)
+
+
+class OpusEncoder:
+    """An Ogg Opus stream out: one page per 80 ms frame (the first one with the headers)."""
+
+    def __init__(self):
+        self._writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        return self._writer.append_pcm(np.asarray(pcm, np.float32).reshape(-1))
+
+
+class Pcm16Decoder:
+    """Little-endian int16 samples in, any length (an even number of bytes)."""
+
+    def decode(self, data: bytes) -> np.ndarray:
+        if len(data) % 2:
+            raise AudioFormatError(f"pcm16 audio needs an even number of bytes, got {len(data)}")
+        return np.frombuffer(data, "<i2").astype(np.float32) / PCM16_SCALE
+
+
+class Pcm16Encoder:
+    """Little-endian int16 samples out (clipped to [-1, 1])."""
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        pcm = np.clip(np.asarray(pcm, np.float32), -1.0, 1.0 - 1.0 / PCM16_SCALE)
+        return np.round(pcm * PCM16_SCALE).astype("<i2").tobytes()
+
+
+CODECS = {"opus": (OpusDecoder, OpusEncoder), "pcm16": (Pcm16Decoder, Pcm16Encoder)}
+
+
+class InputFrames:
+    """The client's audio cut into 80 ms frames, with chat's lag rule: when more than
+    `max_waiting` whole frames wait, the oldest are skipped (counted), keeping the newest one,
+    so a model slower than real time, or a client sending too fast, never grows a queue."""
+
+    def __init__(self, max_waiting: int):
+        self.max_waiting = max_waiting
+        self._pending = np.zeros(0, np.float32)
+        self.received = 0  # samples
+        self.skipped = 0  # frames
+
+    def push(self, pcm: np.ndarray) -> None:
+        self.received += len(pcm)
+        self._pending = np.concatenate([self._pending, pcm])
+        if self.waiting > self.max_waiting:
+            n = self.waiting - 1
+            self._pending = self._pending[n * FRAME_SIZE :]
+            self.skipped += n
+
+    @property
+    def waiting(self) -> int:
+        """Whole frames ready."""
+        return len(self._pending) // FRAME_SIZE
+
+    def pop(self) -> np.ndarray:
+        """The oldest whole frame (FRAME_SIZE,) (one must be waiting)."""
+        frame, self._pending = self._pending[:FRAME_SIZE], self._pending[FRAME_SIZE:]
+        return frame

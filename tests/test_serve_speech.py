@@ -1,0 +1,201 @@
+"""The speech routes with clients nobody here wrote: Kyutai's delayed-streams-modeling scripts
+(vendored unchanged in `kyutai_clients/`) against `/api/asr-streaming` and `/api/tts_streaming`
+on the tiny checkpoints. Words equal `transcribe`'s on the same audio; speech equals `speak`'s at
+temperature 0; bad messages get an Error and the server goes on."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import soundfile as sf
+from moshi_app import RATE, make_speech
+from speech_server import speech_server
+
+from moshi_mlx import load_checkpoint
+from moshi_mlx.jobs.transcribe import transcribe_files
+from moshi_mlx.jobs.tts import TTSSettings
+
+CLIENTS = Path(__file__).parent / "kyutai_clients"
+TEXT = "Hello there, this is a test of the streaming speech, word by word."
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint, make_tiny_tts_checkpoint
+
+    root = tmp_path_factory.mktemp("speech")
+    return make_tiny_checkpoint(root / "stt", kind="stt"), make_tiny_tts_checkpoint(root / "tts")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints):
+    stt, tts = checkpoints
+    with speech_server(stt, tts, tts_defaults=TTSSettings(temperature=0.0)) as url:
+        yield url
+
+
+def kyutai(script: str, *args, timeout=300) -> str:
+    r = subprocess.run(
+        [sys.executable, str(CLIENTS / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def kyutai_words(out: str) -> list[tuple[float, str]]:
+    """The (start, word) lines Kyutai's STT script prints at the end."""
+    lines = re.findall(r"^\s*(-?[0-9.]+) -\s*(-?[0-9.]+)  (.*)$", out, re.M)
+    return [(float(a), w) for a, _, w in lines]
+
+
+def test_kyutai_stt_client_gets_transcribes_words(server, checkpoints, tmp_path):
+    speech, _ = sf.read(str(make_speech(tmp_path / "s.wav", "Hello, this is a streaming test.")))
+    assert _ == RATE == 24000
+    audio = tmp_path / "in.wav"
+    sf.write(str(audio), speech.astype(np.float32), RATE, subtype="FLOAT")
+    # what the script sends before its marker: 1 s of silence, the audio, 5 s of silence
+    sent = np.concatenate([np.zeros(RATE), speech, np.zeros(5 * RATE)]).astype(np.float32)
+    same = tmp_path / "sent.wav"
+    sf.write(str(same), sent, RATE, subtype="FLOAT")
+    ckpt = load_checkpoint(checkpoints[0])
+    (expected,) = transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [same])
+    want = [(round(w.start, 2), w.word) for w in expected.words]
+    url = server.replace("http", "ws")
+    with ThreadPoolExecutor(3) as pool:  # three streams at once: one batch
+        outs = list(pool.map(lambda _: kyutai("stt_from_file_rust_server.py", audio,
+                                              "--url", url, "--rtf", 20), range(3)))  # fmt: skip
+    assert want
+    for out in outs:
+        got = kyutai_words(out)
+        assert got == want[: len(got)], (got, want)
+        # the words after the marker's step (sent audio + text delay) are not waited for
+        missing = expected.words[len(got) :]
+        assert all(w.end > expected.duration for w in missing), (missing, expected.duration)
+
+
+def test_kyutai_tts_client_gets_speaks_audio(server, checkpoints, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT + "\n")
+    out = tmp_path / "out.wav"
+    url = server.replace("http", "ws")
+    kyutai("tts_rust_server.py", text, out, "--voice", "tiny", "--url", url)
+    got, rate = sf.read(str(out), dtype="float32")
+    assert rate == 24000
+    want = speak(checkpoints[1], tmp_path)
+    assert len(got) == len(want) > 24000
+    np.testing.assert_allclose(got, want, atol=2.5 / 32768)  # the script writes 16-bit WAV
+    assert np.abs(want).max() > 0.01
+
+
+def speak(checkpoint: Path, tmp_path: Path) -> np.ndarray:
+    """`moshi-mlx speak TEXT` at temperature 0 with the voice `tiny`, float samples."""
+    want_file = tmp_path / "speak.wav"
+    r = subprocess.run(
+        ["moshi-mlx", "speak", TEXT, str(want_file), "--checkpoint", str(checkpoint),
+         "--voice", "tiny", "--temperature", "0", "--float", "-q"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return sf.read(str(want_file), dtype="float32")[0]
+
+
+async def _ws_exchange(url: str, messages: list[bytes]) -> list[dict]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        for m in messages:
+            await ws.send_bytes(m)
+        got = []
+        while len(got) < 20:
+            msg = await ws.receive(timeout=20)
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                break
+            got.append(msgpack.unpackb(msg.data))
+            if got[-1]["type"] in ("Error", "Step"):
+                break
+        return got
+
+
+@pytest.mark.parametrize(
+    "message,words",
+    [
+        (b"\xc1\xc1garbage", "msgpack"),
+        (msgpack.packb([1, 2, 3]), "map"),
+        (msgpack.packb({"type": "Audio", "pcm": "no"}), "pcm"),
+        (msgpack.packb({"type": "OggOpus", "data": b"not opus at all" * 10}), "Opus"),
+        (msgpack.packb({"type": "Nope"}), "unknown"),
+    ],
+)
+def test_bad_asr_messages_get_an_error_and_the_server_goes_on(server, message, words):
+    import asyncio
+
+    url = server.replace("http", "ws") + "/api/asr-streaming"
+    got = asyncio.run(_ws_exchange(url, [message]))
+    errors = [m for m in got if m["type"] == "Error"]
+    assert errors and words.lower() in errors[0]["message"].lower(), got
+    ok = asyncio.run(_ws_exchange(url, [msgpack.packb({"type": "Audio", "pcm": [0.0] * 19200})]))
+    assert [m["type"] for m in ok][:2] == ["Ready", "Step"]
+
+
+def test_bad_tts_requests(server):
+    import asyncio
+
+    url = server.replace("http", "ws") + "/api/tts_streaming"
+    got = asyncio.run(_ws_exchange(url + "?format=Mp3", []))
+    assert got[0]["type"] == "Error" and "format" in got[0]["message"]
+    got = asyncio.run(_ws_exchange(url + "?voice=nobody", [msgpack.packb({"type": "Eos"})]))
+    assert got[-1]["type"] == "Error" and "nobody" in got[-1]["message"]
+    got = asyncio.run(_ws_exchange(url + "?voice=tiny", [b"\xc1garbage"]))
+    assert got[-1]["type"] == "Error" and "msgpack" in got[-1]["message"]
+
+
+def test_openai_sdk_transcriptions_speech_and_load(server, checkpoints, tmp_path):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="none", max_retries=0)
+    audio = make_speech(tmp_path / "a.wav", "Hello, this is a transcription test.")
+    ckpt = load_checkpoint(checkpoints[0])
+    (expected,) = transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [audio])
+    with open(audio, "rb") as f:
+        got = client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert got.text == expected.text and expected.text
+    with open(audio, "rb") as f:
+        srt = client.audio.transcriptions.create(model="x", file=f, response_format="srt")
+    from moshi_mlx.formats.subtitles import render
+
+    assert srt == render(expected, "srt")
+    assert [m.id for m in client.models.list().data] == ["tiny-stt", "tiny-tts"]
+    speech = client.audio.speech.create(model="tts-1", input=TEXT, voice="tiny")
+    data = speech.read()
+    assert data[:4] == b"RIFF" and data[40:44] == b"\xff" * 4  # streamed: open-ended sizes
+    got = np.frombuffer(data[44:], "<i2") / 32768
+    want = speak(checkpoints[1], tmp_path)
+    assert len(got) == len(want) > 24000
+    np.testing.assert_allclose(got, want, atol=1.01 / 32768)
+    with pytest.raises(openai.BadRequestError):
+        with open(tmp_path / "garbage.bin", "wb") as g:
+            g.write(np.random.default_rng(0).bytes(20 << 20))
+        with open(tmp_path / "garbage.bin", "rb") as g:
+            client.audio.transcriptions.create(model="whisper-1", file=g)
+
+    def one(_):
+        with open(audio, "rb") as f:
+            try:
+                return client.audio.transcriptions.create(model="whisper-1", file=f).text
+            except openai.InternalServerError as e:  # 503 beyond the queue's depth
+                return e.status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, range(20)))
+    assert all(a == expected.text or a == 503 for a in answers), answers
+    assert answers.count(expected.text) >= 1
