@@ -36,8 +36,8 @@ from mimi_mlx.io.hub import CheckpointError, hub_file
 
 from ..model.checkpoint import Checkpoint
 from .generate import MoshiGenerator
-from .sampling import Rng
-from .tts_script import Entry, StateMachine, TokenIds, script_entries
+from .tts_script import Entry, TokenIds, script_entries
+from .tts_stream import Step, Utterance
 
 VOICE_REPO = "kyutai/tts-voices"
 MAX_SPEAKERS = 5  # voice slots of Kyutai's TTS cross-attention source
@@ -84,17 +84,6 @@ class TTSFrame:
     codes: np.ndarray
     index: int  # frame number in the whole output
     words: list[Word] = field(default_factory=list)  # words that start in this frame
-
-
-@dataclass
-class Step:
-    """One generation step of an utterance."""
-
-    step: int
-    text: int  # the text token fed to the model (both streams muxed)
-    codes: np.ndarray | None  # (num_codebooks,) audio of time `step - max_delay` (-1: none)
-    words: list[tuple[str, int]]  # words (text, step) whose tokens start at this step
-    end_step: int | None  # once the last word is done, the step the model asked for another
 
 
 def voice_condition(voices: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,33 +178,11 @@ class TextToSpeech:
     ) -> Iterator[Step]:
         """One utterance, step by step, as Kyutai's `TTSModel.generate` (the generator reset,
         its random stream seeded with `seed`, default `settings.seed`)."""
-        machine = StateMachine(
-            self.token_ids,
-            self.second_stream_ahead,
-            settings.max_padding,
-            settings.initial_padding,
-        )
-        state = machine.new_state(entries)
-        gen.reset()
-        seed = settings.seed if seed is None else seed
-        if seed is not None:
-            gen.rng = Rng(seed)
-        delays = gen.audio_delays
-        step = 0
-
-        def feed(text: mx.array) -> mx.array:
-            return mx.array([machine.process(step, state, int(text[0]))], dtype=mx.int32)
-
-        while True:
-            if state.end_step is not None:
-                if step >= state.end_step + self.delay_steps + settings.final_padding:
-                    return
-            silent = [step < d + self.delay_steps for d in delays]
-            words_before = len(state.transcript)
-            text, frame = gen.step(None, text_hook=feed, silent=silent)
-            codes = None if frame is None else np.array(frame[0])
-            yield Step(step, int(text[0]), codes, state.transcript[words_before:], state.end_step)
-            step += 1
+        utterance = Utterance(self, gen, settings, seed)
+        utterance.add(entries)
+        utterance.end()
+        while not utterance.done:
+            yield utterance.step()
 
     def frames(
         self, text: str | list[str], voices: list[np.ndarray], settings: TTSSettings | None = None
