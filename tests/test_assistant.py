@@ -1,7 +1,8 @@
 """`moshi-mlx assistant IN OUT --json` on tiny models (STT, TTS, and a random Qwen2 in mlx-lm's
 format with a real BPE tokenizer and chat template): the user's text is `transcribe`'s, the
 reply is mlx-lm's own greedy generation for the same messages, the spoken words and the audio
-are `speak`'s for the reply; the same through a real `mlx_lm.server` (`--llm-url`)."""
+are `speak`'s for the reply, though the speech started before the reply was written; the same
+through a real `mlx_lm.server` (`--llm-url`)."""
 
 from __future__ import annotations
 
@@ -142,8 +143,8 @@ def test_file_mode_is_transcribe_then_mlx_lm_then_speak(models, question, tmp_pa
     assert f"user: {turn['user']}" in r.stdout and "assistant: " in r.stdout
     check_speech(models, data, out, tmp_path)
     t = turn["timings"]
-    assert 0 < t["llm_first_token"] <= t["first_audio"] <= t["done"]
-    assert t["llm_first_token"] <= t["llm_done"] <= t["done"]
+    # the speech starts while the LLM is still writing (the TTS's incremental text input)
+    assert 0 < t["llm_first_token"] < t["first_audio"] < t["llm_done"] <= t["done"]
 
 
 def test_end_of_turn_head_takes_turns_with_history(models, tmp_path):

@@ -93,24 +93,29 @@ class Reply:
         return self._speech.finished
 
     def step(self) -> SpeechFrame | None:
-        """One unit of work: the next frame of speech if one is ready, else one more piece of
-        the LLM's text (None then, and when the reply is done)."""
+        """One unit of work: the next frame of speech if one can be made, else one more piece
+        of the LLM's text (None then, and when the reply is done)."""
         frame = self._speech.pull()
         if frame is not None:
             return self._take(frame)
-        if self._pieces is None or self.done:
-            return None
+        self.write()
+        return None
+
+    def write(self) -> bool:
+        """One more piece of the LLM's text; False once the LLM has finished."""
+        if self._pieces is None:
+            return False
         piece = next(self._pieces, None)
         if piece is None:
             self._pieces = None
             self._speech.end()
             self.timings.llm_done = self._since()
-        else:
-            if self.timings.llm_first_token is None:
-                self.timings.llm_first_token = self._since()
-            self.text += piece
-            self._speech.push(piece)
-        return None
+            return False
+        if self.timings.llm_first_token is None:
+            self.timings.llm_first_token = self._since()
+        self.text += piece
+        self._speech.push(piece)
+        return True
 
     def next_frame(self) -> SpeechFrame | None:
         """Step until the next frame of speech; None when the reply is done."""

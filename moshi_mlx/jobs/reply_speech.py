@@ -5,20 +5,22 @@
 (None: nothing can be spoken yet). Each pulled frame says which words start in it, so a caller
 that stops playing (barge-in) knows exactly what was said.
 
-This implementation speaks through `TextToSpeech.frames`, the whole-text path: speech starts
-once the text has ended, and is then exactly `moshi-mlx speak` of the reply. (The incremental
-text input of `TextToSpeech`, which starts after the first words, replaces it behind the same
-three calls.)
+Words go to the TTS's incremental input (`SpeechStream`) as soon as they are whole (a word is
+whole once white space follows it), so speech starts after the first words, while the LLM is
+still writing. The speech is that of the whole text given at once (`SpeechStream`'s rule), which
+is `moshi-mlx speak`'s for any reply that fits one of speak's chunks (a quarter of the TTS's
+attention context, about 750 text tokens for Kyutai's; a longer reply is one utterance here and
+several there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tts import TextToSpeech, TTSFrame, TTSSettings, Word
+from .tts import TextToSpeech, TTSSettings, Word
+from .tts_stream import SpeechStream
 
 
 @dataclass
@@ -39,43 +41,49 @@ class ReplySpeech:
     """
 
     def __init__(self, tts: TextToSpeech, voices: list[np.ndarray], settings: TTSSettings):
-        self.tts, self.voices, self.settings = tts, voices, settings
+        self.tts = tts
+        self.stream = SpeechStream(tts, voices, settings)
         self.text = ""
+        self._unsent = ""  # the text after the last whole word
         self.ended = False
-        self.finished = False  # every frame was pulled
-        self._frames: Iterator[TTSFrame] | None = None
+        self.finished = False  # every frame was pulled (or the speech was closed)
+        self._spoke = False
 
     def push(self, text: str) -> None:
         """Add text the LLM wrote (any piece: part of a word, several words)."""
         if self.ended:
             raise ValueError("the reply's text has ended: start a new ReplySpeech")
         self.text += text
+        self._unsent += text
+        cut = max(self._unsent.rfind(c) for c in " \t\n")
+        if cut > 0 and self._unsent[:cut].strip():
+            self.stream.push(self._unsent[:cut])
+            self._unsent = self._unsent[cut:]
 
     def end(self) -> None:
         """No more text: speak what is left."""
+        if self._unsent.strip():
+            self.stream.push(self._unsent)
+        self._unsent = ""
+        self.stream.end()
         self.ended = True
+        if not self.text.strip():
+            self.close()  # nothing to say
 
     def pull(self) -> SpeechFrame | None:
-        """The next frame of speech, or None when none is ready (or all was spoken)."""
-        if not self.ended or self.finished:
+        """The next frame of speech, or None when none can be made yet (or all was spoken)."""
+        if self.finished:
             return None
-        if self._frames is None:
-            if not self.text.strip():
-                self.finished = True
-                return None
-            self._frames = self.tts.frames(self.text, self.voices, self.settings)
-        words: list[Word] = []
-        for frame in self._frames:
-            words += frame.words
+        for frame in self.stream.frames():  # stops once it needs more text
             if frame.codes.size:
-                return SpeechFrame(self.tts.decode(frame), words)
-        self.close()
-        return SpeechFrame(np.zeros(0, np.float32), words) if words else None
+                return SpeechFrame(self.stream.decode(frame), frame.words)
+            return SpeechFrame(np.zeros(0, np.float32), frame.words)  # words after the end
+        if self.ended:  # (and the stream is done)
+            self.close()
+        return None
 
     def close(self) -> None:
         """Stop speaking (the rest is dropped) and leave the TTS ready for the next reply."""
-        if self._frames is not None:
-            self._frames.close()
-            self._frames = None
+        if not self.finished:
+            self.finished = True
             self.tts.mimi.reset_decoder()
-        self.finished = True

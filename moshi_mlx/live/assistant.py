@@ -163,7 +163,7 @@ class _Session:
         ahead = self.reply_pushed - (self._played() - self.reply_played_from)
         if not reply.done:
             if ahead >= AHEAD_FRAMES * FRAME_SIZE:
-                return False
+                return reply.write()  # the LLM writes on while the speaker catches up
             frame = reply.step()
             if frame is not None and frame.pcm.size:
                 self.audio.play(frame.pcm)
