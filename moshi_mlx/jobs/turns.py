@@ -5,6 +5,10 @@ end-of-turn head (head 2, class 0 above 0.5 after some words: Kyutai's semantic 
 Unmute uses it). Kyutai's `-mlx` repos lack the heads: the turn then ends after
 `SILENCE_SECONDS` without a new text piece (the text lags the audio by the model's delay, so
 this is a pause of that long in the speech). The end of the input ends a turn too.
+
+A live caller also tells the taker, frame by frame, whether the microphone heard a voice
+(`hear`): a turn then needs the user's voice (words the STT writes for noise or silence start
+no reply) and also ends after `SILENCE_SECONDS` of quiet audio.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class TurnTaker:
         self.stream = stream
         self.rule = HEAD if stream.vad else SILENCE
         self.silence_steps = max(1, round(silence_seconds / FRAME_SECONDS))
+        self.hearing = False  # `hear` was called: the audio's level counts too
+        self._quiet = 0  # quiet frames in a row
         self.reset()
 
     def reset(self) -> None:
@@ -64,11 +70,18 @@ class TurnTaker:
         self._tokens: list[int] = []
         self._words: list[Word] = []
         self._last_piece: int | None = None  # step index of the last text piece
+        self._voiced = False  # (with `hear`) the microphone heard a voice in this turn
 
     @property
     def speaking(self) -> bool:
         """The user has said something in this turn."""
         return self._last_piece is not None
+
+    def hear(self, voiced: bool) -> None:
+        """Live: whether the frame just given to the STT holds a voice (its level)."""
+        self.hearing = True
+        self._voiced = self._voiced or voiced
+        self._quiet = 0 if voiced else self._quiet + 1
 
     def add(self, step: SttStep) -> UserTurn | None:
         """Take one step; the turn it ended, if any."""
@@ -76,8 +89,14 @@ class TurnTaker:
         self._words += step.words
         if step.piece is not None:
             self._last_piece = step.index
+        if self.hearing and not self._voiced:
+            if self._quiet >= self.silence_steps:
+                self.reset()  # what the STT wrote without a voice is no turn
+            return None
         if self._last_piece is None:
             return None
+        if self.hearing and self._quiet >= self.silence_steps:
+            return self._end(step.heard, SILENCE)
         if self.rule == HEAD:
             ended = step.turn_ended
         else:

@@ -5,9 +5,13 @@ blocks (`audio_io`). Each pass of the loop does one small unit of work: an 80 ms
 frame through the STT, or one unit of the reply (an LLM piece, a frame of speech, kept at most
 `AHEAD_FRAMES` ahead of the speaker), so listening never stops while the assistant talks.
 
-Barge-in: while the assistant talks, a microphone frame (after echo cancellation) louder than
-`BARGE_IN_DB` stops the playback at once (the jitter buffer is flushed: silence within one
-device block), cancels the LLM, and the conversation keeps only the words that were played.
+The microphone's level also guides the turns (`TurnTaker.hear`): a frame (after echo
+cancellation) louder than `VOICE_DB` is the user's voice; a turn needs it, and ends after a
+second of quiet as well as on the STT's rule.
+
+Barge-in: while the assistant talks, a frame with the user's voice stops the playback at once
+(the jitter buffer is flushed: silence within one device block), cancels the LLM, and the
+conversation keeps only the words that were played.
 The STT goes on hearing the user, whose new turn is answered as usual. While the assistant
 talks uninterrupted, what the STT hears (its own echo) does not make a turn.
 
@@ -33,11 +37,16 @@ from .devices import choose_device
 from .echo import power_db
 from .recording import Recorder, check_record_dir
 
-BARGE_IN_DB = -35.0  # frame power (dBFS) of the user's voice that interrupts the assistant
+VOICE_DB = -35.0  # frame power (dBFS) above which the microphone hears the user's voice
 AHEAD_FRAMES = 4  # speech frames generated ahead of the speaker at most
 PREFILL_FRAMES = 2  # the speaker's jitter buffer before playback starts
 CAPACITY_FRAMES = 250  # never trimmed in practice: the reply is paced by AHEAD_FRAMES
 MAX_LAG_FRAMES = 3  # microphone frames allowed to wait before the oldest are skipped
+
+
+def _loudest_db(frame) -> float:
+    """The power of the frame's loudest 20 ms (a voice that starts late in a frame counts)."""
+    return max(power_db(part) for part in frame.reshape(4, -1))
 
 
 def run_live(args, load) -> dict:
@@ -135,11 +144,12 @@ class _Session:
             self.recorder.mic.write(self.audio.last_mic)
             self.recorder.add_played(self.audio.drain_played())
         self.heard += len(frame)
-        talking = self.reply is not None
-        if talking and power_db(frame) > BARGE_IN_DB:
+        voiced = _loudest_db(frame) > VOICE_DB
+        if voiced and self.reply is not None:
             self._interrupt()
-            talking = False
-        for (step,) in self.stream.step(frame):
+        steps = self.stream.step(frame)
+        self.taker.hear(voiced)
+        for (step,) in steps:
             turn = self.taker.add(step)
             if self.reply is not None:
                 self.taker.reset()  # while the assistant talks, its own echo is no turn
