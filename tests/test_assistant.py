@@ -7,7 +7,6 @@ through a real `mlx_lm.server` (`--llm-url`)."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 from moshi_app import cli, make_speech, read
@@ -27,29 +25,21 @@ SYSTEM = "Answer briefly."
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """Tiny STT (with and without the voice-activity heads), TTS and LLM folders."""
-    from moshi_mlx.testing.tiny import make_tiny_checkpoint, make_tiny_tts_checkpoint
+    from moshi_mlx.testing.tiny import (
+        make_tiny_checkpoint,
+        make_tiny_tts_checkpoint,
+        strip_vad_heads,
+    )
     from moshi_mlx.testing.tiny_llm import make_tiny_llm
 
     root = tmp_path_factory.mktemp("assistant_models")
     stt = make_tiny_checkpoint(root / "stt", kind="stt")
     return {
         "stt": stt,
-        "stt_mlx": _without_heads(stt, root / "stt-mlx"),
+        "stt_mlx": strip_vad_heads(stt, root / "stt-mlx"),
         "tts": make_tiny_tts_checkpoint(root / "tts", seed=0),
         "llm": make_tiny_llm(root / "llm", seed=0),
     }
-
-
-def _without_heads(stt: Path, folder: Path) -> Path:
-    """The STT as Kyutai's -mlx repos ship it: no voice-activity heads."""
-    shutil.copytree(stt, folder)
-    config = json.loads((stt / "config.json").read_text())
-    del config["extra_heads_num_heads"], config["extra_heads_dim"]
-    (folder / "config.json").write_text(json.dumps(config))
-    weights = mx.load(str(stt / "model.safetensors"))
-    kept = {k: v for k, v in weights.items() if not k.startswith("extra_heads.")}
-    mx.save_safetensors(str(folder / "model.safetensors"), kept)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -44,9 +44,10 @@ CAPACITY_FRAMES = 250  # never trimmed in practice: the reply is paced by AHEAD_
 MAX_LAG_FRAMES = 3  # microphone frames allowed to wait before the oldest are skipped
 
 
-def _loudest_db(frame) -> float:
-    """The power of the frame's loudest 20 ms (a voice that starts late in a frame counts)."""
-    return max(power_db(part) for part in frame.reshape(4, -1))
+def voiced(frame) -> bool:
+    """The frame holds the user's voice: its loudest 20 ms above `VOICE_DB` (a voice that
+    starts late in the frame counts)."""
+    return max(power_db(part) for part in frame.reshape(4, -1)) > VOICE_DB
 
 
 def run_live(args, load) -> dict:
@@ -144,11 +145,11 @@ class _Session:
             self.recorder.mic.write(self.audio.last_mic)
             self.recorder.add_played(self.audio.drain_played())
         self.heard += len(frame)
-        voiced = _loudest_db(frame) > VOICE_DB
-        if voiced and self.reply is not None:
+        voice = voiced(frame)
+        if voice and self.reply is not None:
             self._interrupt()
         steps = self.stream.step(frame)
-        self.taker.hear(voiced)
+        self.taker.hear(voice)
         for (step,) in steps:
             turn = self.taker.add(step)
             if self.reply is not None:
