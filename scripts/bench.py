@@ -8,6 +8,7 @@ python scripts/bench.py step        # one LM step: ours vs Kyutai's moshi_mlx 0.
 python scripts/bench.py aec         # echo cancellers: ERLE, double talk, CPU on simulated rooms
 python scripts/bench.py stt         # Kyutai STT 1B: real-time factor, batch of 8, vs PyTorch
 python scripts/bench.py tts         # TTS: time to first audio, real-time factor, vs PyTorch
+python scripts/bench.py assistant   # end of speech -> first audio: turn, LLM, TTS
 
 Every job prints the MLX device (and the LM jobs their dtypes), and runs unchanged on Metal,
 CUDA and the CPU.
@@ -31,6 +32,7 @@ COMMANDS = {
     "aec": ("bench_aec", "echo cancellers on the same simulated rooms"),
     "stt": ("bench_stt", "Kyutai STT 1B: real-time factor and memory, ours vs Kyutai's PyTorch"),
     "tts": ("bench_tts", "Kyutai's TTS: time to first audio, real-time factor, memory, vs PyTorch"),
+    "assistant": ("bench_assistant", "end of the user's speech to the assistant's first audio"),
 }
 
 

@@ -5,6 +5,7 @@
     python scripts/make_tiny_checkpoint.py /tmp/tiny-personaplex --kind personaplex
     python scripts/make_tiny_checkpoint.py /tmp/tiny-hibiki --kind hibiki
     python scripts/make_tiny_checkpoint.py /tmp/tiny-tts --kind tts   # + voices/tiny, voices/tiny2
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-llm --kind llm   # mlx-lm's format (Qwen2)
 
 The folder works wherever a Kyutai repo id does (`load_model`, `load_checkpoint`, the apps):
 config.json, the language model (Kyutai MLX layout), Mimi, and a SentencePiece tokenizer. The
@@ -37,12 +38,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--kind",
-        choices=KINDS,
+        choices=(*KINDS, "llm"),
         default="moshi",
         help="moshi (kyutai/moshiko-mlx-*), stt (kyutai/stt-1b-en_fr-mlx, with the "
         "voice-activity heads), tts (kyutai/tts-1.6b-en_fr, with two voices tiny and tiny2), "
-        "personaplex (16 depth steps, voice presets in voices/) or hibiki (conditioned "
-        "translation model)",
+        "personaplex (16 depth steps, voice presets in voices/), hibiki (conditioned "
+        "translation model) or llm (a text chat model in mlx-lm's format, for `assistant`)",
     )
     parser.add_argument(
         "-f", "--force", action="store_true", help="write into a folder that is not empty"
@@ -75,6 +76,12 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"{folder} is a file, not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not args.force:
         raise ValueError(f"{folder} is not empty (use --force to write the checkpoint into it)")
+    if args.kind == "llm":
+        from moshi_mlx.testing.tiny_llm import make_tiny_llm
+
+        make_tiny_llm(folder, seed=args.seed)
+        print(f"wrote a tiny random mlx-lm chat model to {folder}")
+        return
     folder = make_tiny_checkpoint(
         folder, seed=args.seed, quantize_bits=args.quantize, kind=args.kind
     )

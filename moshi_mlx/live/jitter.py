@@ -71,6 +71,13 @@ class JitterBuffer:
             self.trims += 1
         self.max_buffered = max(self.max_buffered, self.buffered)
 
+    def flush(self) -> int:
+        """Drop every buffered sample (the callback ramps out of the audio at its next block);
+        returns how many."""
+        dropped = self.buffered
+        self.skip_requested += dropped
+        return dropped
+
     def drain_played(self) -> list[tuple[int, np.ndarray]]:
         """The blocks filled since the last call, as (sequence number, samples)."""
         out = []

@@ -350,3 +350,19 @@ def make_tiny_tts_checkpoint(
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def strip_vad_heads(stt: str | Path, folder: str | Path) -> Path:
+    """A copy of an STT checkpoint folder as Kyutai's -mlx repos ship it: without the
+    voice-activity heads (config keys and weights)."""
+    import shutil
+
+    stt, folder = Path(stt), Path(folder)
+    shutil.copytree(stt, folder)
+    config = json.loads((stt / "config.json").read_text())
+    del config["extra_heads_num_heads"], config["extra_heads_dim"]
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    weights = mx.load(str(stt / "model.safetensors"))
+    kept = {k: v for k, v in weights.items() if not k.startswith("extra_heads.")}
+    mx.save_safetensors(str(folder / "model.safetensors"), kept)
+    return folder

@@ -1,0 +1,233 @@
+"""`moshi-mlx assistant` live: the microphone into the STT, the LLM's reply out of the speaker.
+
+One thread (the caller's) owns every model and MLX object; the audio callbacks only move NumPy
+blocks (`audio_io`). Each pass of the loop does one small unit of work: an 80 ms microphone
+frame through the STT, or one unit of the reply (an LLM piece, a frame of speech, kept at most
+`AHEAD_FRAMES` ahead of the speaker), so listening never stops while the assistant talks.
+
+The microphone's level also guides the turns (`TurnTaker.hear`): a frame (after echo
+cancellation) louder than `VOICE_DB` is the user's voice; a turn needs it, and ends after a
+second of quiet as well as on the STT's rule.
+
+Barge-in: while the assistant talks, a frame with the user's voice stops the playback at once
+(the jitter buffer is flushed: silence within one device block), cancels the LLM, and the
+conversation keeps only the words that were played.
+The STT goes on hearing the user, whose new turn is answered as usual. While the assistant
+talks uninterrupted, what the STT hears (its own echo) does not make a turn.
+
+`--record DIR` keeps `user.wav` (what the STT heard), `mic.wav` (the raw microphone),
+`moshi.wav` (the assistant's voice as generated), `played.wav` (the speaker, silences
+included) and `session.json` (every turn: heard, written, spoken with times, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.io.output_file import replace_on_success
+
+from ..jobs.assistant import Reply
+from ..jobs.turns import TurnTaker
+from .audio_io import AudioIO
+from .chat import NO_INPUT_TIMEOUT, POLL, SessionError, _StopOnSigint
+from .devices import choose_device
+from .echo import power_db
+from .recording import Recorder, check_record_dir
+
+VOICE_DB = -35.0  # frame power (dBFS) above which the microphone hears the user's voice
+AHEAD_FRAMES = 4  # speech frames generated ahead of the speaker at most
+PREFILL_FRAMES = 2  # the speaker's jitter buffer before playback starts
+CAPACITY_FRAMES = 250  # never trimmed in practice: the reply is paced by AHEAD_FRAMES
+MAX_LAG_FRAMES = 3  # microphone frames allowed to wait before the oldest are skipped
+
+
+def voiced(frame) -> bool:
+    """The frame holds the user's voice: its loudest 20 ms above `VOICE_DB` (a voice that
+    starts late in the frame counts)."""
+    return max(power_db(part) for part in frame.reshape(4, -1)) > VOICE_DB
+
+
+def run_live(args, load) -> dict:
+    """Run the live assistant until Ctrl-C (or `--duration`); returns the session summary.
+
+    Args:
+        args: the command's options.
+        load: `load(args) -> (Assistant, SttStream)`, called after the devices are checked.
+    """
+    input_device = choose_device(args.input_device, "input")
+    output_device = choose_device(args.output_device, "output")
+    if args.record is not None:
+        check_record_dir(args.record, args.force)
+    if args.echo_cancel == "on":
+        from .echo import check_engine
+
+        check_engine()
+    assistant, stream = load(args)
+    audio = AudioIO(
+        input_device,
+        output_device,
+        prefill_frames=PREFILL_FRAMES,
+        capacity_frames=CAPACITY_FRAMES,
+        log_played=args.record is not None,
+        echo_cancel=args.echo_cancel == "on",
+    )
+    session = _Session(assistant, stream, audio, args.record)
+    return session.run(args.duration)
+
+
+class _Session:
+    def __init__(self, assistant, stream, audio: AudioIO, record):
+        self.assistant, self.stream, self.audio = assistant, stream, audio
+        self.taker = TurnTaker(stream)
+        self.recorder = Recorder(record, audio.output_device.rate) if record else None
+        self.reply: Reply | None = None
+        self.turn = None  # the user's turn being answered
+        self.reply_played_from = 0  # samples the speaker had played when the reply started
+        self.reply_pushed = 0  # samples of the reply sent to the speaker
+        self.exchanges: list[dict] = []
+        self.ratio = audio.output_device.rate / SAMPLE_RATE
+        self.started = time.perf_counter()
+        self.heard = 0  # samples the STT heard
+        self.skipped = 0
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, duration: float | None) -> dict:
+        self.stream.reset()
+        try:
+            with _StopOnSigint() as stop, self.audio:
+                self._loop(stop, duration)
+            if self.reply is not None:
+                self._interrupt()
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()
+        return self._summary()
+
+    def _loop(self, stop, duration: float | None) -> None:
+        print(
+            f"listening on {self.audio.input_device.name!r}, speaking on "
+            f"{self.audio.output_device.name!r}; Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop.requested:
+            if duration is not None and time.perf_counter() - self.started >= duration:
+                break
+            busy = self._listen()
+            busy = self._speak() or busy
+            if not busy:
+                self._check()
+                time.sleep(POLL)
+
+    def _check(self) -> None:
+        capture = self.audio.capture
+        elapsed = time.perf_counter() - self.started
+        if capture.pace.count == 0 and elapsed > NO_INPUT_TIMEOUT:
+            raise SessionError(f"no audio from the input device in {NO_INPUT_TIMEOUT:g} s")
+
+    def _played(self) -> int:
+        """Samples (24 kHz) the speaker has played since the session started."""
+        buffer = self.audio.buffer
+        return round((buffer.consumed - buffer.skipped) / self.ratio)
+
+    # -- listening -------------------------------------------------------------------------------
+    def _listen(self) -> bool:
+        if self.audio.frames_waiting() > MAX_LAG_FRAMES:
+            self.skipped += self.audio.drop_frames(keep=1)
+        frame = self.audio.read_frame()
+        if frame is None:
+            return False
+        if self.recorder is not None:
+            self.recorder.user.write(frame)
+            self.recorder.mic.write(self.audio.last_mic)
+            self.recorder.add_played(self.audio.drain_played())
+        self.heard += len(frame)
+        voice = voiced(frame)
+        if voice and self.reply is not None:
+            self._interrupt()
+        steps = self.stream.step(frame)
+        self.taker.hear(voice)
+        for (step,) in steps:
+            turn = self.taker.add(step)
+            if self.reply is not None:
+                self.taker.reset()  # while the assistant talks, its own echo is no turn
+            elif turn is not None:
+                print(f"user: {turn.text}", flush=True)
+                self._start(turn)
+        return True
+
+    # -- speaking --------------------------------------------------------------------------------
+    def _start(self, turn) -> None:
+        self.reply = self.assistant.reply(turn.text)
+        self.turn = turn
+        self.reply_played_from = self._played()
+        self.reply_pushed = 0
+        print("assistant:", end="", flush=True)
+
+    def _speak(self) -> bool:
+        reply = self.reply
+        if reply is None:
+            return False
+        ahead = self.reply_pushed - (self._played() - self.reply_played_from)
+        if not reply.done:
+            if ahead >= AHEAD_FRAMES * FRAME_SIZE:
+                return reply.write()  # the LLM writes on while the speaker catches up
+            frame = reply.step()
+            if frame is not None and frame.pcm.size:
+                self.audio.play(frame.pcm)
+                self.reply_pushed += len(frame.pcm)
+                if self.recorder is not None:
+                    self.recorder.moshi.write(frame.pcm)
+                for w in frame.words:
+                    print(f" {w.text}", end="", flush=True)
+            return True
+        if ahead <= 0:  # played to its end
+            reply.finish()
+            self._done(reply)
+        return False
+
+    def _interrupt(self) -> None:
+        """Barge-in: silence now, the LLM cancelled, the played words kept."""
+        reply = self.reply
+        self.audio.buffer.flush()
+        played = min(self.reply_pushed, self._played() - self.reply_played_from)
+        reply.cancel(played)
+        print(" [interrupted]", end="", flush=True)
+        self._done(reply, played)
+
+    def _done(self, reply: Reply, played: int | None = None) -> None:
+        print(flush=True)
+        self.exchanges.append(
+            {
+                "user": self.turn.to_dict(),
+                "reply": reply.text,
+                "spoken": [w.to_dict() for w in reply.spoken(played)],
+                "interrupted": reply.interrupted,
+                "timings": reply.timings.to_dict(),
+            }
+        )
+        self.reply = None
+        self.taker.reset()
+
+    def _summary(self) -> dict:
+        summary = {
+            "llm": self.assistant.llm.name,
+            "system": self.assistant.system,
+            "heard_seconds": round(self.heard / SAMPLE_RATE, 3),
+            "skipped_frames": self.skipped,
+            "turns": self.exchanges,
+            "audio": self.audio.stats(),
+        }
+        if self.recorder is not None:
+            folder = self.recorder.folder
+            with replace_on_success(folder / "session.json") as tmp:
+                tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n")
+        print(
+            f"session: {summary['heard_seconds']:.1f} s heard, {len(self.exchanges)} turn(s), "
+            f"{self.skipped} frames skipped",
+            file=sys.stderr,
+        )
+        return summary
