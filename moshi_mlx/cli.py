@@ -7,10 +7,10 @@ import sys
 
 from mimi_mlx.io.cli_support import OneLineParser, add_version, run_cli
 
-from .commands import assistant, chat, echo_cancel, models, run, speak, transcribe
+from .commands import assistant, chat, echo_cancel, models, run, serve, speak, transcribe
 
 # each module's `register(command)` adds its subcommand
-COMMANDS = (chat, run, transcribe, speak, assistant, echo_cancel, models)
+COMMANDS = (chat, run, transcribe, speak, serve, assistant, echo_cancel, models)
 
 EXAMPLES = """\
 examples:
@@ -33,6 +33,7 @@ examples:
   moshi-mlx transcribe                            # dictation from the microphone
   moshi-mlx speak "Hello there." hello.wav        # text to speech (kyutai/tts-1.6b-en_fr)
   moshi-mlx speak "Hello there."                  # spoken on the speaker as it is generated
+  moshi-mlx serve                                 # Kyutai's clients, OpenAI's SDK, a web page
   moshi-mlx assistant                             # talk with a text LLM (mlx-lm) by voice
 
 Offline: `hf download kyutai/moshiko-mlx-q4` once; hub ids then work from the local cache

@@ -1,0 +1,194 @@
+"""`moshi-mlx serve`: the models behind the protocols their clients speak, and a web page."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from mimi_mlx.io.cli_support import UsageError
+
+from . import options, prompting
+
+API_KEY_ENV = "MOSHI_MLX_API_KEY"
+
+
+def register(command) -> None:
+    """Add the `serve` subcommand (`command(name, help)` makes a subparser)."""
+    serve = command(
+        "serve",
+        "serve the models to Kyutai's clients, OpenAI's SDK and a web page (Ctrl-C ends)",
+    )
+    options.add_model_options(serve)
+    prompting.add_prompt_options(serve)
+    speech = serve.add_argument_group("speech to text and text to speech")
+    speech.add_argument("--stt", metavar="NAME|DIR", help="also serve a speech-to-text model")
+    speech.add_argument("--tts", metavar="NAME|DIR", help="also serve a text-to-speech model")
+    net = serve.add_argument_group("network")
+    net.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this "
+        "machine only; 0.0.0.0: every network interface)",
+    )
+    net.add_argument(
+        "--port", type=_port, default=8998, help="port to listen on (default 8998; 0: any free)"
+    )
+    net.add_argument(
+        "--ssl",
+        type=Path,
+        metavar="DIR",
+        help="serve https and wss with DIR/cert.pem and DIR/key.pem (a phone's browser gives "
+        "the page its microphone only over https)",
+    )
+    net.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"every client must send KEY (default: ${API_KEY_ENV}; none: open)",
+    )
+    net.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let the web pages of ORIGIN (https://host:port, or *) call the server (CORS)",
+    )
+    session = serve.add_argument_group("sessions")
+    session.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="keep every speech-to-speech session in its own folder of DIR (as chat --record)",
+    )
+    session.add_argument(
+        "--max-lag",
+        type=options.positive_int,
+        default=240,
+        metavar="MS",
+        help="input a chat may have waiting for a slow model before the oldest is skipped "
+        "(default 240 ms)",
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
+    return value
+
+
+def serves_chat(args: argparse.Namespace) -> bool:
+    """A speech-to-speech model is served when one is named, or when nothing else is."""
+    named = args.model or args.checkpoint or args.hf_repo or args.voice
+    return bool(named) or not (args.stt or args.tts)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from ..serve.server import bind, serve
+    from ..serve.services import ServeOptions, Services
+    from ..serve.worker import ModelThread
+
+    if args.api_key == "":
+        raise UsageError("--api-key is empty")
+    if args.record is not None:
+        _check_record_dir(args.record)
+    stt_source = _speech_source(args.stt, "stt", "--stt") if args.stt else None
+    tts_source = _speech_source(args.tts, "tts", "--tts") if args.tts else None
+    prompting.apply_session(args)
+    source = options.source_of(args) if serves_chat(args) else None
+    serve_options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        ssl=args.ssl,
+        api_key=args.api_key,
+        record=args.record,
+        allow_origins=tuple(args.allow_origin),
+        max_lag_frames=max(1, round(args.max_lag / 80)),
+    )
+    sock = bind(serve_options)  # a port in use fails now, not after the load
+    thread = ModelThread()
+    thread.start()
+    services = Services(thread, serve_options)
+
+    async def load() -> None:
+        from ..serve.chat_service import ChatService
+
+        if source is not None:
+            services.chat = await thread.call(ChatService.load, args, source)
+        if stt_source is not None:
+            from ..serve.stt_service import SttService
+
+            ckpt = await thread.call(options.load, stt_source)
+            services.stt = SttService(ckpt, _served_name(args.stt), thread)
+        if tts_source is not None:
+            from ..jobs.tts import TextToSpeech
+            from ..serve.tts_service import TtsService
+
+            tts = await thread.call(lambda: TextToSpeech(options.load(tts_source)))
+            services.tts = TtsService(tts, _served_name(args.tts), thread)
+
+    try:
+        asyncio.run(serve(services, sock, load, _describe))
+    except BaseException:
+        thread.stop(wait=False)  # (a load interrupted: not waited for)
+        raise
+    finally:
+        sock.close()
+    thread.stop()
+    # MLX gave the model thread a stream of its own, whose worker its static destructors cannot
+    # join ("terminate called without an active exception", exit 134): everything is saved and
+    # closed by now, so leave without them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _describe(services, base: str) -> list[str]:
+    """What the ready message lists, under the URL."""
+    ws = base.replace("http", "ws", 1)
+    lines = [f"page: {base}", f"what is served: {base}api/info"]
+    if services.chat is not None:
+        host, port = base.split("://")[1].rstrip("/").rsplit(":", 1)
+        https = " --https" if base.startswith("https") else ""
+        lines.append(
+            f"chat ({services.chat.info()['model']}): {ws}api/chat, Kyutai's protocol "
+            f"(python -m moshi.client --host {host.strip('[]')} --port {port}{https})"
+        )
+    return lines
+
+
+def _speech_source(text: str, kind: str, flag: str) -> str:
+    """A known model's repo (of `kind`), a folder, or a hub repo id."""
+    from mimi_mlx.io.hub import looks_like_repo_id
+
+    from ..model.known import MODELS, UnknownModelError, known_model
+
+    if text in MODELS:
+        try:
+            return options.repo_at(known_model(text, (kind,)), None)
+        except UnknownModelError as e:
+            raise UsageError(f"{flag}: {e}") from None
+    if Path(text).expanduser().exists() or looks_like_repo_id(text):
+        return text
+    names = ", ".join(n for n, m in MODELS.items() if m.kind == kind)
+    raise UsageError(f"{flag} {text}: not a folder, a hub repo or a known model ({names})")
+
+
+def _served_name(text: str) -> str:
+    """The id clients see: the known model's name, or the folder's or repo's last part."""
+    return Path(text.rstrip("/")).name or text
+
+
+def _check_record_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--record needs a folder, {folder} is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--record {folder}: the folder is not writable")
