@@ -78,12 +78,12 @@ export async function openMicrophone(onFrame, onSuspended) {
 
 // Plays 24 kHz Float32Array chunks as they arrive. `stats` is refreshed twenty times a second;
 // `onDrained` is called when the audio after `end()` has played out.
-export async function openPlayer({ target = 0.12, onStats, onDrained, onSuspended } = {}) {
+export async function openPlayer({ target = 0.12, limit = 1.0, onStats, onDrained, onSuspended } = {}) {
   const context = await audioContext(onSuspended);
   const node = new AudioWorkletNode(context, "moshi-player", {
     numberOfInputs: 0,
     outputChannelCount: [1],
-    processorOptions: { target },
+    processorOptions: { target, limit },
   });
   node.connect(context.destination);
   const player = {

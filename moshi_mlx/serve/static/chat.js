@@ -75,7 +75,7 @@ export class Chat {
     this.session = session;
     this.setState("connecting");
     try {
-      session.player = await openPlayer({ onStats: (s) => this.onPlayer(s), onSuspended: askForTap });
+      session.player = await openPlayer({ limit: 0.5, onStats: (s) => this.onPlayer(s), onSuspended: askForTap });
       session.mic = await openMicrophone((pcm, level) => this.onMicrophone(session, pcm, level));
     } catch (error) {
       const text = error && error.name ? microphoneError(error) : String(error);
