@@ -126,7 +126,9 @@ def browser(speech: Path):
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
+    # (the suite's LD_PRELOAD of OpenBLAS crashes Chromium's renderer)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER), env=env)
     driver = webdriver.Chrome(service=service, options=options)
     yield driver
     driver.quit()
