@@ -112,24 +112,29 @@ def speech_server(folder: Path, checkpoints: dict[str, Path]):
     server.stop()
 
 
-@pytest.fixture
-def browser(speech: Path):
+def chromium(speech: Path, *flags: str):
+    """Headless Chromium whose fake microphone plays `speech` (granted unless `flags` say)."""
     options = webdriver.ChromeOptions()
     for flag in (
         "--headless=new",
         "--no-sandbox",
-        "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={speech}",
         "--autoplay-policy=no-user-gesture-required",
         "--window-size=1280,860",
+        *(flags or ("--use-fake-ui-for-media-stream",)),
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # (the suite's LD_PRELOAD of OpenBLAS crashes Chromium's renderer)
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER), env=env)
-    driver = webdriver.Chrome(service=service, options=options)
+    return webdriver.Chrome(service=service, options=options)
+
+
+@pytest.fixture
+def browser(speech: Path):
+    driver = chromium(speech)
     yield driver
     driver.quit()
 
@@ -143,6 +148,11 @@ def wait_for(driver, script: str, timeout: float = 60.0):
             return value
         time.sleep(0.25)
     raise AssertionError(f"the page never had `{script}`; console:\n{console(driver)}")
+
+
+def state(driver, panel: str = "chat") -> str:
+    """The state a panel shows: idle, connecting, loading, listening, speaking, ended."""
+    return driver.execute_script(f"return document.getElementById('panel-{panel}').dataset.state")
 
 
 def console(driver) -> list[dict]:
@@ -161,15 +171,26 @@ def screenshot(driver, path: Path) -> None:
 
 def test_chat_autostarts_hears_the_microphone_and_speaks(server, browser, folder):
     browser.get(server.url + "?autostart=chat")
-    wait_for(browser, "document.getElementById('panel-chat').dataset.state === 'listening'"
-             " || document.getElementById('panel-chat').dataset.state === 'speaking'")
+    wait_for(
+        browser,
+        "document.getElementById('panel-chat').dataset.state === 'listening'"
+        " || document.getElementById('panel-chat').dataset.state === 'speaking'",
+    )
     # Moshi's text in the transcript and its audio through the player
-    text = wait_for(browser, "window.moshiPage.chat.stats.textPieces > 3 &&"
-                    " document.getElementById('chat-transcript').textContent")
-    played = wait_for(browser, "window.moshiPage.chat.stats.playedSeconds > 1 &&"
-                      " window.moshiPage.chat.stats.playedSeconds")
-    stats = wait_for(browser, "document.getElementById('stat-lag').textContent !== '–' &&"
-                     " window.moshiPage.chat.stats")
+    text = wait_for(
+        browser,
+        "window.moshiPage.chat.stats.textPieces > 3 &&"
+        " document.getElementById('chat-transcript').textContent",
+    )
+    played = wait_for(
+        browser,
+        "window.moshiPage.chat.stats.playedSeconds > 1 &&"
+        " window.moshiPage.chat.stats.playedSeconds",
+    )
+    stats = wait_for(
+        browser,
+        "document.getElementById('stat-lag').textContent !== '–' && window.moshiPage.chat.stats",
+    )
     assert stats["received"] >= 24000 and played > 1
     time.sleep(4)  # the microphone's speech (about 4 s) reaches the model
     screenshot(browser, folder / "chat.png")
@@ -194,21 +215,67 @@ def test_chat_autostarts_hears_the_microphone_and_speaks(server, browser, folder
 
 def test_busy_server_is_told_on_the_page(server, browser, folder):
     browser.get(server.url + "?autostart=chat")
-    wait_for(browser, "document.getElementById('panel-chat').dataset.state === 'listening'"
-             " || document.getElementById('panel-chat').dataset.state === 'speaking'")
+    wait_for(
+        browser,
+        "document.getElementById('panel-chat').dataset.state === 'listening'"
+        " || document.getElementById('panel-chat').dataset.state === 'speaking'",
+    )
     browser.switch_to.new_window("tab")
     browser.get(server.url + "?autostart=chat")
     message = wait_for(browser, "document.querySelector('#banners .banner')?.textContent")
     assert "busy" in message.lower()
-    assert browser.execute_script("return document.getElementById('panel-chat').dataset.state") == "idle"
+    assert state(browser) == "idle"
     screenshot(browser, folder / "busy.png")
+
+
+def test_denied_microphone_is_explained(server, speech):
+    driver = chromium(speech, "--deny-permission-prompts")
+    try:
+        driver.get(server.url + "?autostart=chat")
+        message = wait_for(driver, "document.querySelector('#banners .banner')?.textContent")
+        assert "denied" in message
+        assert driver.execute_script("return window.moshiPage.chat.session") is None
+    finally:
+        driver.quit()
+
+
+def test_plain_http_from_another_host_says_to_use_ssl(server, speech):
+    # `phone.lan` resolves to this machine: the page is then not a secure context
+    driver = chromium(speech, "--host-resolver-rules=MAP phone.lan 127.0.0.1")
+    try:
+        driver.get(f"http://phone.lan:{server.port}/")
+        message = wait_for(driver, "document.querySelector('#banners .banner.warn')?.textContent")
+        assert "--ssl DIR" in message and "https://phone.lan" in message
+        driver.find_element("id", "chat-toggle").click()
+        denied = wait_for(driver, "document.querySelector('#banners .banner.error')?.textContent")
+        assert "https" in denied
+    finally:
+        driver.quit()
+
+
+def test_server_going_away_is_told(folder, checkpoints, browser):
+    server = Server(["--checkpoint", str(checkpoints["moshi"])], folder / "short.log")
+    try:
+        browser.get(server.url + "?autostart=chat")
+        wait_for(browser, "window.moshiPage.chat.stats.received > 0")
+    finally:
+        server.stop()
+    message = wait_for(browser, "document.querySelector('#banners .banner')?.textContent")
+    assert re.search(r"shutting down|lost|closed", message), message
+    assert state(browser) == "idle"
+    screenshot(browser, folder / "gone.png")
+    assert_no_errors(console(browser))
 
 
 def test_dictation_and_speech_from_the_page(speech_server, browser, folder):
     browser.get(speech_server.url + "?autostart=dictation")
     wait_for(browser, "document.getElementById('panel-dictation').dataset.state === 'listening'")
-    sent = wait_for(browser, "window.moshiPage.dictation.stats.sent > 5 * 24000 &&"
-                    " window.moshiPage.dictation.stats.sent", timeout=30)
+    sent = wait_for(
+        browser,
+        "window.moshiPage.dictation.stats.sent > 5 * 24000 &&"
+        " window.moshiPage.dictation.stats.sent",
+        timeout=30,
+    )
     assert sent > 5 * 24000
     browser.execute_script("window.moshiPage.dictation.stop()")
     wait_for(browser, "document.getElementById('panel-dictation').dataset.state === 'idle'")

@@ -111,6 +111,8 @@ export class Chat {
     if (this.session === session) {
       this.session = null;
       this.setState(state);
+      ["--mic-level", "--moshi-level"].forEach((name) => this.panel.style.removeProperty(name));
+      $("stat-buffer").textContent = "–";
     }
   }
 

@@ -38,7 +38,7 @@ export function notify(key, text, level = "error", action = null) {
   banner.dataset.key = key;
   banner.setAttribute("role", level === "error" ? "alert" : "status");
   const message = document.createElement("span");
-  message.textContent = text;
+  message.textContent = text.charAt(0).toUpperCase() + text.slice(1);
   banner.append(message);
   if (action) {
     const button = document.createElement("button");
