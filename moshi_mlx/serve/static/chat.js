@@ -37,6 +37,9 @@ export class Chat {
     const translation = info.kind === "translation";
     $("tab-chat").textContent = translation ? "Translate" : "Talk";
     $("transcript-title").textContent = translation ? "Translation" : `What ${speakerName(info.model)} says`;
+    $("chat-transcript").dataset.placeholder = translation
+      ? "The translation appears here as you speak."
+      : `${speakerName(info.model)}'s words appear here as it speaks.`;
     $("chat-hint").textContent = translation
       ? "Press Start and speak: the translation follows you, in text and voice."
       : "Press Start and speak. The browser cancels the echo: no headphones needed.";
