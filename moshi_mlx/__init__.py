@@ -27,7 +27,7 @@ Speech to text with Kyutai's STT models (`kyutai/stt-1b-en_fr-mlx`, ...)::
     ck = load_checkpoint("kyutai/stt-1b-en_fr-mlx")
     (result,) = transcribe_files(ck.lm, ck.mimi, ck.tokenizer, ["talk.wav"])
     result.text, result.words  # words with start and end times in seconds
-    stream = SttStream(ck.lm, ck.mimi, ck.tokenizer, vad=True)  # vad: the -candle weights
+    stream = SttStream(ck, vad=True)  # vad: the -candle weights' end-of-turn head
     for (step,) in stream.feed(pcm):  # any number of 24 kHz samples, e.g. 80 ms at a time
         step.words, step.end_of_turn  # the words this step finished, P(speaker finished)
     steps, last_words = stream.finish()  # the tail of silence, the last words

@@ -392,7 +392,7 @@ def test_words_reach_a_caller_as_they_are_recognised(stt, two_files):
         on_words=lambda path, words: seen.setdefault(path, []).extend(words),
     )  # fmt: skip
     for r in results:
-        assert [w.word for w in seen.get(r.path, [])] == [w.word for w in r.words]
+        assert [w.text for w in seen.get(r.path, [])] == [w.text for w in r.words]
 
 
 def test_on_a_terminal_one_files_words_are_printed_as_they_come(stt, two_files):

@@ -69,7 +69,7 @@ def test_kyutai_stt_client_gets_transcribes_words(server, checkpoints, tmp_path)
     sf.write(str(same), sent, RATE, subtype="FLOAT")
     ckpt = load_checkpoint(checkpoints[0])
     (expected,) = transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [same])
-    want = [(round(w.start, 2), w.word) for w in expected.words]
+    want = [(round(w.start, 2), w.text) for w in expected.words]
     url = server.replace("http", "ws")
     with ThreadPoolExecutor(3) as pool:  # three streams at once: one batch
         outs = list(pool.map(lambda _: kyutai("stt_from_file_rust_server.py", audio,

@@ -121,7 +121,7 @@ def test_words_from_pieces_with_timestamps(ckpt):
     for i, t in enumerate(seq):
         words += builder.add(t, (i + 1) * 0.08)
     words += builder.finish((len(seq) + 1) * 0.08)
-    assert [w.word for w in words] == ["hello", "fox"]
+    assert [w.text for w in words] == ["hello", "fox"]
     start1 = 12 * 0.08 - 0.5  # the first piece is token 11: heard up to 12 frames
     assert words[0].start == pytest.approx(start1)
     end1 = (12 + len(first) + 3) * 0.08 - 0.5  # the next end-of-padding token
@@ -210,3 +210,18 @@ def test_dictation_skips_what_it_cannot_keep_up_with_and_says_so(ckpt, wavs, tmp
 
 def read_wav(path) -> np.ndarray:
     return sf.read(str(path), dtype="float32")[0]
+
+
+def test_a_stream_takes_the_checkpoint_as_the_tts_does(ckpt, wavs):
+    """`SttStream(checkpoint)` is `SttStream(lm, mimi, tokenizer)`; its words have `.text`."""
+    (file_mode,) = transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [wavs[0]], vad=True)
+    audio, _ = sf.read(str(wavs[0]), dtype="float32")
+    stream = SttStream(ckpt, vad=True)
+    steps = stream.feed(audio)
+    tail, closed = stream.finish()
+    steps += tail
+    assert [s[0].token for s in steps] == file_mode.tokens
+    words = [w for s in steps for w in s[0].words] + closed[0]
+    assert [w.text for w in words] == [w.text for w in file_mode.words] and words
+    with pytest.raises(TypeError, match="needs a Checkpoint"):
+        SttStream(ckpt.lm)

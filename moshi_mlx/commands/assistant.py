@@ -199,7 +199,7 @@ def _assistant(args: argparse.Namespace) -> None:
 def print_exchange(exchange) -> None:
     """The transcript of both sides, one line each."""
     print(f"user: {exchange.user.text}", flush=True)
-    said = " ".join(w.word for w in exchange.reply.spoken())
+    said = " ".join(w.text for w in exchange.reply.spoken())
     print(f"assistant: {said}", flush=True)
 
 

@@ -204,7 +204,7 @@ class _Writer:
         self.live = outputs is None and fmt == "txt" and len(inputs) == 1 and sys.stdout.isatty()
 
     def words(self, path: Path, words) -> None:
-        sys.stdout.write("".join(f"{w.word} " for w in words))
+        sys.stdout.write("".join(f"{w.text} " for w in words))
         sys.stdout.flush()
 
     def __call__(self, result) -> None:

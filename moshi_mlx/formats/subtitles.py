@@ -42,7 +42,7 @@ def cues(words: list[Word], ends: list[float] | None = None) -> list[tuple[float
     for w in words:
         if groups:
             group = groups[-1]
-            text = " ".join(x.word for x in group + [w])
+            text = " ".join(x.text for x in group + [w])
             if (
                 turn_of[id(w)] == turn_of[id(group[-1])]
                 and w.start - group[-1].end <= MAX_GAP
@@ -59,7 +59,7 @@ def cues(words: list[Word], ends: list[float] | None = None) -> list[tuple[float
         if i + 1 < len(groups):
             end = min(end, groups[i + 1][0].start)
         end = max(end, start + 0.001)  # a cue is never empty
-        out.append((start, end, _two_lines([w.word for w in group])))
+        out.append((start, end, _two_lines([w.text for w in group])))
     return out
 
 
@@ -103,7 +103,7 @@ def render(transcription, fmt: str, info: dict | None = None) -> str:
     if fmt == "txt":
         if not ends:
             return transcription.text + "\n"
-        paragraphs = [" ".join(w.word for w in t) for t in turns(transcription.words, ends)]
+        paragraphs = [" ".join(w.text for w in t) for t in turns(transcription.words, ends)]
         return "\n\n".join(paragraphs) + "\n"
     if fmt == "json":
         data = {**(info or {}), **transcription.to_dict()}

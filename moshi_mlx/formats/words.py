@@ -11,7 +11,7 @@ resumes). Times are shifted by the text's delay behind the audio: seconds of the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 END_OF_PADDING = 0
 LAST_WORD_SECONDS = 1.0  # the longest a word lasts (Kyutai's rule for a stream's last word)
@@ -19,14 +19,17 @@ LAST_WORD_SECONDS = 1.0  # the longest a word lasts (Kyutai's rule for a stream'
 
 @dataclass
 class Word:
-    """One recognised word; times in seconds of the input audio."""
+    """One word, recognised (STT) or spoken (TTS): seconds of the audio; `end` None while a
+    spoken word is still being said."""
 
-    word: str
+    text: str
     start: float
-    end: float
+    end: float | None = None
 
     def to_dict(self) -> dict:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        """As transcripts write it (`word`, `start`, `end`)."""
+        end = None if self.end is None else round(self.end, 3)
+        return {"word": self.text, "start": round(self.start, 3), "end": end}
 
 
 class WordBuilder:

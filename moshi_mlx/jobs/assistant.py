@@ -32,13 +32,13 @@ from .tts import TextToSpeech, TTSSettings
 class SpokenWord:
     """A word of the reply as spoken: seconds from the start of the reply's speech."""
 
-    word: str
+    text: str
     start: float
     end: float
 
     def to_dict(self, offset: float = 0.0) -> dict:
         return {
-            "word": self.word,
+            "word": self.text,
             "start": round(self.start + offset, 3),
             "end": round(self.end + offset, 3),
         }
@@ -146,7 +146,7 @@ class Reply:
         """Barge-in: stop the LLM and the speech; the conversation keeps the words spoken in
         the first `played` samples."""
         self.interrupted = True
-        self._close(" ".join(w.word for w in self.spoken(played)))
+        self._close(" ".join(w.text for w in self.spoken(played)))
 
     def finish(self) -> None:
         """The reply was spoken to its end: the conversation keeps it."""

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tts import TextToSpeech, TTSSettings, Word
+from ..formats.words import Word
+from .tts import TextToSpeech, TTSSettings
 from .tts_stream import SpeechStream
 
 

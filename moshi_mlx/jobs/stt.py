@@ -30,6 +30,7 @@ import numpy as np
 from mimi_mlx.constants import FRAME_SECONDS, FRAME_SIZE, SAMPLE_RATE
 
 from ..formats.words import Word, WordBuilder
+from ..model.checkpoint import Checkpoint
 from ..model.lm import Lm
 from .sampling import Rng, Sampler
 
@@ -143,8 +144,18 @@ class SttStream:
     """
 
     def __init__(
-        self, lm: Lm, mimi, tokenizer, batch_size: int = 1, vad: bool = False, seed: int = 0
+        self,
+        lm: Lm | Checkpoint,
+        mimi=None,
+        tokenizer=None,
+        batch_size: int = 1,
+        vad: bool = False,
+        seed: int = 0,
     ):
+        if isinstance(lm, Checkpoint):  # `SttStream(checkpoint)`, as `TextToSpeech(checkpoint)`
+            lm, mimi, tokenizer = lm.lm, lm.mimi, lm.tokenizer
+        if mimi is None:
+            raise TypeError("SttStream needs a Checkpoint, or an Lm with its Mimi and tokenizer")
         self.settings = SttSettings.of(lm)
         if vad and not lm.extra_heads:
             raise ValueError(

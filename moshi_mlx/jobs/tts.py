@@ -34,6 +34,7 @@ import numpy as np
 from mimi_mlx.constants import FRAME_RATE
 from mimi_mlx.io.hub import CheckpointError, hub_file
 
+from ..formats.words import Word
 from ..model.checkpoint import Checkpoint
 from .generate import MoshiGenerator
 from .tts_script import Entry, TokenIds, script_entries
@@ -68,13 +69,6 @@ class TTSSettings:
     max_padding: int = 8
     final_padding: int = 4
     chunk_tokens: int | None = None
-
-
-@dataclass
-class Word:
-    text: str
-    start: float  # seconds into the audio
-    end: float | None = None
 
 
 @dataclass

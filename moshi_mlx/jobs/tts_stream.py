@@ -187,7 +187,8 @@ class SpeechStream:
     # -- frames out ------------------------------------------------------------------------------
     def step(self) -> TTSFrame | None:
         """One step (when `ready()`): its audio frame once the speech has started, else None."""
-        from .tts import TTSFrame, Word
+        from ..formats.words import Word
+        from .tts import TTSFrame
 
         st = self.utterance.step()
         self._words += [Word(w, s / FRAME_RATE) for w, s in st.words]  # audio frame s

@@ -32,10 +32,11 @@ from mimi_mlx.io.output_file import replace_on_success
 from ..jobs.assistant import Reply
 from ..jobs.turns import TurnTaker
 from .audio_io import AudioIO
-from .chat import NO_INPUT_TIMEOUT, POLL, SessionError, _StopOnSigint
+from .chat import NO_INPUT_TIMEOUT, POLL, SessionError
 from .devices import choose_device
 from .echo import power_db
 from .recording import Recorder, check_record_dir
+from .signals import StopOnSignals
 
 VOICE_DB = -35.0  # frame power (dBFS) above which the microphone hears the user's voice
 AHEAD_FRAMES = 4  # speech frames generated ahead of the speaker at most
@@ -97,7 +98,7 @@ class _Session:
     def run(self, duration: float | None) -> dict:
         self.stream.reset()
         try:
-            with _StopOnSigint() as stop, self.audio:
+            with StopOnSignals() as stop, self.audio:
                 self._loop(stop, duration)
             if self.reply is not None:
                 self._interrupt()

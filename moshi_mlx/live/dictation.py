@@ -117,7 +117,7 @@ def run_dictation(stream: SttStream, mic: Microphone, options: DictationOptions)
             state["heard"] = step.heard
             for w in step.words:
                 result.words.append(w)
-                lines.add(w.word)
+                lines.add(w.text)
                 state["last_word_end"] = w.end
             if step.turn_ended:
                 delay = stream.settings.audio_delay_seconds
@@ -161,7 +161,7 @@ def run_dictation(stream: SttStream, mic: Microphone, options: DictationOptions)
             take(steps)
             for w in closed[0]:
                 result.words.append(w)
-                lines.add(w.word)
+                lines.add(w.text)
             lines.end_line()
     finally:
         stream.reset()

@@ -112,7 +112,7 @@ class AsrSession:
     def messages(self, step: SttStep) -> list[bytes]:
         out = []
         for w in step.words:
-            out += [pack("Word", text=w.word, start_time=w.start), pack("EndWord", stop_time=w.end)]
+            out += [pack("Word", text=w.text, start_time=w.start), pack("EndWord", stop_time=w.end)]
         prs = [] if step.heads is None else [float(p) for p in step.heads[:, VAD_CLASS]]
         buffered = len(self.stream.audio)
         out.append(pack("Step", step_idx=step.index, prs=prs, buffered_pcm=buffered))

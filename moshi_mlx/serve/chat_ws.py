@@ -29,8 +29,8 @@ from mimi_mlx.io.cli_support import one_line
 
 from ..formats.transcript import Transcript
 from ..jobs.pipeline import FrameResult
-from ..live.chat import StepTimes
 from ..live.recording import Recorder, finish_recording
+from ..live.summary import StepTimes
 from .chat_service import ChatSettings, QueryError, settings_from_query
 from .codecs import CODECS, AudioFormatError, InputFrames
 from .services import SERVICES, Services

@@ -87,7 +87,7 @@ async def transcriptions(request: web.Request) -> web.Response:
         grains = fields.get("timestamp_granularities[]") or ["segment"]
         body = {"task": "transcribe", "duration": result.duration, "text": result.text}
         if "word" in grains:
-            body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words]
+            body["words"] = [{"word": w.text, "start": w.start, "end": w.end} for w in result.words]
         if "segment" in grains:
             body["segments"] = [
                 {"id": i, "start": a, "end": b, "text": t}
