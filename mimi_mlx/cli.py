@@ -220,9 +220,9 @@ def _run(args: argparse.Namespace) -> None:
 
 def _load_model(checkpoint: str | None, codes):
     """Load the checkpoint given, else the one the codes were made with, else kyutai/mimi."""
+    from .checkpoint import load_mimi
     from .io.hub import CheckpointError
     from .offline import check_compatible
-    from .weights import load_mimi
 
     quiet_hub_logs()
     recorded = codes.checkpoint if codes is not None else ""

@@ -24,10 +24,11 @@ class Mimi(StreamingModule):
     of the input into whole frames.
     """
 
-    def __init__(self, cfg: MimiConfig | None = None):
+    def __init__(self, cfg: MimiConfig | None = None, source: str = ""):
         super().__init__()
         cfg = cfg or MimiConfig()
         self.cfg = cfg
+        self.source = source  # the checkpoint it was loaded from (a codes file records it)
         dim = cfg.seanet.dimension
         stride = cfg.resample_stride
         self.encoder = SeanetEncoder(cfg.seanet)
@@ -192,7 +193,7 @@ class Mimi(StreamingModule):
         (`config.json` + `model.safetensors`, as in `kyutai/mimi`) are told apart by their tensor
         names.
         """
-        from .weights import load_mimi
+        from .checkpoint import load_mimi
 
         return load_mimi(repo_id_or_path, revision=revision)
 

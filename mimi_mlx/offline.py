@@ -167,7 +167,7 @@ def _codes_of(model: Mimi, codes: np.ndarray, num_samples: int, source_rate: int
         sample_rate=model.sample_rate,
         frame_rate=model.frame_rate,
         cardinality=model.cardinality,
-        checkpoint=getattr(model, "checkpoint_id", ""),
+        checkpoint=model.source,
         source_sample_rate=source_rate,
     )
 

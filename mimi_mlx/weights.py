@@ -12,32 +12,25 @@ Each table row maps one of our parameter names to its source name(s) and a trans
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mimi_mlx.constants import KYUTAI_FILE
+from mimi_mlx.constants import HF_FILE, KYUTAI_FILE
 
 from .config import MimiConfig
 from .io.hub import (
     CheckpointError,
-    hub_file,
     listing,
-    looks_like_repo_id,
-    missing_hint,
-    read_json,
     shape_mismatches,
 )
 from .model import Mimi
 from .nn.backend import codec_compute_dtype
 from .quantizer import centroids
 
-HF_FILE = "model.safetensors"
-
 
 # -- transforms: source tensors (PyTorch layouts) -> ours -------------------------------------
-def copy(x: mx.array) -> mx.array:
+def as_is(x: mx.array) -> mx.array:
     return x
 
 
@@ -76,7 +69,7 @@ Row = tuple[str, tuple[str, ...], Callable[..., mx.array]]  # ours, sources, tra
 
 # The inverse of each transform, to write our weights in Kyutai's layout.
 TO_KYUTAI: dict[Callable, Callable[[mx.array], tuple[mx.array, ...]]] = {
-    copy: lambda x: (x,),
+    as_is: lambda x: (x,),
     conv: lambda x: (x.transpose(0, 2, 1),),
     conv_transpose: lambda x: (x.transpose(0, 2, 1),),
     pointwise: lambda x: (x[..., None],),
@@ -97,7 +90,7 @@ def _seanet_rows(cfg: MimiConfig, side: str, fmt: str) -> list[Row]:
         fn = conv_transpose if kind == "convtr" else conv
         return [
             (f"{side}.{ours}.weight", (f"{seq}.{src}.{inner}.weight",), fn),
-            (f"{side}.{ours}.bias", (f"{seq}.{src}.{inner}.bias",), copy),
+            (f"{side}.{ours}.bias", (f"{seq}.{src}.{inner}.bias",), as_is),
         ]
 
     def residual_rows(ours: str, index: int) -> list[Row]:
@@ -141,10 +134,10 @@ def _transformer_rows(cfg: MimiConfig, name: str, fmt: str) -> list[Row]:
         src = f"{name}.transformer.layers.{i}" if fmt == "kyutai" else f"{name}.layers.{i}"
         for our_suffix, kyutai_suffix, hf_suffix in TRANSFORMER_LAYER:
             suffix = kyutai_suffix if fmt == "kyutai" else hf_suffix
-            rows.append((f"{ours}.{our_suffix}", (f"{src}.{suffix}",), copy))
+            rows.append((f"{ours}.{our_suffix}", (f"{src}.{suffix}",), as_is))
         if fmt == "kyutai":
             rows.append(
-                (f"{ours}.self_attn.in_proj.weight", (f"{src}.self_attn.in_proj_weight",), copy)
+                (f"{ours}.self_attn.in_proj.weight", (f"{src}.self_attn.in_proj_weight",), as_is)
             )
         else:
             qkv = tuple(f"{src}.self_attn.{p}_proj.weight" for p in "qkv")
@@ -234,19 +227,6 @@ def detect_format(names) -> str:
     )
 
 
-def read_safetensors(path: Path) -> dict[str, mx.array]:
-    """All tensors of a safetensors file, with a clear error for missing or corrupt files."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        return mx.load(str(path), format="safetensors")
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read {path} as safetensors ({e}); the file is corrupt, truncated or not a "
-            "checkpoint"
-        ) from e
-
-
 def convert_state(tensors: dict[str, mx.array], cfg: MimiConfig, source: str = "checkpoint"):
     """Map a checkpoint's tensors to our parameter names; clear errors for any mismatch."""
     for alias, name in KYUTAI_ALIASES.items():
@@ -280,92 +260,3 @@ def load_weights(model: Mimi, tensors: dict[str, mx.array], source: str = "check
     model.update(tree_unflatten([(k, mx.contiguous(v.astype(dtype))) for k, v in state.items()]))
     mx.eval(model.parameters())
     return fmt
-
-
-def _config_for(weights: Path, fmt: str, config: MimiConfig | None, hf_config: Path | None):
-    if config is not None:
-        return config
-    if fmt == "hf":
-        if hf_config is None or not hf_config.is_file():
-            raise CheckpointError(
-                f"{weights} is in transformers' layout but has no config.json beside it"
-            )
-        return MimiConfig.from_hf_config(read_json(hf_config))
-    return MimiConfig()
-
-
-def resolve_mimi_files(
-    checkpoint: str | Path, revision: str | None = None
-) -> tuple[Path, Path | None]:
-    """A Mimi checkpoint argument -> (weights file, config file or None).
-
-    `checkpoint` is a `.safetensors` file, a folder (transformers' layout with `config.json`,
-    or a Kyutai repo folder whose `config.json` may name `mimi_name` / `mimi_config_name`),
-    or a hub repo id resolved through huggingface_hub (and its cache).
-    """
-    path = Path(checkpoint).expanduser()
-    if path.is_file():  # read with the config its folder gives it, as when the folder is given
-        try:
-            weights, config = _resolve(_folder_getter(path.parent), str(path.parent))
-        except CheckpointError:
-            weights = None
-        if weights is not None and weights.resolve() == path.resolve():
-            return path, config
-        return path, path.parent / "config.json"
-    if path.is_dir():
-        return _resolve(_folder_getter(path), str(path))
-    if looks_like_repo_id(str(checkpoint)):
-        return _resolve(lambda name: hub_file(str(checkpoint), name, revision), str(checkpoint))
-    raise CheckpointError(
-        f"no such file or folder: {checkpoint} (and it is not a hub repo id like 'kyutai/mimi')"
-    )
-
-
-def _folder_getter(folder: Path) -> Callable[[str], Path | None]:
-    return lambda name: (folder / name) if (folder / name).is_file() else None
-
-
-def _resolve(get: Callable[[str], Path | None], where: str) -> tuple[Path, Path | None]:
-    """Pick the weights by what config.json says, so no absent file is asked for.
-
-    transformers' config (`"model_type": "mimi"`) -> model.safetensors; a Kyutai model repo's
-    config (`mimi_name`, `mimi_config_name`) -> the file it names; none -> Kyutai's file name.
-    """
-    config = get("config.json")
-    raw = read_json(config) if config is not None else {}
-    kyutai_config = None
-    if raw.get("model_type") == "mimi" or "codebook_size" in raw:
-        names = [HF_FILE]
-    elif "mimi_name" in raw or "moshi_name" in raw:  # a Kyutai model repo
-        names = [raw.get("mimi_name", KYUTAI_FILE)]
-        if raw.get("mimi_config_name"):
-            kyutai_config = get(raw["mimi_config_name"])
-    else:
-        names = [KYUTAI_FILE, HF_FILE]
-    for name in names:
-        weights = get(name)
-        if weights is not None:
-            return weights, (config if name == HF_FILE else kyutai_config)
-    raise CheckpointError(
-        f"{where} holds no Mimi checkpoint: looked for {' or '.join(names)}{missing_hint(where)}"
-    )
-
-
-def load_mimi(
-    checkpoint: str | Path = "kyutai/mimi",
-    revision: str | None = None,
-    config: MimiConfig | None = None,
-) -> Mimi:
-    """Build Mimi and load a checkpoint (hub repo id, folder or file; either layout)."""
-    weights, config_file = resolve_mimi_files(checkpoint, revision)
-    tensors = read_safetensors(weights)
-    fmt = detect_format(tensors)
-    if config is None and config_file is not None and config_file.is_file() and fmt == "kyutai":
-        raw = read_json(config_file)
-        if "seanet" in raw or "quantizer" in raw:  # Kyutai's mimi_config layout
-            config = MimiConfig.from_dict(raw)
-    cfg = _config_for(weights, fmt, config, config_file)
-    model = Mimi(cfg)
-    load_weights(model, tensors, source=str(weights))
-    model.checkpoint_id = str(checkpoint)
-    return model

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError
 from mimi_mlx.io.output_file import OutputError
-from mimi_mlx.weights import read_safetensors
+from mimi_mlx.io.safetensors import read_safetensors
 from moshi_mlx.model.config import FILE_KEYS, LmConfig
 from moshi_mlx.model.lm import Lm
 from moshi_mlx.model.lora import LORA_KEYS

@@ -14,7 +14,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mimi_mlx.io.hub import CheckpointError
-from mimi_mlx.weights import read_safetensors
+from mimi_mlx.io.safetensors import read_safetensors
 from moshi_mlx.model.checkpoint import CheckpointFiles, config_from, lora_for, resolve
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import Lm

@@ -5,6 +5,7 @@ resolves from a cache in huggingface_hub's exact layout; nothing reaches the rea
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -16,9 +17,9 @@ from huggingface_hub import constants as hub_constants
 from moshi_app import REPO, cli, speech_wav, tiny_checkpoint
 
 import mimi_mlx.io.hub as hub
+from mimi_mlx.checkpoint import HF_FILE, resolve_mimi_files
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError
-from mimi_mlx.weights import HF_FILE, resolve_mimi_files
 from moshi_mlx.model.checkpoint import config_from, resolve
 from moshi_mlx.model.config import LmConfig
 
@@ -117,7 +118,7 @@ def test_malformed_config_json_is_named(cache, tmp_path):
         resolve_mimi_files(folder)
 
 
-def test_unreachable_hub_falls_back_to_the_cache_at_once(tmp_path, monkeypatch):
+def test_unreachable_hub_falls_back_to_the_cache_at_once(tmp_path, monkeypatch, caplog):
     """Online but no network: one quick attempt (said beforehand), then the local cache."""
     folder = tmp_path / "hub"
     files = {n: dummy(tmp_path, n, n) for n in ("model.q4.safetensors", KYUTAI_FILE, SPM)}
@@ -125,11 +126,11 @@ def test_unreachable_hub_falls_back_to_the_cache_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(folder))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
-    said: list[str] = []
-    monkeypatch.setattr(hub, "notice", said.append)
+    caplog.set_level(logging.INFO, logger=hub.log.name)
     start = time.perf_counter()
     assert resolve("kyutai/moshiko-mlx-q4").weights == [snap / "model.q4.safetensors"]
     assert time.perf_counter() - start < 5
+    said = [r.getMessage() for r in caplog.records if r.name == hub.log.name]
     assert said == ["asking the hub which files kyutai/moshiko-mlx-q4 holds ..."]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -116,8 +117,11 @@ def quiet_hub_logs() -> None:
 
     from . import hub
 
-    if sys.stderr.isatty():
-        hub.notice = lambda text: print(text, file=sys.stderr, flush=True)
+    if sys.stderr.isatty() and not hub.log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        hub.log.addHandler(handler)
+        hub.log.setLevel(logging.INFO)
     warnings.filterwarnings("ignore", module="huggingface_hub")
     try:
         from huggingface_hub.utils import disable_progress_bars

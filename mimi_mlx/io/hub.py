@@ -8,6 +8,7 @@ or the hub unreachable), the files of the repo's snapshot in the local Hugging F
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be found, read or matched to the model. The message says why."""
 
 
-# Called with a short line before the hub is contacted (the CLIs print it; the library is silent).
-notice: Callable[[str], None] | None = None
+# A short line before the hub is contacted, at INFO (the CLIs show it on a terminal).
+log = logging.getLogger(__name__)
 
 
 def listing(names: list[str], limit: int = 12) -> str:
@@ -102,8 +103,7 @@ def _list_repo(repo_id: str, revision: str | None, offline: bool) -> RepoFiles:
 
     reason = "HF_HUB_OFFLINE is set"
     if not offline:
-        if notice is not None:
-            notice(f"asking the hub which files {repo_id} holds ...")
+        log.info("asking the hub which files %s holds ...", repo_id)
         try:  # model_info is one request, not retried: no network fails at once
             info = HfApi().model_info(repo_id, revision=revision)
             names = frozenset(s.rfilename for s in info.siblings or ())
@@ -159,8 +159,7 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path |
         return files.snapshot / filename
     from huggingface_hub import hf_hub_download
 
-    if notice is not None:
-        notice(f"fetching {filename} from {repo_id} ...")
+    log.info("fetching %s from %s ...", filename, repo_id)
     try:
         return Path(hf_hub_download(repo_id, filename, revision=files.revision))
     except Exception as e:  # network lost, disk full, ...

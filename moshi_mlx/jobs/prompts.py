@@ -101,7 +101,7 @@ def load_voice_preset(path: str | Path, delays: list[int]) -> VoicePreset:
     NVIDIA's ring `cache` (17, max_delay + 3) after n + 1 calls holds the frame of time t
     (call t + 1) at position `(t + 1 + delay_k) % size` for stream k.
     """
-    from mimi_mlx.weights import read_safetensors
+    from mimi_mlx.io.safetensors import read_safetensors
 
     try:
         tensors = read_safetensors(Path(path))

@@ -22,7 +22,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mimi_mlx.io.hub import CheckpointError
-from mimi_mlx.weights import read_safetensors
+from mimi_mlx.io.safetensors import read_safetensors
 
 from .config import LmConfig
 from .name_tables import name_table

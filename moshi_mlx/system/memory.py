@@ -7,14 +7,13 @@ the temporal transformer's KV cache (keys and values of every layer over its who
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
 from pathlib import Path
 
 import mlx.core as mx
 
+from mimi_mlx.io.safetensors import read_header
 from mimi_mlx.nn.backend import lm_compute_dtype
 
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -35,18 +34,11 @@ def weights_bytes(path: str | Path, float_bytes: int) -> int:
     Falls back to the file's size when its header cannot be read.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if not 0 < n < 100_000_000:
-                raise ValueError("bad header length")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
+    header = read_header(path)
+    if header is None:
         return path.stat().st_size
     total = 0
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
+    for t in header.values():
         count = 1
         for d in t.get("shape", []):
             count *= int(d)

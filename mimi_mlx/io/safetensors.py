@@ -1,0 +1,42 @@
+"""Safetensors files: their tensors (lazily, through MLX) and their header alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+from .hub import CheckpointError
+
+MAX_HEADER = 100_000_000  # bytes: larger is not a safetensors header
+
+
+def read_safetensors(path: Path) -> dict[str, mx.array]:
+    """All tensors of a safetensors file, with a clear error for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        return mx.load(str(path), format="safetensors")
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read {path} as safetensors ({e}); the file is corrupt, truncated or not a "
+            "checkpoint"
+        ) from e
+
+
+def read_header(path: Path) -> dict[str, dict] | None:
+    """The tensors' entries of a safetensors header (`{name: {dtype, shape, data_offsets}}`,
+    without `__metadata__`), read without the data; None for a file that is not one."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < MAX_HEADER:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
