@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError
 from mimi_mlx.io.output_file import OutputError
-from mimi_mlx.io.safetensors import read_safetensors
+from moshi_mlx.model.checkpoint import bundled_mimi
 from moshi_mlx.model.config import FILE_KEYS, LmConfig
 from moshi_mlx.model.lm import Lm
 from moshi_mlx.model.lora import LORA_KEYS
@@ -170,22 +170,11 @@ def _copy(src: Path, dst: Path) -> None:
 
 def _mimi_from_transformers(source: SourceCheckpoint, stage: Path) -> bool:
     """transformers bundles Mimi as `audio_encoder.*`: write it out in Kyutai's layout."""
-    from mimi_mlx.config import MimiConfig
     from mimi_mlx.export import save_mimi_kyutai
-    from mimi_mlx.model import Mimi
-    from mimi_mlx.weights import load_weights as load_mimi_weights
 
-    prefix = "audio_encoder."
-    tensors = {}
-    for path in source.files.weights:
-        for k, v in read_safetensors(Path(path)).items():
-            if k.startswith(prefix):
-                tensors[k[len(prefix) :]] = v
-    if not tensors:
+    mimi = bundled_mimi(source.files)
+    if mimi is None:
         return False
-    raw = (source.files.config or {}).get("audio_encoder_config") or {}
-    mimi = Mimi(MimiConfig.from_hf_config(raw))
-    load_mimi_weights(mimi, tensors, source=f"{source.source} (audio_encoder)")
     save_mimi_kyutai(mimi, stage / KYUTAI_FILE)
     (stage / MIMI_CONFIG_FILE).write_text(json.dumps(mimi.cfg.to_dict(), indent=2))
     return True

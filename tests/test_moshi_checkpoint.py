@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
 def test_bundle_runs_a_chat_step_loop(tmp_path, bits):
     folder = make_tiny_checkpoint(tmp_path, seed=1, quantize_bits=bits)
     ck = load_checkpoint(folder)
-    assert ck.lm.checkpoint_format == "mlx" and isinstance(ck.mimi, Mimi)
+    assert ck.format == "mlx" and isinstance(ck.mimi, Mimi)
     quantized = {(m.bits, m.group_size) for _, m in ck.lm.named_modules() if hasattr(m, "bits")}
     assert quantized == (set() if bits is None else {(bits, {8: 64, 4: 32}[bits])})
     assert ck.config.dep_q == 8 and ck.config.num_user_codebooks == 8

@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 
 import moshi_reference as R
 from moshi_mlx import load_model
+from moshi_mlx.model.checkpoint import weights_layout
 from moshi_mlx.model.embedding import QuantizedScaledEmbedding
 
 CODES = R.random_codes(R.TINY_MOSHI, B=2, T=16, seed=3)
@@ -48,10 +49,10 @@ def refs(tmp_path_factory):
 
 
 def test_pytorch_layout_matches_reference(refs):
-    cfg, reference, _, ours = refs
+    cfg, reference, root, ours = refs
     text, audio = outputs(ours)
     ref_text, _, ref_audio, _ = R.kyutai_forward(reference, CODES)
-    assert ours.checkpoint_format == "pytorch"
+    assert weights_layout(root / "pytorch") == "pytorch"
     np.testing.assert_allclose(text, ref_text, atol=1e-4 * np.abs(ref_text).max())
     np.testing.assert_allclose(audio, ref_audio, atol=1e-4 * np.nanmax(np.abs(ref_audio)))
 
@@ -59,7 +60,7 @@ def test_pytorch_layout_matches_reference(refs):
 def test_transformers_layout_equals_pytorch_layout(refs):
     _, _, root, ours = refs
     hf = load_model(root / "hf")
-    assert hf.checkpoint_format == "hf"
+    assert weights_layout(root / "hf") == "hf"
     assert hf.cfg.delays == ours.cfg.delays and hf.cfg.context == ours.cfg.context
     for a, b in zip(outputs(hf), outputs(ours), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.nanmax(np.abs(b)))
@@ -68,7 +69,7 @@ def test_transformers_layout_equals_pytorch_layout(refs):
 def test_mlx_layout_float32_and_bf16(refs, tmp_path):
     cfg, _, root, ours = refs
     exact = load_model(save_mlx(ours, cfg, tmp_path / "f32"))
-    assert exact.checkpoint_format == "mlx"
+    assert weights_layout(tmp_path / "f32") == "mlx"
     for a, b in zip(outputs(exact), outputs(ours), strict=True):
         np.testing.assert_array_equal(a, b)
     # Kyutai's MLX files are bf16: the same values as the reference's own bf16 file
@@ -78,7 +79,7 @@ def test_mlx_layout_float32_and_bf16(refs, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def quantize_copy(model, group_size: int, bits: int, every_other: bool = False):
+def quantize_copy(checkpoint, group_size: int, bits: int, every_other: bool = False):
     """Our model quantized in memory as Kyutai's scripts do (`nn.quantize`), layers whose input
     width is not a multiple of the group size left in float."""
     seen = []
@@ -89,15 +90,15 @@ def quantize_copy(model, group_size: int, bits: int, every_other: bool = False):
         seen.append(path)
         return not every_other or len(seen) % 2 == 0
 
-    clone = load_model(model.checkpoint_id)
+    clone = load_model(checkpoint)
     nn.quantize(clone, group_size=group_size, bits=bits, class_predicate=predicate)
     return clone
 
 
 @pytest.mark.parametrize("bits,group_size", [(8, 64), (4, 32)])
 def test_mlx_quantized_layout_found_from_shapes(refs, tmp_path, bits, group_size):
-    cfg, _, _, ours = refs
-    quantized = quantize_copy(ours, group_size, bits)
+    cfg, _, root, ours = refs
+    quantized = quantize_copy(root / "pytorch", group_size, bits)
     name = f"model.q{bits}.safetensors"
     loaded = load_model(save_mlx(quantized, cfg, tmp_path, name))
     # quantized layers, embeddings included, with the right bits and group size
@@ -125,8 +126,8 @@ def test_mlx_quantized_layout_found_from_shapes(refs, tmp_path, bits, group_size
 
 def test_mixed_quantization_per_layer(refs, tmp_path):
     """Bits and group size are read per layer: a file mixing 4 and 8 bits, and float layers."""
-    cfg, _, _, ours = refs
-    mixed = quantize_copy(ours, 32, 4, every_other=True)
+    cfg, _, root, ours = refs
+    mixed = quantize_copy(root / "pytorch", 32, 4, every_other=True)
     nn.quantize(
         mixed,
         group_size=64,

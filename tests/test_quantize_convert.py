@@ -19,7 +19,7 @@ from quantize_sources import build_sources
 
 import moshi_mlx.model.weights as moshi_weights
 from moshi_mlx import load_checkpoint, load_model
-from moshi_mlx.model.checkpoint import config_from, resolve
+from moshi_mlx.model.checkpoint import config_from, resolve, weights_layout
 from quantize import convert
 from quantize.report import compare, log_probs, random_codes
 
@@ -57,7 +57,7 @@ def test_loads_as_direct_nn_quantize_tensor_for_tensor(sources, converted, layou
     ours = load_model(result.output, dtype=mx.bfloat16)  # the folder, no flags
     direct = load_model(getattr(sources, layout), dtype=mx.bfloat16)
     nn.quantize(direct, class_predicate=result.plan.predicate)
-    assert ours.checkpoint_format == "mlx"
+    assert weights_layout(result.output) == "mlx"
     for (p, m), (q, n) in zip(ours.named_modules(), direct.named_modules(), strict=True):
         assert p == q and type(m) is type(n), (p, type(m), type(n))
         assert (getattr(m, "bits", None), getattr(m, "group_size", None)) == (
@@ -173,7 +173,7 @@ def test_folder_holds_config_mimi_and_tokenizer(sources, converted, layout):
         k: v for k, v in asdict(source_cfg).items() if k not in drop
     }
     bundle = load_checkpoint(result.output)
-    assert bundle.lm.checkpoint_format == "mlx"
+    assert bundle.format == "mlx"
     assert bundle.mimi is not None
     if layout == "hf":  # Mimi written out of transformers' bundle, in Kyutai's layout
         assert bundle.tokenizer is None and any("tokenizer" in w for w in result.warnings)

@@ -75,10 +75,10 @@ def test_tiny_stt_matches_kyutai(tmp_path):
     assert heads[:, 2, 0].std() > 0.01
 
     ckpt = check(folder, wav, reference)
-    assert ckpt.lm.checkpoint_format == "pytorch"
+    assert ckpt.format == "pytorch"
     mlx_folder = tmp_path / "mlx"
     save_mlx_layout(ckpt, folder, mlx_folder)
-    assert check(mlx_folder, wav, reference).lm.checkpoint_format == "mlx"
+    assert check(mlx_folder, wav, reference).format == "mlx"
 
 
 def test_silence_prefix_and_long_delay_match_kyutai(tmp_path):

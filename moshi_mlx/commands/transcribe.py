@@ -156,7 +156,7 @@ def _load(args: argparse.Namespace, vad: bool, batch_size: int):
     if sys.stderr.isatty():
         print(f"loading {source} ...", file=sys.stderr, flush=True)
     ckpt = options.load(source)
-    SttSettings.of(ckpt.lm)  # a Moshi checkpoint: one line that says so
+    SttSettings.of(ckpt.lm, ckpt.source)  # a Moshi checkpoint: one line that says so
     # checks the heads (--vad) and the tokenizer, before any audio is read
     SttStream(ckpt.lm, ckpt.mimi, ckpt.tokenizer, batch_size=1, vad=vad)
     return ckpt, source

@@ -53,12 +53,12 @@ class SttSettings:
     top_k: int = 50
 
     @classmethod
-    def of(cls, lm: Lm) -> SttSettings:
-        """The settings of an STT model; NotSttError for any other model."""
+    def of(cls, lm: Lm, name: str = "this checkpoint") -> SttSettings:
+        """The settings of an STT model; NotSttError (naming it `name`) for any other model."""
         cfg = lm.cfg
         if cfg.model_type != "stt" or cfg.dep_q != 0:
             raise NotSttError(
-                f"{getattr(lm, 'checkpoint_id', 'this checkpoint')} is not a speech-to-text "
+                f"{name} is not a speech-to-text "
                 f"model (model_type {cfg.model_type!r}, {cfg.dep_q} generated audio codebooks): "
                 "transcribe needs one of Kyutai's STT checkpoints (kyutai/stt-1b-en_fr-mlx, "
                 "kyutai/stt-2.6b-en-mlx, ...); Moshi runs with `moshi-mlx chat` or `moshi-mlx run`"
@@ -152,11 +152,12 @@ class SttStream:
         vad: bool = False,
         seed: int = 0,
     ):
+        name = "this checkpoint"
         if isinstance(lm, Checkpoint):  # `SttStream(checkpoint)`, as `TextToSpeech(checkpoint)`
-            lm, mimi, tokenizer = lm.lm, lm.mimi, lm.tokenizer
+            lm, mimi, tokenizer, name = lm.lm, lm.mimi, lm.tokenizer, lm.source
         if mimi is None:
             raise TypeError("SttStream needs a Checkpoint, or an Lm with its Mimi and tokenizer")
-        self.settings = SttSettings.of(lm)
+        self.settings = SttSettings.of(lm, name)
         if vad and not lm.extra_heads:
             raise ValueError(
                 "--vad needs the voice-activity heads, which this checkpoint lacks (Kyutai's "

@@ -108,15 +108,14 @@ class TextToSpeech:
         lm = checkpoint.lm
         if "tts_config" not in raw or "speaker_wavs" not in (lm.cfg.conditioners or {}):
             raise ValueError(
-                f"{lm.checkpoint_id} is not a text-to-speech model (its config.json has no "
+                f"{checkpoint.source} is not a text-to-speech model (its config.json has no "
                 "tts_config and no speaker_wavs conditioner); use a TTS checkpoint such as "
                 "kyutai/tts-1.6b-en_fr"
             )
         if checkpoint.tokenizer is None:
-            raise ValueError(f"{lm.checkpoint_id} has no text tokenizer")
+            raise ValueError(f"{checkpoint.source} has no text tokenizer")
         self.checkpoint = checkpoint
-        where = Path(str(lm.checkpoint_id)).expanduser()
-        self.folder = where if where.is_dir() else where.parent if where.is_file() else None
+        self.folder = checkpoint.folder
         self.lm, self.mimi, self.tokenizer = lm, checkpoint.mimi, checkpoint.tokenizer
         tts = raw["tts_config"]
         self.delay_steps = int(tts["audio_delay"] * FRAME_RATE)

@@ -17,13 +17,14 @@ import mlx.core as mx
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError, hub_file, looks_like_repo_id, missing_hint, read_json
 from mimi_mlx.io.safetensors import read_header, read_safetensors
+from mimi_mlx.model import Mimi
 from mimi_mlx.nn.backend import lm_compute_dtype
 
 from .config import LmConfig
 from .lm import Lm
 from .lora import Lora, fuse_lora, lora_file, lora_of
 from .tokenizer import TOKENIZER_FILE, TextTokenizer
-from .weights import load_weights
+from .weights import detect_format, load_weights, normalize_names
 
 # Kyutai's weight files, in the order a repo without config.json is searched.
 MOSHI_FILES = ("model.safetensors", "model.q8.safetensors", "model.q4.safetensors")
@@ -166,9 +167,16 @@ def load_model(
         lora: a LoRA adapter file to fuse (default: the one config.json names, if any).
 
     Returns:
-        The model, evaluated and ready; `model.checkpoint_id` records where it came from.
+        The model, evaluated and ready (`load_checkpoint` also gives Mimi, the tokenizer and
+        where it all came from).
     """
-    return _load_lm(resolve(checkpoint, revision), config, dtype, str(checkpoint), lora)
+    return _load_lm(resolve(checkpoint, revision), config, dtype, lora)[0]
+
+
+def weights_layout(checkpoint: str | Path, revision: str | None = None) -> str:
+    """The layout of a checkpoint's weights, from their names alone: "mlx", "pytorch" or "hf"."""
+    files = resolve(checkpoint, revision)
+    return detect_format(normalize_names(read_tensors(files.weights)))  # lazy: nothing read
 
 
 def lora_for(files: CheckpointFiles, lora: str | Path | None) -> Lora | None:
@@ -178,51 +186,78 @@ def lora_for(files: CheckpointFiles, lora: str | Path | None) -> Lora | None:
     return lora_of(files.config, files.get, files.root)
 
 
-def _load_lm(files: CheckpointFiles, config: LmConfig | None, dtype, name: str, lora=None) -> Lm:
+def _load_lm(
+    files: CheckpointFiles, config: LmConfig | None, dtype: mx.Dtype | None, lora=None
+) -> tuple[Lm, str]:
+    """The model with its weights (and adapter) loaded, and the weights' layout."""
     model = Lm(config or config_from(files), dtype=dtype or lm_compute_dtype())
     source = str(files.weights[0]) if len(files.weights) == 1 else files.root
-    model.checkpoint_format = load_weights(model, read_tensors(files.weights), source)
+    layout = load_weights(model, read_tensors(files.weights), source)
     adapter = lora_for(files, lora)
     if adapter is not None:
         fuse_lora(model, adapter)
-    model.checkpoint_id = name
-    return model
+    return model, layout
 
 
 @dataclass
 class Checkpoint:
-    """Everything a chat needs: the language model, Mimi, the text tokenizer, the config."""
+    """Everything a job needs, and where it came from: the language model, Mimi, the text
+    tokenizer, the checkpoint's files, what was asked for and the weights' layout."""
 
     lm: Lm
-    mimi: object  # mimi_mlx.Mimi
+    mimi: Mimi
     tokenizer: TextTokenizer | None
-    config: LmConfig
-    raw_config: dict | None
+    files: CheckpointFiles
+    source: str  # what was asked for: a hub repo id, a folder or a file
+    format: str  # the weights' layout as read: "mlx", "pytorch" or "hf"
+
+    @property
+    def config(self) -> LmConfig:
+        return self.lm.cfg
+
+    @property
+    def raw_config(self) -> dict | None:
+        """The checkpoint's config.json as read (None if it has none)."""
+        return self.files.config
+
+    @property
+    def folder(self) -> Path | None:
+        """The local folder holding the checkpoint (None for a hub repo id)."""
+        where = Path(self.source).expanduser()
+        return where if where.is_dir() else where.parent if where.is_file() else None
 
 
-def _load_mimi(files: CheckpointFiles):
-    from mimi_mlx import load_mimi
+def bundled_mimi(files: CheckpointFiles) -> Mimi | None:
+    """The Mimi transformers bundles under `audio_encoder.` (None where there is none)."""
     from mimi_mlx.config import MimiConfig
-    from mimi_mlx.model import Mimi
     from mimi_mlx.weights import load_weights as load_mimi_weights
 
-    if files.layout == "hf":  # transformers bundles Mimi under `audio_encoder.`
-        tensors = read_tensors(files.weights)
-        prefix = "audio_encoder."
-        mimi_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if not mimi_tensors:
-            raise CheckpointError(f"{files.root} holds no Mimi weights (audio_encoder.*)")
-        mimi = Mimi(MimiConfig.from_hf_config(files.config.get("audio_encoder_config") or {}))
-        load_mimi_weights(mimi, mimi_tensors, source=files.root)
-    else:
-        name = (files.config or {}).get("mimi_name", KYUTAI_FILE)
-        path = files.get(name)
-        if path is None:
-            raise CheckpointError(
-                f"{files.root} holds no Mimi checkpoint ({name}){missing_hint(files.root)}"
-            )
-        mimi = load_mimi(path.parent if files.config else path)
+    prefix = "audio_encoder."
+    tensors = {k[len(prefix) :]: v for k, v in read_tensors(files.weights).items()
+               if k.startswith(prefix)}  # fmt: skip
+    if not tensors:
+        return None
+    mimi = Mimi(MimiConfig.from_hf_config((files.config or {}).get("audio_encoder_config") or {}),
+                source=f"{files.root} (audio_encoder)")  # fmt: skip
+    load_mimi_weights(mimi, tensors, source=mimi.source)
     return mimi
+
+
+def _load_mimi(files: CheckpointFiles) -> Mimi:
+    from mimi_mlx import load_mimi
+
+    if files.layout == "hf":  # transformers bundles Mimi under `audio_encoder.`
+        mimi = bundled_mimi(files)
+        if mimi is None:
+            raise CheckpointError(f"{files.root} holds no Mimi weights (audio_encoder.*)")
+        return mimi
+    name = (files.config or {}).get("mimi_name", KYUTAI_FILE)
+    path = files.get(name)
+    if path is None:
+        raise CheckpointError(
+            f"{files.root} holds no Mimi checkpoint ({name}){missing_hint(files.root)}"
+        )
+    return load_mimi(path.parent if files.config else path)
 
 
 def load_checkpoint(
@@ -240,9 +275,9 @@ def load_checkpoint(
     (`lora`, or the one config.json names) is fused into the language model.
     """
     files = resolve(checkpoint, revision)
-    lm = _load_lm(files, None, dtype, str(checkpoint), lora)
+    lm, layout = _load_lm(files, None, dtype, lora)
     mimi = _load_mimi(files)
     tokenizer_name = (files.config or {}).get("tokenizer_name", TOKENIZER_FILE)
     tokenizer_path = files.get(tokenizer_name) if files.layout == "kyutai" else None
     tokenizer = TextTokenizer(tokenizer_path) if tokenizer_path is not None else None
-    return Checkpoint(lm, mimi, tokenizer, lm.cfg, files.config)
+    return Checkpoint(lm, mimi, tokenizer, files, str(checkpoint), layout)

@@ -83,7 +83,7 @@ class SttService:
 
     def __init__(self, checkpoint, name: str, thread: ModelThread, max_queue=32, max_batch=16):
         self.checkpoint, self.name, self.thread = checkpoint, name, thread
-        self.settings = SttSettings.of(checkpoint.lm)
+        self.settings = SttSettings.of(checkpoint.lm, checkpoint.source)
         self.vad = bool(checkpoint.lm.extra_heads)
         self.max_queue, self.max_batch = max_queue, max_batch
         self._files: list[_FileJob] = []
