@@ -47,7 +47,7 @@ from .jobs.generate import MoshiGenerator
 from .jobs.sampling import Rng, Sampler
 from .jobs.stt import SttStream
 from .jobs.transcribe import transcribe_files
-from .jobs.tts import TextToSpeech, TTSSettings, load_voice
+from .jobs.tts import TextToSpeech, TtsSettings, load_voice
 from .model.checkpoint import Checkpoint, load_checkpoint, load_model
 from .model.config import LmConfig
 from .model.lm import Lm, LmOutput
@@ -63,7 +63,7 @@ __all__ = [
     "Rng",
     "Sampler",
     "SttStream",
-    "TTSSettings",
+    "TtsSettings",
     "TextTokenizer",
     "TextToSpeech",
     "load_checkpoint",

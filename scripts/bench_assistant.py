@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from moshi_mlx.jobs.assistant import Assistant
     from moshi_mlx.jobs.llm import LlmSettings, MlxTextModel
     from moshi_mlx.jobs.stt import SttStream
-    from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
+    from moshi_mlx.jobs.tts import TextToSpeech, TtsSettings, load_voice
 
     tiny = _tiny_models(Path(args.workdir)) if not (args.stt and args.tts and args.llm) else {}
     stt_source, tts_source = args.stt or tiny["stt"], args.tts or tiny["tts"]
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     tts = TextToSpeech(load_checkpoint(tts_source))
     voice = load_voice(args.voice or ("tiny" if not args.tts else DEFAULT_VOICE), tts)
     llm = MlxTextModel(llm_source, LlmSettings(temperature=0, max_tokens=args.max_tokens))
-    assistant = Assistant(llm, tts, [voice], TTSSettings(temperature=0), "Answer briefly.")
+    assistant = Assistant(llm, tts, [voice], TtsSettings(temperature=0), "Answer briefly.")
     speech = _speech(args.speech)
     print(f"end of turn: {'the end-of-turn head' if vad else 'the silence rule'}", flush=True)
 

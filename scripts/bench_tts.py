@@ -119,13 +119,13 @@ def _write_float(layers: int, folder: Path) -> None:
 
 def _ours(args: argparse.Namespace, folder: Path) -> dict:
     from moshi_mlx import load_checkpoint
-    from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
+    from moshi_mlx.jobs.tts import TextToSpeech, TtsSettings, load_voice
 
     start = time.perf_counter()
     tts = TextToSpeech(load_checkpoint(folder))
     load_s = time.perf_counter() - start
     voice = load_voice(folder.parent / f"tts-{args.layers}l-float/voices/bench.safetensors", tts)
-    settings = TTSSettings(seed=0, num_codebooks=args.num_codebooks)
+    settings = TtsSettings(seed=0, num_codebooks=args.num_codebooks)
     start = time.perf_counter()
     first, frames = None, 0
     for _ in tts.audio(_text(args.words), [voice], settings):

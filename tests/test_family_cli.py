@@ -14,7 +14,7 @@ from moshi_app import speech_wav, tiny_checkpoint
 from pulse_audio import pulse
 
 from moshi_mlx.cli import main
-from moshi_mlx.model.known import MODELS, known_model
+from moshi_mlx.jobs.known import MODELS, known_model
 
 __all__ = ["pulse", "speech_wav", "tiny_checkpoint"]  # fixtures used here
 

@@ -20,7 +20,7 @@ from speech_server import speech_server
 
 from moshi_mlx import load_checkpoint
 from moshi_mlx.jobs.transcribe import transcribe_files
-from moshi_mlx.jobs.tts import TTSSettings
+from moshi_mlx.jobs.tts import TtsSettings
 
 CLIENTS = Path(__file__).parent / "kyutai_clients"
 TEXT = "Hello there, this is a test of the streaming speech, word by word."
@@ -37,7 +37,7 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(checkpoints):
     stt, tts = checkpoints
-    with speech_server(stt, tts, tts_defaults=TTSSettings(temperature=0.0)) as url:
+    with speech_server(stt, tts, tts_defaults=TtsSettings(temperature=0.0)) as url:
         yield url
 
 

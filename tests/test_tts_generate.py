@@ -12,7 +12,7 @@ import pytest
 
 import moshi_reference as R
 from moshi_mlx import load_checkpoint
-from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
+from moshi_mlx.jobs.tts import TextToSpeech, TtsSettings, load_voice
 
 TOKENIZER = R.TTS_TOKENIZER
 TEXTS = [
@@ -58,7 +58,7 @@ def kyutai_generate(reference, cfg, folder, script, voices, n_q):
 
 
 def our_generate(tts: TextToSpeech, script, voices, n_q):
-    settings = TTSSettings(temperature=0.0, cfg=2.0, num_codebooks=n_q)
+    settings = TtsSettings(temperature=0.0, cfg=2.0, num_codebooks=n_q)
     gen = tts.generator([load_voice(v, tts) for v in voices], settings)
     steps = list(tts.utterance(gen, tts.entries(script, 1), settings))
     transcript = [w for s in steps for w in s.words]

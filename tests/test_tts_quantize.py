@@ -11,7 +11,7 @@ import numpy as np
 
 import moshi_reference as R
 from moshi_mlx import load_checkpoint
-from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
+from moshi_mlx.jobs.tts import TextToSpeech, TtsSettings, load_voice
 from quantize.convert import convert
 from quantize.report import accuracy_report
 
@@ -29,7 +29,7 @@ def test_tts_converts_with_cross_attention_and_speaks(tmp_path):
 
     tts = TextToSpeech(load_checkpoint(done.output))
     voice = load_voice(source / "voices" / "v0.0000tiny@1.safetensors", tts)
-    frames = list(tts.frames("Hello there, how are you?", [voice], TTSSettings(temperature=0)))
+    frames = list(tts.frames("Hello there, how are you?", [voice], TtsSettings(temperature=0)))
     codes = np.stack([f.codes for f in frames if f.codes.size])
     assert (codes >= 0).all() and len(codes) > 10
     assert [w.text for f in frames for w in f.words] == ["Hello", "there,", "how", "are", "you?"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moshi_mlx import load_checkpoint
-from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
+from moshi_mlx.jobs.tts import TextToSpeech, TtsSettings, load_voice
 from moshi_mlx.jobs.tts_stream import SpeechStream
 
 TEXT = 'Hello there, this is a test <break time="0.4s"/> of streaming: words, one by one!'
@@ -62,7 +62,7 @@ def in_bursts(text):
 @pytest.mark.parametrize("split", [by_words, in_bursts, lambda t: [t]])
 def test_pushed_words_speak_as_the_whole_text(tts, temperature, seed, split):
     voice = load_voice("tiny", tts)
-    settings = TTSSettings(temperature=temperature, seed=seed)
+    settings = TtsSettings(temperature=temperature, seed=seed)
     frames, pcm = whole(tts, voice, settings)
     got, got_pcm, before_end = streamed(tts, voice, settings, split(TEXT))
     assert len(got) == len(frames) > 20
@@ -77,7 +77,7 @@ def test_pushed_words_speak_as_the_whole_text(tts, temperature, seed, split):
 
 def test_a_stream_waits_for_the_lookahead_words(tts):
     voice = load_voice("tiny", tts)
-    stream = SpeechStream(tts, [voice], TTSSettings(temperature=0.0))
+    stream = SpeechStream(tts, [voice], TtsSettings(temperature=0.0))
     stream.push("One")
     steps = 0
     while stream.ready():  # the forced initial pads only: then it needs two more words

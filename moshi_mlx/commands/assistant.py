@@ -148,7 +148,7 @@ def load_assistant(args: argparse.Namespace):
     """Load the STT, the TTS and the LLM (saying which, before the long loads)."""
     from ..jobs.assistant import Assistant
     from ..jobs.stt import SttStream
-    from ..jobs.tts import TextToSpeech, TTSSettings, load_voice
+    from ..jobs.tts import TextToSpeech, TtsSettings, load_voice
 
     stt_source, tts_source = args.stt or DEFAULT_STT, args.tts or DEFAULT_TTS
     llm_name = (
@@ -174,7 +174,7 @@ def load_assistant(args: argparse.Namespace):
         )
     tts = TextToSpeech(options.load(tts_source))
     voice = load_voice(args.voice or DEFAULT_VOICE, tts)
-    settings = TTSSettings(temperature=args.tts_temperature, seed=args.seed)
+    settings = TtsSettings(temperature=args.tts_temperature, seed=args.seed)
     llm = load_llm(args)
     system = DEFAULT_SYSTEM if args.system is None else args.system or None
     return Assistant(llm, tts, [voice], settings, system), stream

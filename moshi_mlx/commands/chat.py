@@ -82,14 +82,15 @@ def _chat(args: argparse.Namespace) -> None:
     output_device = choose_device(args.output_device, "output", args.device_rate)
     if args.record is not None:
         check_record_dir(args.record, args.force)
-    prompting.apply_session(args)
+    args = prompting.with_session(args)
     if args.echo_cancel == "on":
         from ..live.echo import check_engine
 
         check_engine()
-    source = options.source_of(args)
-    pipeline = options.pipeline(args, source, live=True)
-    pipeline.warmup()
+    from .session import dialogue_session, resident
+
+    session = dialogue_session(args, options.source_of(args), live=True)
+    session.pipeline.warmup()
     max_lag_frames = max(1, round(args.max_lag / 80))
     chat_options = ChatOptions(
         record=args.record,
@@ -106,5 +107,5 @@ def _chat(args: argparse.Namespace) -> None:
         log_played=args.record is not None,
         echo_cancel=args.echo_cancel == "on",
     )
-    with options.resident(pipeline):
-        run_chat(pipeline, audio, chat_options, pipeline.info)
+    with resident(session.pipeline):
+        run_chat(session.pipeline, audio, chat_options, session.info)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..model.known import MODELS
+from ..jobs.known import MODELS
 
 
 def register(command) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mimi_mlx.io.cli_support import one_line, positive_int, quiet_hub_logs, seed
 
-from ..model.known import DEFAULT_MODEL, MODELS, KnownModel, known_model, model_for_repo
+from ..jobs.known import DEFAULT_MODEL, MODELS, KnownModel, known_model, model_for_repo
 
 DEFAULT_REPO = MODELS[DEFAULT_MODEL].repo
 DIALOGUE_KINDS = ("dialogue", "translation")  # what `chat` and `run` drive
@@ -17,7 +17,7 @@ DIALOGUE_KINDS = ("dialogue", "translation")  # what `chat` and `run` drive
 
 def model_name(text: str) -> str:
     """`--model` values: the known models `chat` and `run` drive (one-line error otherwise)."""
-    from ..model.known import UnknownModelError
+    from ..jobs.known import UnknownModelError
 
     try:
         return known_model(text, DIALOGUE_KINDS).name
@@ -156,7 +156,7 @@ def repo_at(known: KnownModel, precision: str | None) -> str:
 def add_kind_model_options(which, group, kind: str, default: str) -> None:
     """`--model NAME` (the known models of one `kind`) and `--precision`, for the commands that
     run one kind (`transcribe`, `speak`); `which` is the --hf-repo/--checkpoint group."""
-    from ..model.known import UnknownModelError
+    from ..jobs.known import UnknownModelError
 
     def name(text: str) -> str:
         try:
@@ -194,19 +194,9 @@ def kind_source_of(args: argparse.Namespace, default: str) -> str:
 def sampling_of(args: argparse.Namespace, known: KnownModel | None = None):
     """The sampling settings the options name (specific temperatures beat --temperature; the
     known model's defaults, else Kyutai's, fill the rest)."""
-    from ..jobs.pipeline import Sampling
+    from ..jobs.sampling import Sampling
 
-    base = known.sampling if known is not None else None
-    default = (
-        Sampling()
-        if base is None
-        else Sampling(
-            text_temperature=base.text_temperature,
-            text_top_k=base.text_top_k,
-            audio_temperature=base.audio_temperature,
-            audio_top_k=base.audio_top_k,
-        )
-    )
+    default = known.sampling if known is not None else Sampling()
 
     def pick(specific, fallback):
         if specific is not None:
@@ -255,7 +245,7 @@ def load(source: str, live: bool = False):
     from mimi_mlx.constants import KYUTAI_FILE
     from mimi_mlx.io.hub import CheckpointError, looks_like_repo_id
 
-    from ..model.checkpoint import config_from, load_checkpoint, resolve
+    from ..model.checkpoint import config_from, load_files, resolve
     from ..system.memory import check_memory, estimate_bytes
     from ..system.wired import residency_warning
 
@@ -274,7 +264,7 @@ def load(source: str, live: bool = False):
             print(warning, file=sys.stderr, flush=True)
         if live:
             warn_if_too_slow_to_chat(cfg)
-        return load_checkpoint(source)
+        return load_files(files, source)
     except CheckpointError as e:
         if is_repo:
             raise CheckpointError(
@@ -282,52 +272,3 @@ def load(source: str, live: bool = False):
                 f"after `hf download {source} --local-dir DIR`)."
             ) from e
         raise
-
-
-KIND_NAMES = {"stt": "a speech-to-text", "tts": "a text-to-speech"}
-
-
-def refuse_other_kind(cfg, source: str) -> None:
-    """`chat` and `run` drive dialogue and translation models: an STT or TTS checkpoint is
-    refused with the command that runs it (ValueError: a failure, as transcribe's and speak's)."""
-    from ..model.known import COMMAND_OF_KIND
-
-    kind = cfg.model_type
-    if kind in KIND_NAMES:
-        where = "--checkpoint" if Path(source).expanduser().exists() else "--hf-repo"
-        raise ValueError(
-            f"{source} is {KIND_NAMES[kind]} model ({kind}): `moshi-mlx {COMMAND_OF_KIND[kind]} "
-            f"{where} {source} ...` runs it; chat and run drive Moshi, PersonaPlex and Hibiki"
-        )
-
-
-def resident(pipeline):
-    """Context: the pipeline's models stay resident on Metal while it runs (no-op elsewhere)."""
-    from ..system.wired import session_bytes, wired_limit
-
-    return wired_limit(session_bytes(pipeline.lm, pipeline.mimi))
-
-
-def pipeline(args: argparse.Namespace, source: str, live: bool = False):
-    """Load the checkpoint and build the session pipeline: the model's sampling defaults,
-    guidance (Hibiki) and prompts (PersonaPlex); `pipeline.info` says what a replay needs."""
-    from ..jobs.pipeline import Pipeline
-    from . import prompting
-
-    known = known_of(args)
-    prompting.check_prompts(args, known)
-    if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
-        print(f"loading {source} ...", file=sys.stderr, flush=True)
-    ckpt = load(source, live)
-    refuse_other_kind(ckpt.lm.cfg, source)
-    if ckpt.tokenizer is None:
-        print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)
-    profile = prompting.profile_of(known, ckpt.lm)
-    guidance = prompting.guidance_of(args, profile, ckpt.lm)
-    prompt = prompting.build_prompt(args, profile, ckpt, source)
-    result = Pipeline(
-        ckpt.lm, ckpt.mimi, ckpt.tokenizer, sampling_of(args, profile), guidance, prompt
-    )
-    result.info = prompting.session_info(args, source, profile, guidance)
-    result.profile = profile
-    return result

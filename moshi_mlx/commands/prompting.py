@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mimi_mlx.io.cli_support import UsageError
 
-from ..model.known import MODELS, TRAINED, KnownModel
+from ..jobs.known import MODELS, TRAINED, KnownModel
+
+if TYPE_CHECKING:
+    from ..model.checkpoint import Checkpoint
 
 PRESET_SUFFIX = ".safetensors"
 
@@ -48,30 +52,43 @@ def add_prompt_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_session(args: argparse.Namespace) -> None:
-    """Fill the options not given from a recorded `session.json` (`--session`)."""
+def with_session(args: argparse.Namespace) -> argparse.Namespace:
+    """The options, with those not given filled from a recorded `session.json` (`--session`);
+    `args` itself is left as the user gave it."""
     path = getattr(args, "session", None)
     if path is None:
-        return
+        return args
     try:
         session = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read the session {path}: {' '.join(str(e).split())}") from None
-    if not (args.checkpoint or args.hf_repo or args.model or args.voice):
-        args.checkpoint = session.get("checkpoint")
-    for key in ("prompt", "voice_prompt", "cfg_coef", "seed"):
-        if getattr(args, key, None) is None and session.get(key) is not None:
-            setattr(args, key, session[key])
+    filled = dict(vars(args))
+    if not (args.checkpoint or args.hf_repo or args.model or getattr(args, "voice", None)):
+        filled["checkpoint"] = session.get("checkpoint")
     sampling = session.get("sampling") or {}
-    for key in ("text_temperature", "audio_temperature", "text_top_k", "audio_top_k", "top_p"):
-        if getattr(args, key, None) is None and sampling.get(key) is not None:
-            setattr(args, key, sampling[key])
+    for key, recorded in (
+        *((k, session.get(k)) for k in ("prompt", "voice_prompt", "cfg_coef", "seed")),
+        *((k, sampling.get(k)) for k in SAMPLING_KEYS),
+    ):
+        if filled.get(key) is None and recorded is not None:
+            filled[key] = recorded
+    return argparse.Namespace(**filled)
+
+
+SAMPLING_KEYS = ("text_temperature", "audio_temperature", "text_top_k", "audio_top_k", "top_p")
 
 
 def check_prompts(args: argparse.Namespace, known: KnownModel | None) -> None:
-    """Refuse prompts a known model cannot take (before loading anything)."""
-    if known is None:
-        return
+    """Refuse prompts a known model cannot take, and a voice file that cannot be read (before
+    loading anything)."""
+    if known is not None:
+        refuse_untaken_prompts(args, known)
+    if args.voice_prompt is not None:
+        _check_voice_file(args.voice_prompt)
+
+
+def refuse_untaken_prompts(args: argparse.Namespace, known: KnownModel) -> None:
+    """UsageError for a --prompt or --voice-prompt `known` cannot take."""
     for option, value, accepts in (
         ("--prompt", args.prompt, known.text_prompt),
         ("--voice-prompt", args.voice_prompt, known.voice_prompt),
@@ -82,8 +99,6 @@ def check_prompts(args: argparse.Namespace, known: KnownModel | None) -> None:
                 f"{known.name} takes no {option}: use --model {' or '.join(takers)} for a "
                 "persona and a voice"
             )
-    if args.voice_prompt is not None:
-        _check_voice_file(args.voice_prompt)
 
 
 def _check_voice_file(value: str) -> None:
@@ -131,8 +146,9 @@ def guidance_of(args: argparse.Namespace, profile: KnownModel, lm):
     return Guidance(conditions, coef, negative if coef != 1.0 else None)
 
 
-def build_prompt(args: argparse.Namespace, profile: KnownModel, ckpt, source: str):
-    """The frames to prefill before each session (None without --prompt / --voice-prompt)."""
+def build_prompt(args: argparse.Namespace, profile: KnownModel, ckpt: Checkpoint):
+    """The frames to prefill before each session (None without --prompt / --voice-prompt);
+    the prompts were checked (`check_prompts`, `refuse_untaken_prompts`)."""
     from ..jobs.prompts import (
         SILENCE_TOKENS,
         SINE_TOKENS,
@@ -142,7 +158,6 @@ def build_prompt(args: argparse.Namespace, profile: KnownModel, ckpt, source: st
         wrap_with_system_tags,
     )
 
-    check_prompts(args, profile)
     if args.prompt is None and args.voice_prompt is None:
         return None
     if ckpt.lm.cfg.num_generated != 8 or ckpt.lm.cfg.card != 2048:
@@ -156,7 +171,7 @@ def build_prompt(args: argparse.Namespace, profile: KnownModel, ckpt, source: st
         tokens = ckpt.tokenizer.encode(text)
     voice = None
     if args.voice_prompt is not None:
-        path = _voice_path(args.voice_prompt, source, profile)
+        path = voice_path(args.voice_prompt, ckpt, profile)
         if path.suffix == PRESET_SUFFIX:
             voice = load_voice_preset(path, ckpt.lm.cfg.delays)
             if voice.embeddings.shape[1] != ckpt.lm.cfg.dim:
@@ -168,13 +183,12 @@ def build_prompt(args: argparse.Namespace, profile: KnownModel, ckpt, source: st
     return system_prompt(tokens, voice, user_fill=user_fill, drop_first=trained)
 
 
-def _voice_path(value: str, source: str, profile: KnownModel) -> Path:
+def voice_path(value: str, ckpt: Checkpoint, profile: KnownModel) -> Path:
+    """A voice prompt's file: `value` itself, or the preset of that name beside the model."""
     path = Path(value).expanduser()
     if path.exists():
         return path
-    from ..model.checkpoint import resolve
-
-    found = resolve(source).get(f"voices/{value}{PRESET_SUFFIX}")
+    found = ckpt.files.get(f"voices/{value}{PRESET_SUFFIX}")
     if found is not None:
         return found
     hint = f" ({', '.join(profile.voices)})" if profile.voices else ""

@@ -66,21 +66,23 @@ def _run(args: argparse.Namespace) -> None:
     audio_info(args.input)
     for path in outputs:
         check_output(path, args.force)
-    prompting.apply_session(args)
-    source = options.source_of(args)
-    pipeline = options.pipeline(args, source)
+    from .session import dialogue_session, resident
+
+    args = prompting.with_session(args)
+    session = dialogue_session(args, options.source_of(args))
+    pipeline = session.pipeline
     end = None
-    if pipeline.profile.end_of_stream and pipeline.tokenizer is not None:
+    if session.profile.end_of_stream and pipeline.tokenizer is not None:
         # translate to the end of what was said
         end = EndOfStream(pipeline.tokenizer.eos_id, round(args.max_tail * 12.5))
-    with options.resident(pipeline):
+    with resident(pipeline):
         result = run_file(
             pipeline,
             args.input,
             args.output,
             float32=args.float32,
             progress=False if args.quiet else None,
-            info={**pipeline.info, "input": recorded_name(args.input)},
+            info={**session.info, "input": recorded_name(args.input)},
             end_of_stream=end,
         )
     text_path, json_path = transcript_paths(args.output)

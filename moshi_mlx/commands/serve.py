@@ -101,7 +101,7 @@ def _serve(args: argparse.Namespace) -> None:
         _check_record_dir(args.record)
     stt_source = _speech_source(args.stt, "stt", "--stt") if args.stt else None
     tts_source = _speech_source(args.tts, "tts", "--tts") if args.tts else None
-    prompting.apply_session(args)
+    args = prompting.with_session(args)
     source = options.source_of(args) if serves_chat(args) else None
     serve_options = ServeOptions(
         host=args.host,
@@ -168,7 +168,7 @@ def _speech_source(text: str, kind: str, flag: str) -> str:
     """A known model's repo (of `kind`), a folder, or a hub repo id."""
     from mimi_mlx.io.hub import looks_like_repo_id
 
-    from ..model.known import MODELS, UnknownModelError, known_model
+    from ..jobs.known import MODELS, UnknownModelError, known_model
 
     if text in MODELS:
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mimi_mlx.io.cli_support import UsageError, refuse_overwriting
 
-from ..model.known import MODELS
+from ..jobs.known import MODELS
 from . import options
 
 DEFAULT_TTS_MODEL = "tts-1.6b-en_fr"
@@ -162,7 +162,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _speak(args: argparse.Namespace) -> None:
-    from ..jobs.tts import TextToSpeech, TTSSettings, folder_voices, load_voice
+    from ..jobs.tts import TextToSpeech, TtsSettings, folder_voices, load_voice
 
     if args.list_voices:
         _list_voices(args)
@@ -190,7 +190,7 @@ def _speak(args: argparse.Namespace) -> None:
     if len(voices) > 1:  # a dialogue: one turn a line
         script = [line for line in text.splitlines() if line.strip()]
     seed = args.seed if args.seed is not None else secrets.randbits(63)
-    settings = TTSSettings(
+    settings = TtsSettings(
         temperature=args.temperature,
         cfg=args.cfg,
         num_codebooks=args.num_codebooks,

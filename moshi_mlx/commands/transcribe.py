@@ -9,7 +9,7 @@ from pathlib import Path
 from mimi_mlx.io.cli_support import UsageError, refuse_overwriting
 from mimi_mlx.io.hub import recorded_name
 
-from ..model.known import MODELS
+from ..jobs.known import MODELS
 from . import options
 
 DEFAULT_STT_MODEL = "stt-1b-en_fr"

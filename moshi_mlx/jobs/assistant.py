@@ -6,7 +6,7 @@ loop can read the microphone between two units. The LLM's text goes to the TTS a
 (`ReplySpeech`). A reply that is cut short (barge-in) is `cancel`led at the sample the speaker
 got to: the LLM stops, and the conversation keeps only the words that were spoken.
 
-    assistant = Assistant(llm, tts, [voice], TTSSettings(temperature=0), system="Be brief.")
+    assistant = Assistant(llm, tts, [voice], TtsSettings(temperature=0), system="Be brief.")
     reply = assistant.reply("What is the capital of France?")
     while (frame := reply.next_frame()) is not None:
         play(frame.pcm)
@@ -25,7 +25,7 @@ from mimi_mlx.constants import SAMPLE_RATE
 
 from .llm import TextModel
 from .reply_speech import ReplySpeech, SpeechFrame
-from .tts import TextToSpeech, TTSSettings
+from .tts import TextToSpeech, TtsSettings
 
 
 @dataclass
@@ -187,7 +187,7 @@ class Assistant:
         llm: TextModel,
         tts: TextToSpeech,
         voices: list[np.ndarray],
-        tts_settings: TTSSettings,
+        tts_settings: TtsSettings,
         system: str | None = None,
     ):
         self.llm, self.tts, self.voices, self.tts_settings = llm, tts, voices, tts_settings

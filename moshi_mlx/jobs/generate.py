@@ -126,9 +126,12 @@ class MoshiGenerator:
         """Steps taken since the last reset."""
         return self._step
 
-    def reset(self) -> None:
-        """Start a new session: clear the model's caches, the delay buffers and the RNG."""
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new session: clear the model's caches, the delay buffers and the RNG (from
+        `seed` when given, else from the generator's seed)."""
         self.model.reset()
+        if seed is not None:
+            self.rng = Rng(seed)
         self.rng.reset()
         self._step = 0
         self._text: mx.array | None = None  # (B,) text sampled at the previous step

@@ -18,33 +18,19 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
 from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.model import Mimi
 
+from ..model.lm import Lm
+from ..model.tokenizer import TextTokenizer
 from .generate import MoshiGenerator
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of a session (Kyutai's defaults); temperature 0 is greedy.
-
-    `seed` None draws a random seed when the pipeline is built; the pipeline reports it, so any
-    session can be reproduced.
-    """
-
-    text_temperature: float = 0.7
-    text_top_k: int = 25
-    audio_temperature: float = 0.8
-    audio_top_k: int = 250
-    top_p: float | None = None
-    seed: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .prompts import PromptFrames
+from .sampling import Sampling
 
 
 @dataclass(frozen=True)
@@ -100,12 +86,12 @@ class Pipeline:
 
     def __init__(
         self,
-        lm,
-        mimi,
-        tokenizer=None,
+        lm: Lm,
+        mimi: Mimi,
+        tokenizer: TextTokenizer | None = None,
         sampling: Sampling | None = None,
         guidance: Guidance | None = None,
-        prompt=None,
+        prompt: PromptFrames | None = None,
     ):
         sampling = sampling or Sampling()
         if sampling.seed is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formats.words import Word
-from .tts import TextToSpeech, TTSSettings
+from .tts import TextToSpeech, TtsSettings
 from .tts_stream import SpeechStream
 
 
@@ -41,7 +41,7 @@ class ReplySpeech:
         settings: how to speak (temperature, seed, ...).
     """
 
-    def __init__(self, tts: TextToSpeech, voices: list[np.ndarray], settings: TTSSettings):
+    def __init__(self, tts: TextToSpeech, voices: list[np.ndarray], settings: TtsSettings):
         self.tts = tts
         self.stream = SpeechStream(tts, voices, settings)
         self.text = ""

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import mlx.core as mx
 
 from mimi_mlx.nn.compiled import compile_enabled
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of a session (Kyutai's defaults); temperature 0 is greedy.
+
+    `seed` None draws a random seed when the pipeline is built; the pipeline reports it, so any
+    session can be reproduced.
+    """
+
+    text_temperature: float = 0.7
+    text_top_k: int = 25
+    audio_temperature: float = 0.8
+    audio_top_k: int = 250
+    top_p: float | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Rng:

@@ -45,7 +45,7 @@ MAX_SPEAKERS = 5  # voice slots of Kyutai's TTS cross-attention source
 
 
 @dataclass
-class TTSSettings:
+class TtsSettings:
     """How to speak (Kyutai's `TTSModel` defaults).
 
     Attributes:
@@ -147,7 +147,7 @@ class TextToSpeech:
         )
 
     # -- generation ------------------------------------------------------------------------------
-    def generator(self, voices: list[np.ndarray], settings: TTSSettings) -> MoshiGenerator:
+    def generator(self, voices: list[np.ndarray], settings: TtsSettings) -> MoshiGenerator:
         """The streaming generator with the voices' cross-attention keys and values, computed
         once for every utterance it speaks."""
         t = settings.temperature
@@ -166,7 +166,7 @@ class TextToSpeech:
         self,
         gen: MoshiGenerator,
         entries: list[Entry],
-        settings: TTSSettings,
+        settings: TtsSettings,
         seed: int | None = None,
     ) -> Iterator[Step]:
         """One utterance, step by step, as Kyutai's `TTSModel.generate` (the generator reset,
@@ -178,11 +178,11 @@ class TextToSpeech:
             yield utterance.step()
 
     def frames(
-        self, text: str | list[str], voices: list[np.ndarray], settings: TTSSettings | None = None
+        self, text: str | list[str], voices: list[np.ndarray], settings: TtsSettings | None = None
     ) -> Iterator[TTSFrame]:
         """Speak a text (or a dialogue script: one string per turn, alternating the voices'
         speakers) and yield its Mimi frames as soon as they are generated."""
-        settings = settings or TTSSettings()
+        settings = settings or TtsSettings()
         gen = self.generator(voices, settings)
         index = 0
         max_delay = self.lm.cfg.max_delay
@@ -204,7 +204,7 @@ class TextToSpeech:
                 yield TTSFrame(np.zeros(0, np.int32), index, pending)
 
     def audio(
-        self, text: str | list[str], voices: list[np.ndarray], settings: TTSSettings | None = None
+        self, text: str | list[str], voices: list[np.ndarray], settings: TtsSettings | None = None
     ) -> Iterator[np.ndarray]:
         """Speak a text: (1920,) float32 blocks at 24 kHz, in [-1, 1], as they are generated."""
         for frame in self.frames(text, voices, settings):

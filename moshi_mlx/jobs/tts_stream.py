@@ -11,7 +11,7 @@ relaxed to the steps that cannot pop. So at any temperature with a seed, a text 
 word gives the same steps, tokens and audio as the whole text given at once
 (`tests/test_tts_stream.py`); only when the steps run differs.
 
-    stream = SpeechStream(tts, [voice], TTSSettings(temperature=0))
+    stream = SpeechStream(tts, [voice], TtsSettings(temperature=0))
     stream.push("Hello")        # any time, any number of words
     for frame in stream.frames():  # every step possible with the text so far
         pcm = stream.decode(frame)
@@ -31,11 +31,10 @@ import numpy as np
 from mimi_mlx.constants import FRAME_RATE
 
 from .generate import MoshiGenerator
-from .sampling import Rng
 from .tts_script import Entry, StateMachine, script_entries
 
 if TYPE_CHECKING:
-    from .tts import TextToSpeech, TTSFrame, TTSSettings
+    from .tts import TextToSpeech, TTSFrame, TtsSettings
 
 OPEN_BREAK = re.compile(r"<break\b[^>]*$")  # a `<break time="..."/>` not closed yet
 
@@ -62,17 +61,14 @@ class Utterance:
         seed: the random stream's seed (None: `settings.seed`).
     """
 
-    def __init__(self, tts: TextToSpeech, gen: MoshiGenerator, settings: TTSSettings, seed=None):
+    def __init__(self, tts: TextToSpeech, gen: MoshiGenerator, settings: TtsSettings, seed=None):
         self.machine = StateMachine(
             tts.token_ids, tts.second_stream_ahead, settings.max_padding, settings.initial_padding
         )
         self.state = self.machine.new_state([])
         self.gen, self.settings = gen, settings
         self.delay_steps = tts.delay_steps
-        gen.reset()
-        seed = settings.seed if seed is None else seed
-        if seed is not None:
-            gen.rng = Rng(seed)
+        gen.reset(settings.seed if seed is None else seed)
         self.index = 0  # the next step
         self.ended = False  # no more words will come
 
@@ -135,7 +131,7 @@ class SpeechStream:
         self,
         tts: TextToSpeech,
         voices: list[np.ndarray],
-        settings: TTSSettings,
+        settings: TtsSettings,
         seed: int | None = None,
         gen: MoshiGenerator | None = None,
     ):

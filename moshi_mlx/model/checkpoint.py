@@ -274,10 +274,19 @@ def load_checkpoint(
     The tokenizer is None where the checkpoint has none (transformers' repos). A LoRA adapter
     (`lora`, or the one config.json names) is fused into the language model.
     """
-    files = resolve(checkpoint, revision)
+    return load_files(resolve(checkpoint, revision), str(checkpoint), dtype, lora)
+
+
+def load_files(
+    files: CheckpointFiles,
+    source: str,
+    dtype: mx.Dtype | None = None,
+    lora: str | Path | None = None,
+) -> Checkpoint:
+    """`load_checkpoint` of a checkpoint already resolved (`resolve(source)` gave `files`)."""
     lm, layout = _load_lm(files, None, dtype, lora)
     mimi = _load_mimi(files)
     tokenizer_name = (files.config or {}).get("tokenizer_name", TOKENIZER_FILE)
     tokenizer_path = files.get(tokenizer_name) if files.layout == "kyutai" else None
     tokenizer = TextTokenizer(tokenizer_path) if tokenizer_path is not None else None
-    return Checkpoint(lm, mimi, tokenizer, files, str(checkpoint), layout)
+    return Checkpoint(lm, mimi, tokenizer, files, source, layout)

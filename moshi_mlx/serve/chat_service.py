@@ -13,8 +13,13 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from ..jobs.pipeline import Pipeline, Sampling
+from ..jobs.pipeline import Pipeline
+from ..jobs.sampling import Sampling
+
+if TYPE_CHECKING:
+    from ..commands.session import DialogueSession
 
 FORMATS = ("opus", "pcm16")
 SEED_LIMIT = 2**63
@@ -136,24 +141,22 @@ class ChatService:
 
     Args:
         args: the command line (model, sampling and prompt options: the sessions' defaults).
-        source: the checkpoint the options name.
-        default: the default session's pipeline, built (and warmed up) on the model thread.
+        session: the default session, built (and warmed up) on the model thread.
     """
 
-    def __init__(self, args: argparse.Namespace, source: str, default: Pipeline):
-        self.args, self.source, self.default = args, source, default
-        self.profile = default.profile
-        self.info_ = default.info
+    def __init__(self, args: argparse.Namespace, session: DialogueSession):
+        self.args, self.session = args, session
+        self.default, self.profile = session.pipeline, session.profile
         self._busy = False
 
     @classmethod
     def load(cls, args: argparse.Namespace, source: str) -> ChatService:
         """Load the checkpoint and warm it up (on the model thread)."""
-        from ..commands import options
+        from ..commands.session import dialogue_session
 
-        pipeline = options.pipeline(args, source, live=True)
-        pipeline.warmup()
-        return cls(args, source, pipeline)
+        session = dialogue_session(args, source, live=True)
+        session.pipeline.warmup()
+        return cls(args, session)
 
     @property
     def defaults(self) -> Sampling:
@@ -191,8 +194,8 @@ class ChatService:
             guidance = prompting.guidance_of(session, self.profile, d.lm)
             prompt = d.prompt
             if (settings.prompt, settings.voice_prompt) != (None, None):
-                # (the pipeline holds the checkpoint's lm, mimi and tokenizer prompts read)
-                prompt = prompting.build_prompt(session, self.profile, d, self.source)
+                prompting.refuse_untaken_prompts(session, self.profile)
+                prompt = prompting.build_prompt(session, self.profile, self.session.checkpoint)
         except UsageError as e:  # what this model cannot take
             raise QueryError(str(e).replace("--", "")) from None
         # a new pipeline each session: its own seed (drawn when the settings give none)
@@ -204,9 +207,7 @@ class ChatService:
     def _voice(self, name: str | None) -> str | None:
         if name is None:
             return None
-        from ..model.checkpoint import resolve
-
-        found = resolve(self.source).get(f"voices/{name}.safetensors")
+        found = self.session.checkpoint.files.get(f"voices/{name}.safetensors")
         if found is None:
             voices = ", ".join(self.profile.voices) or "none"
             raise QueryError(f"no voice preset {name!r} beside the model (voices: {voices})")
@@ -214,12 +215,12 @@ class ChatService:
 
     def info(self) -> dict:
         """What `/api/info` says about the chat model."""
-        from ..model.known import TRAINED
+        from ..jobs.known import TRAINED
 
         profile = self.profile
         return {
-            "model": self.info_.get("model", profile.name),
-            "checkpoint": self.info_.get("checkpoint"),
+            "model": self.session.info.get("model", profile.name),
+            "checkpoint": self.session.info.get("checkpoint"),
             "kind": profile.kind,
             "prompts": profile.text_prompt == TRAINED,
             "voices": list(profile.voices),

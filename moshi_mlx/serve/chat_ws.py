@@ -155,7 +155,11 @@ class ChatSession:
     def _start(self) -> None:
         self.started = self.last_stats = time.perf_counter()
         pipeline, options = self.pipeline, self.services.options
-        info = {**self.chat.info_, "seed": pipeline.seed, "sampling": pipeline.sampling.to_dict()}
+        info = {
+            **self.chat.session.info,
+            "seed": pipeline.seed,
+            "sampling": pipeline.sampling.to_dict(),
+        }
         if options.record is not None:
             folder = Path(options.record) / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.id:04d}"
             self.recorder = Recorder(folder, SAMPLE_RATE)
@@ -279,7 +283,7 @@ class ChatSession:
     def _summary(self) -> dict:
         pipeline = self.pipeline
         return {
-            **self.chat.info_,
+            **self.chat.session.info,
             "seed": pipeline.seed,
             "sampling": pipeline.sampling.to_dict(),
             "client": self.peer,

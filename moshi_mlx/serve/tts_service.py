@@ -2,7 +2,7 @@
 checkpoint's), the others wait in a bounded queue (beyond it: `Busy`, HTTP 503); everything MLX
 runs on the model thread.
 
-The settings are `moshi-mlx speak`'s (`TTSSettings`, the voice as `--voice` takes it), so a
+The settings are `moshi-mlx speak`'s (`TtsSettings`, the voice as `--voice` takes it), so a
 request at temperature 0 gives `speak`'s audio sample for sample.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..jobs.tts import TextToSpeech, TTSFrame, TTSSettings, load_voice
+from ..jobs.tts import TextToSpeech, TTSFrame, TtsSettings, load_voice
 from ..jobs.tts_stream import SpeechStream
 from .stt_service import Busy
 from .worker import ModelThread
@@ -45,10 +45,10 @@ class TtsService:
         name: str,
         thread: ModelThread,
         max_queue: int = 8,
-        defaults: TTSSettings | None = None,
+        defaults: TtsSettings | None = None,
     ):
         self.tts, self.name, self.thread = tts, name, thread
-        self.defaults = defaults or TTSSettings()
+        self.defaults = defaults or TtsSettings()
         self.max_queue = max_queue
         self._lock = asyncio.Lock()
         self._waiting = 0
@@ -94,7 +94,7 @@ class TtsService:
                 raise QueryError(str(e)) from None
         return self._voices[name]
 
-    def settings(self, query: Mapping[str, object]) -> TTSSettings:
+    def settings(self, query: Mapping[str, object]) -> TtsSettings:
         """`speak`'s settings from request parameters: `temperature`, `cfg_alpha` (or `cfg`),
         `seed`."""
         try:
@@ -117,7 +117,7 @@ class TtsService:
             raise QueryError(str(e)) from None
         return settings
 
-    async def speak(self, text: str, voice: np.ndarray, settings: TTSSettings) -> AsyncIterator:
+    async def speak(self, text: str, voice: np.ndarray, settings: TtsSettings) -> AsyncIterator:
         """The whole text's audio as `speak` makes it: (pcm (n,), words) per call, in order
         (hold `slot()` around it)."""
         frames = await self.thread.call(self._start, text, voice, settings)
@@ -145,7 +145,7 @@ class TtsService:
         return pcm, frame.words
 
     # -- a stream of text (the WebSocket) ------------------------------------------------------
-    async def open_stream(self, voice: np.ndarray, settings: TTSSettings) -> SpeechStream:
+    async def open_stream(self, voice: np.ndarray, settings: TtsSettings) -> SpeechStream:
         def start():
             self.tts.mimi.reset_decoder()
             return SpeechStream(self.tts, [voice], settings)

@@ -9,19 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .sampling import Sampling
+
 # What a model does with a prompt phase before the conversation.
 TRAINED = "trained"  # the model was trained with it (PersonaPlex)
 PREFILL = "prefill"  # accepted as teacher-forced context; the model was not trained for it
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """A model's sampling defaults (temperature 0: greedy)."""
-
-    text_temperature: float = 0.7
-    text_top_k: int = 25
-    audio_temperature: float = 0.8
-    audio_top_k: int = 250
 
 
 @dataclass(frozen=True)
@@ -32,7 +24,7 @@ class KnownModel:
         name: the `--model` value.
         kind: "dialogue" (chat, run), "translation" (Hibiki), "stt" or "tts".
         repos: hub repo id per precision ("q4", "q8", "bf16"); `precision` is the default.
-        sampling: sampling defaults.
+        sampling: sampling defaults (no seed: each session draws one).
         text_prompt, voice_prompt: TRAINED, PREFILL, or None (refused).
         conditions, cfg_conditions, cfg_coef: conditioned models (Hibiki): the condition, the
             negative of classifier-free guidance, and the default guidance coefficient.
