@@ -34,6 +34,7 @@ from collections.abc import Callable
 import mlx.core as mx
 
 from ..model.lm import Lm
+from .forcing import ForcedSteps, int_array
 from .sampling import Rng, Sampler
 
 
@@ -137,8 +138,7 @@ class MoshiGenerator:
         self._text: mx.array | None = None  # (B,) text sampled at the previous step
         self._audio: list[mx.array] = []  # depth-decoder outputs (B, dep_q) of the last steps
         self._user: list[mx.array] = []  # user frames (B, n_user) of the last steps
-        # step -> (text (B,) or None, per generated codebook (B,) or None): given, not sampled
-        self._forced: dict[int, tuple[mx.array | None, list[mx.array | None]]] = {}
+        self._forced = ForcedSteps(self._gen_delays)  # outputs given, not sampled
 
     def _user_frame(self, user_codes) -> mx.array:
         n = self._n_user
@@ -241,11 +241,11 @@ class MoshiGenerator:
         given = [x for x in (text, audio, user, embeddings) if x is not None]
         if not given:
             raise ValueError("prefill needs at least one stream")
-        text = None if text is None else _int_array(text)
+        text = None if text is None else int_array(text)
         if text is not None and text.ndim == 1:
             text = mx.broadcast_to(text[None], (B, text.shape[0]))
-        audio = None if audio is None else _int_array(audio)
-        user = None if user is None else _int_array(user)
+        audio = None if audio is None else int_array(audio)
+        user = None if user is None else int_array(user)
         lengths = {x.shape[-1] for x in (text, audio, user) if x is not None}
         if embeddings is not None:
             lengths.add(embeddings.shape[1])
@@ -256,15 +256,11 @@ class MoshiGenerator:
         self._check_shape("audio", audio, (B, G, n))
         self._check_shape("user", user, (B, self._n_user, n))
         S = self._step
-        for i in range(n):
-            if text is not None:
-                self._force(S + i, text=text[:, i])
-            if audio is not None:
-                for k, d in enumerate(self._gen_delays):
-                    self._force(S + i + d, codebook=k, token=audio[:, k, i])
+        if text is not None or audio is not None:
+            self._forced.give(S, text, audio)
         if user is None:
             user = mx.full((B, self._n_user, n), -1, dtype=mx.int32)
-        if batched and all(self._fully_forced(S + i) for i in range(n)):
+        if batched and all(self._forced.complete(S + i) for i in range(n)):
             self._batched(user, n, embeddings)
             return
         if embeddings is not None:
@@ -276,22 +272,6 @@ class MoshiGenerator:
     def _check_shape(self, name: str, x: mx.array | None, shape: tuple) -> None:
         if x is not None and tuple(x.shape) != shape:
             raise ValueError(f"prefill {name} must have shape {shape}, got {tuple(x.shape)}")
-
-    def _force(self, step: int, text=None, codebook: int | None = None, token=None) -> None:
-        forced_text, forced_audio = self._forced.get(step, (None, [None] * self.num_codebooks))
-        if text is not None:
-            forced_text = text
-        if codebook is not None:
-            forced_audio = list(forced_audio)
-            forced_audio[codebook] = token
-        self._forced[step] = (forced_text, forced_audio)
-
-    def _fully_forced(self, step: int) -> bool:
-        """Every output of `step` is given (or never used: codebooks of times before 0)."""
-        text, audio = self._forced.get(step, (None, [None] * self.num_codebooks))
-        return text is not None and all(
-            a is not None or step < d for a, d in zip(audio, self._gen_delays, strict=True)
-        )
 
     def _placeholder_audio(self, audio: list[mx.array | None]) -> mx.array:
         B, initial = self.batch_size, self.model.initial_tokens
@@ -329,7 +309,7 @@ class MoshiGenerator:
         """One step (forced outputs from `prefill` where given); returns (text, frame)."""
         self._user = (self._user + [user_frame])[-(self.max_delay + 2) :]
         B, n = self.batch_size, self.num_codebooks
-        forced_text, forced_audio = self._forced.pop(self._step, (None, [None] * n))
+        forced_text, forced_audio = self._forced.pop(self._step)
         if self._step < self.max_delay:
             # codebooks of times before 0 are never used: not sampled, where no sampled
             # codebook after them reads their token in the depth decoder
@@ -387,7 +367,3 @@ class MoshiGenerator:
             ]
             frame = mx.stack(columns, axis=1)
         return text, frame
-
-
-def _int_array(x) -> mx.array:
-    return (x if isinstance(x, mx.array) else mx.array(x)).astype(mx.int32)
