@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 from test_moshi_parity import check_forward, check_generation, generate, rel
 
 import moshi_reference as R
-from moshi_mlx import load_model
+from moshi_mlx import LmConfig, load_model
 from moshi_mlx.model.lora import LoraError
+from moshi_mlx.testing.tiny_lora import save_random_lora
 
 CFG = {
     **R.TINY,
@@ -39,7 +40,7 @@ def fine_tune(tmp_path_factory):
     base = R.make_kyutai_lm(CFG, seed=31)
     weights = R.save_pytorch(base, CFG, folder)
     adapter = folder / "lora.safetensors"
-    L.save_random_lora(base, RANK, adapter, seed=32)
+    save_random_lora(LmConfig.from_dict(CFG), adapter, RANK, seed=32)
     codes = R.random_codes(CFG, B=2, T=30, seed=33)
     steps = 40
     user = np.random.default_rng(34).integers(0, CFG["card"], (2, 3, steps))
@@ -49,6 +50,16 @@ def fine_tune(tmp_path_factory):
         outputs[fuse] = (R.kyutai_forward(kyutai, codes), R.kyutai_generate(kyutai, user, steps))
     outputs["base"] = R.kyutai_forward(base, codes)
     return outputs, folder, adapter, codes, user
+
+
+def test_random_adapter_has_kyutai_names_and_shapes(tmp_path):
+    """The tiny adapters (moshi_mlx.testing) hold exactly what Kyutai's LoRA model trains."""
+    base = R.make_kyutai_lm(CFG, seed=31)
+    kyutai = L.kyutai_lora_shapes(base, RANK)
+    ours = save_random_lora(LmConfig.from_dict(CFG), tmp_path / "a.safetensors", RANK, seed=0)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == kyutai
+    assert any(".gating.1.linear_in." in k for k in kyutai)  # the per-set depth decoder
+    assert "depformer_emb.0.low_rank.lora_A.weight" in kyutai  # the low-rank embeddings
 
 
 def test_folder_naming_its_lora_matches_kyutai(fine_tune, tmp_path):

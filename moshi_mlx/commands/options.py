@@ -83,6 +83,7 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         choices=("q4", "q8", "bf16"),
         help="with --model: which of its hub repos (default: the model's, q4 for Moshi)",
     )
+    add_lora_options(model)
     sampling = sub.add_argument_group("sampling (temperature 0: greedy)")
     sampling.add_argument(
         "--temperature",
@@ -111,6 +112,36 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         metavar="N",
         help="random seed (default: a random one, reported so the session can be replayed)",
     )
+
+
+def add_lora_options(group) -> None:
+    """`--lora FILE` and `--lora-scaling S`: a LoRA fine-tune fused into a float checkpoint."""
+    group.add_argument(
+        "--lora",
+        metavar="FILE",
+        help="fuse this LoRA adapter (moshi-finetune's lora.safetensors) into the model, instead "
+        "of the one its config.json names; a float checkpoint only",
+    )
+    group.add_argument(
+        "--lora-scaling",
+        type=positive,
+        metavar="S",
+        help="with --lora: its lora_scaling (default: the file's metadata, a config.json beside "
+        "it, else 2 as Kyutai's loader)",
+    )
+
+
+def lora_of_args(args: argparse.Namespace) -> tuple[str | None, float | None]:
+    """(--lora, --lora-scaling), refusing a scaling without a file and a file that is not
+    there (before any load)."""
+    from mimi_mlx.io.cli_support import UsageError
+
+    lora, scaling = getattr(args, "lora", None), getattr(args, "lora_scaling", None)
+    if scaling is not None and lora is None:
+        raise UsageError("--lora-scaling needs --lora FILE")
+    if lora is not None and not Path(lora).expanduser().is_file():
+        raise UsageError(f"--lora: no such file: {lora}")
+    return lora, scaling
 
 
 def known_of(args: argparse.Namespace) -> KnownModel | None:
@@ -244,9 +275,11 @@ def warn_if_too_slow_to_chat(cfg) -> None:
     )
 
 
-def load(source: str, live: bool = False):
+def load(
+    source: str, live: bool = False, lora: str | None = None, lora_scaling: float | None = None
+):
     """Load a checkpoint after checking that it fits in memory (and, for a `live` chat, that
-    the backend can run it in real time: a warning if not).
+    the backend can run it in real time: a warning if not); `lora`: an adapter to fuse.
 
     Raises:
         CheckpointError: not found (offline and not cached: says what to download).
@@ -274,7 +307,7 @@ def load(source: str, live: bool = False):
             print(warning, file=sys.stderr, flush=True)
         if live:
             warn_if_too_slow_to_chat(cfg)
-        return load_checkpoint(source)
+        return load_checkpoint(source, lora=lora, lora_scaling=lora_scaling)
     except CheckpointError as e:
         if is_repo:
             raise CheckpointError(
@@ -316,9 +349,10 @@ def pipeline(args: argparse.Namespace, source: str, live: bool = False):
 
     known = known_of(args)
     prompting.check_prompts(args, known)
+    lora, lora_scaling = lora_of_args(args)
     if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
         print(f"loading {source} ...", file=sys.stderr, flush=True)
-    ckpt = load(source, live)
+    ckpt = load(source, live, lora, lora_scaling)
     refuse_other_kind(ckpt.lm.cfg, source)
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)

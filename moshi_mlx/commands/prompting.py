@@ -59,7 +59,7 @@ def apply_session(args: argparse.Namespace) -> None:
         raise UsageError(f"cannot read the session {path}: {' '.join(str(e).split())}") from None
     if not (args.checkpoint or args.hf_repo or args.model or args.voice):
         args.checkpoint = session.get("checkpoint")
-    for key in ("prompt", "voice_prompt", "cfg_coef", "seed"):
+    for key in ("prompt", "voice_prompt", "cfg_coef", "seed", "lora", "lora_scaling"):
         if getattr(args, key, None) is None and session.get(key) is not None:
             setattr(args, key, session[key])
     sampling = session.get("sampling") or {}
@@ -196,4 +196,8 @@ def session_info(args: argparse.Namespace, source: str, profile: KnownModel, gui
         info["voice_prompt"] = recorded_name(args.voice_prompt)  # a file, or a preset name
     if guidance is not None:
         info["cfg_coef"] = guidance.cfg_coef
+    if getattr(args, "lora", None) is not None:  # a fine-tune: the adapter and its scaling
+        info["lora"] = recorded_name(args.lora)
+        if args.lora_scaling is not None:
+            info["lora_scaling"] = args.lora_scaling
     return info

@@ -22,7 +22,7 @@ from mimi_mlx.weights import read_safetensors
 
 from .config import LmConfig
 from .lm import Lm
-from .lora import Lora, fuse_lora, lora_file, lora_of
+from .lora import Lora, LoraError, fuse_lora, lora_file, lora_of
 from .tokenizer import TOKENIZER_FILE, TextTokenizer
 from .weights import load_weights
 
@@ -160,6 +160,7 @@ def load_model(
     dtype: mx.Dtype | None = None,
     revision: str | None = None,
     lora: str | Path | None = None,
+    lora_scaling: float | None = None,
 ) -> Lm:
     """Build Moshi's language model and load a checkpoint into it.
 
@@ -170,26 +171,35 @@ def load_model(
         config: overrides the checkpoint's config.json (default: read it, else the 7B config).
         dtype: activation and weight dtype (default: `lm_compute_dtype()`, float32 on CPU).
         revision: hub revision.
-        lora: a LoRA adapter file to fuse (default: the one config.json names, if any).
+        lora: a LoRA adapter file to fuse instead of the one config.json names (if any).
+        lora_scaling: the adapter's `lora_scaling` (default: its metadata, a config.json beside
+            it, the checkpoint's config, else Kyutai's 2).
 
     Returns:
         The model, evaluated and ready; `model.checkpoint_id` records where it came from.
     """
-    return _load_lm(resolve(checkpoint, revision), config, dtype, str(checkpoint), lora)
+    files = resolve(checkpoint, revision)
+    adapter = lora_for(files, lora, lora_scaling)
+    return _load_lm(files, config, dtype, str(checkpoint), adapter)
 
 
-def lora_for(files: CheckpointFiles, lora: str | Path | None) -> Lora | None:
+def lora_for(
+    files: CheckpointFiles, lora: str | Path | None, scaling: float | None = None
+) -> Lora | None:
     """The adapter to fuse: `lora` (a file), else the one the checkpoint's config.json names."""
     if lora is not None:
-        return lora_file(lora, files.config)
+        return lora_file(lora, files.config, scaling)
+    if scaling is not None:
+        raise LoraError("a LoRA scaling was given without a LoRA file (--lora FILE)")
     return lora_of(files.config, files.get, files.root)
 
 
-def _load_lm(files: CheckpointFiles, config: LmConfig | None, dtype, name: str, lora=None) -> Lm:
+def _load_lm(
+    files: CheckpointFiles, config: LmConfig | None, dtype, name: str, adapter: Lora | None
+) -> Lm:
     model = Lm(config or config_from(files), dtype=dtype or lm_compute_dtype())
     source = str(files.weights[0]) if len(files.weights) == 1 else files.root
     model.checkpoint_format = load_weights(model, read_tensors(files.weights), source)
-    adapter = lora_for(files, lora)
     if adapter is not None:
         fuse_lora(model, adapter)
     model.checkpoint_id = name
@@ -237,6 +247,7 @@ def load_checkpoint(
     revision: str | None = None,
     dtype: mx.Dtype | None = None,
     lora: str | Path | None = None,
+    lora_scaling: float | None = None,
 ) -> Checkpoint:
     """Load the language model, Mimi and the text tokenizer of one repo, folder or file.
 
@@ -244,10 +255,12 @@ def load_checkpoint(
     `tokenizer-e351c8d8-checkpoint125.safetensors` by default, or transformers' bundled audio
     encoder); the SentencePiece model from `tokenizer_name` (`tokenizer_spm_32k_3.model`).
     The tokenizer is None where the checkpoint has none (transformers' repos). A LoRA adapter
-    (`lora`, or the one config.json names) is fused into the language model.
+    (`lora`, or the one config.json names; `lora_scaling` as in `load_model`) is fused into the
+    language model.
     """
     files = resolve(checkpoint, revision)
-    lm = _load_lm(files, None, dtype, str(checkpoint), lora)
+    adapter = lora_for(files, lora, lora_scaling)  # (a bad adapter path fails before the load)
+    lm = _load_lm(files, None, dtype, str(checkpoint), adapter)
     mimi = _load_mimi(files)
     tokenizer_name = (files.config or {}).get("tokenizer_name", TOKENIZER_FILE)
     tokenizer_path = files.get(tokenizer_name) if files.layout == "kyutai" else None

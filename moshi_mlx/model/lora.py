@@ -73,15 +73,45 @@ def lora_of(config: dict | None, get: Callable[[str], Path | None], root: str) -
     return _from_config(path, config)
 
 
-def lora_file(path: str | Path, base_config: dict | None = None) -> Lora:
-    """`--lora FILE`: its scaling and rank from a `config.json` beside it (moshi-finetune writes
-    one), else from the base's config, else Kyutai's defaults."""
+def adapter_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header's `__metadata__` of an adapter file ({} if none or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 100_000_000)))
+        return dict(header.get("__metadata__") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def lora_file(
+    path: str | Path, base_config: dict | None = None, scaling: float | None = None
+) -> Lora:
+    """`--lora FILE`: an adapter for any base.
+
+    Its `lora_scaling` and `lora_rank` come from, first to last: `scaling` (`--lora-scaling`),
+    the file's own safetensors metadata, a `config.json` beside it (moshi-finetune writes
+    `checkpoint_N/consolidated/{lora.safetensors, config.json}`), the base's config, Kyutai's
+    defaults (scaling 2, any rank).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise LoraError(f"--lora: no such file: {path}")
     beside = path.parent / "config.json"
-    config = json.loads(beside.read_text()) if beside.is_file() else (base_config or {})
-    return _from_config(path, config)
+    try:
+        config = json.loads(beside.read_text()) if beside.is_file() else (base_config or {})
+    except (OSError, ValueError) as e:
+        raise LoraError(f"--lora: cannot read {beside}: {' '.join(str(e).split())}") from None
+    keys = {k: v for k, v in config.items() if k in ("lora_rank", "lora_scaling")}
+    meta = adapter_metadata(path)
+    try:
+        keys.update({k: float(meta[k]) for k in ("lora_scaling",) if k in meta})
+        keys.update({k: int(meta[k]) for k in ("lora_rank",) if k in meta})
+    except ValueError:
+        raise LoraError(f"{path}: its metadata lora_rank / lora_scaling are not numbers") from None
+    if scaling is not None:
+        keys["lora_scaling"] = scaling
+    return _from_config(path, keys)
 
 
 def _products(lora: Lora) -> dict[str, dict[int | None, tuple[mx.array, str]]]:
