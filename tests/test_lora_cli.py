@@ -7,22 +7,28 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import lora_reference as L
+import mlx.core as mx
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from moshi_app import speech_wav
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import moshi_reference as R
-from moshi_mlx import LmConfig
+from moshi_mlx import LmConfig, load_model
 from moshi_mlx.cli import main
 from moshi_mlx.testing.tiny import TINY_LM, make_tiny_checkpoint
 from moshi_mlx.testing.tiny_lora import LORA_FILE, lora_config, save_random_lora
 
 __all__ = ["speech_wav"]  # fixtures used here
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 RANK, SCALING = 4, 1.5
 
@@ -134,3 +140,30 @@ def test_chat_and_serve_take_lora(capsys, fine_tune, tmp_path):
     stt_only = ["serve", "--stt", str(fine_tune["base"]), "--lora", str(fine_tune["adapter"])]
     assert main(stt_only) == 2
     assert "speech-to-speech model" in capsys.readouterr().err
+
+
+def test_tiny_lora_kind(tmp_path):
+    """`make_tiny_checkpoint.py --kind lora`: a folder that loads fused with no flag; moshi-
+    finetune's output beside it fuses the same adapter into the bare base; Kyutai's names."""
+    from make_tiny_checkpoint import main as make
+
+    folder = tmp_path / "ft"
+    assert make([str(folder), "--kind", "lora"]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    assert {k: config[k] for k in ("lora", "lora_name", "lora_rank", "lora_scaling")} == {
+        "lora": True, "lora_name": LORA_FILE, "lora_rank": 4, "lora_scaling": 1.5,
+    }  # fmt: skip
+    finetune = json.loads((folder / "consolidated" / "config.json").read_text())
+    assert finetune["lora_rank"] == 4 and finetune["dim"] == TINY_LM["dim"]
+    base = shutil.copytree(folder, tmp_path / "base")
+    bare = {k: v for k, v in config.items() if not k.startswith("lora")}
+    (base / "config.json").write_text(json.dumps(bare))
+    codes = mx.array(R.random_codes(TINY_LM, B=1, T=12, seed=5))
+    fused = np.array(load_model(folder).forward(codes).text_logits)
+    flagged = load_model(base, lora=folder / "consolidated" / LORA_FILE)
+    np.testing.assert_array_equal(np.array(flagged.forward(codes).text_logits), fused)
+    plain = np.array(load_model(base).forward(codes).text_logits)
+    assert np.abs(plain - fused).max() > 1e-2 * np.abs(plain).max()
+    kyutai = L.kyutai_lora_shapes(R.make_kyutai_lm(TINY_LM, seed=0), 4)
+    with safe_open(str(folder / LORA_FILE), "np") as f:
+        assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == kyutai
