@@ -7,7 +7,7 @@ One row per model, declarative; the commands read it instead of carrying their o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # What a model does with a prompt phase before the conversation.
 TRAINED = "trained"  # the model was trained with it (PersonaPlex)
@@ -85,62 +85,89 @@ PERSONAPLEX_VOICES = tuple(
     [f"NAT{g}{i}" for g in "FM" for i in range(4)] + [f"VAR{g}{i}" for g in "FM" for i in range(5)]
 )
 
+_MODELS = (
+    KnownModel(
+        "moshiko",
+        "dialogue",
+        _kyutai_mlx("moshiko"),
+        "q4",
+        "Kyutai's Moshi 7B, male voice",
+        text_prompt=PREFILL,
+        voice_prompt=PREFILL,
+    ),
+    KnownModel(
+        "moshika",
+        "dialogue",
+        _kyutai_mlx("moshika"),
+        "q4",
+        "Kyutai's Moshi 7B, female voice",
+        text_prompt=PREFILL,
+        voice_prompt=PREFILL,
+    ),
+    KnownModel(
+        "personaplex",
+        "dialogue",
+        {"bf16": "nvidia/personaplex-7b-v1"},
+        "bf16",
+        "NVIDIA's PersonaPlex 7B: a text persona (--prompt) and any voice (--voice-prompt)",
+        text_prompt=TRAINED,
+        voice_prompt=TRAINED,
+        voices=PERSONAPLEX_VOICES,
+    ),
+    _hibiki("hibiki", "kyutai/hibiki-1b-mlx-bf16", "Kyutai's Hibiki 1B"),
+    _hibiki("hibiki-2b", "kyutai/hibiki-2b-mlx-bf16", "Kyutai's Hibiki 2B"),
+    KnownModel(
+        "stt-1b-en_fr",
+        "stt",
+        {"bf16": "kyutai/stt-1b-en_fr-mlx"},
+        "bf16",
+        "Kyutai's speech-to-text 1B, English and French",
+        sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+    ),
+    KnownModel(
+        "stt-2.6b-en",
+        "stt",
+        {"bf16": "kyutai/stt-2.6b-en-mlx"},
+        "bf16",
+        "Kyutai's speech-to-text 2.6B, English",
+        sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+    ),
+    KnownModel(
+        "tts-1.6b-en_fr",
+        "tts",
+        {"bf16": "kyutai/tts-1.6b-en_fr"},
+        "bf16",
+        "Kyutai's text-to-speech 1.6B, English and French",
+        sampling=Sampling(text_temperature=0.6, audio_temperature=0.6),
+    ),
+)
+
+
+def _rl_tuned(parent: KnownModel, name: str, repo: str, licence: str) -> KnownModel:
+    """Kyutai's RL-tuned checkpoints (arXiv 2606.11167, June 2026: GRPO on pause handling,
+    turn-taking, backchannels and interruptions): the parent's architecture, prompts and
+    sampling defaults (their model cards publish no other settings), one PyTorch bf16 repo."""
+    return replace(
+        parent,
+        name=name,
+        repos={"bf16": repo},
+        precision="bf16",
+        about=f"{parent.about.split(':')[0]}, RL-tuned for turn-taking, backchannels and "
+        f"interruptions (gated, {licence})",
+    )
+
+
+_PARENTS = {m.name: m for m in _MODELS}
 MODELS: dict[str, KnownModel] = {
     m.name: m
     for m in (
-        KnownModel(
-            "moshiko",
-            "dialogue",
-            _kyutai_mlx("moshiko"),
-            "q4",
-            "Kyutai's Moshi 7B, male voice",
-            text_prompt=PREFILL,
-            voice_prompt=PREFILL,
-        ),
-        KnownModel(
-            "moshika",
-            "dialogue",
-            _kyutai_mlx("moshika"),
-            "q4",
-            "Kyutai's Moshi 7B, female voice",
-            text_prompt=PREFILL,
-            voice_prompt=PREFILL,
-        ),
-        KnownModel(
-            "personaplex",
-            "dialogue",
-            {"bf16": "nvidia/personaplex-7b-v1"},
-            "bf16",
-            "NVIDIA's PersonaPlex 7B: a text persona (--prompt) and any voice (--voice-prompt)",
-            text_prompt=TRAINED,
-            voice_prompt=TRAINED,
-            voices=PERSONAPLEX_VOICES,
-        ),
-        _hibiki("hibiki", "kyutai/hibiki-1b-mlx-bf16", "Kyutai's Hibiki 1B"),
-        _hibiki("hibiki-2b", "kyutai/hibiki-2b-mlx-bf16", "Kyutai's Hibiki 2B"),
-        KnownModel(
-            "stt-1b-en_fr",
-            "stt",
-            {"bf16": "kyutai/stt-1b-en_fr-mlx"},
-            "bf16",
-            "Kyutai's speech-to-text 1B, English and French",
-            sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
-        ),
-        KnownModel(
-            "stt-2.6b-en",
-            "stt",
-            {"bf16": "kyutai/stt-2.6b-en-mlx"},
-            "bf16",
-            "Kyutai's speech-to-text 2.6B, English",
-            sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
-        ),
-        KnownModel(
-            "tts-1.6b-en_fr",
-            "tts",
-            {"bf16": "kyutai/tts-1.6b-en_fr"},
-            "bf16",
-            "Kyutai's text-to-speech 1.6B, English and French",
-            sampling=Sampling(text_temperature=0.6, audio_temperature=0.6),
+        *_MODELS,
+        _rl_tuned(_PARENTS["moshika"], "moshika-rl", "kyutai/moshika-rl-seamless", "CC BY-NC 4.0"),
+        _rl_tuned(
+            _PARENTS["personaplex"],
+            "personaplex-rl",
+            "kyutai/personaplex-rl-seamless",
+            "CC BY-NC 4.0 and NVIDIA's Open Model License",
         ),
     )
 }
