@@ -170,3 +170,32 @@ def test_quantizer_fuses_the_lora_first(fine_tune, tmp_path):
     text = np.array(load_model(out.output).forward(mx.array(codes)).text_logits)
     assert rel(text, outputs[True][0][0]) < 0.05  # the fused model, quantized
     assert rel(text, outputs["base"][0]) > 0.1
+
+
+def test_quantize_lora_file_and_its_report(fine_tune, tmp_path, capsys):
+    """`moshi-mlx-quantize BASE OUT --lora FILE`: the same q8 as the folder naming the adapter;
+    `--report` compares it with the fused float model (its weight errors too)."""
+    from quantize.cli import main as quantize
+
+    _, folder, adapter, _, _ = fine_tune
+    named = tmp_path / "fine-tune"
+    shutil.copytree(folder, named)
+    L.name_lora(named, "lora.safetensors", RANK, SCALING)
+    flags = ("--recipe", "q8", "--quiet", "--lora", adapter, "--lora-scaling", SCALING)
+    args = [str(folder), str(tmp_path / "a"), *map(str, flags), "--report", "--steps", "6"]
+    assert quantize(args) == 0, capsys.readouterr().err
+    assert quantize([str(named), str(tmp_path / "b"), "--recipe", "q8", "--quiet"]) == 0
+    a, b = (mx.load(str(tmp_path / x / "model.q8.safetensors")) for x in "ab")
+    assert a.keys() == b.keys() and all(mx.array_equal(a[k], b[k]).item() for k in a)
+    report = json.loads((tmp_path / "a" / "quantization_report.json").read_text())
+    from quantize.report import accuracy_report
+
+    def text_kl(**lora) -> float:
+        result = accuracy_report(folder, [tmp_path / "a"], steps=6, **lora).results[0]
+        return result.streams["text"].kl
+
+    fused = text_kl(lora=adapter, lora_scaling=SCALING)
+    assert report["results"][0]["streams"]["text"]["kl"] == pytest.approx(fused, rel=1e-5)
+    assert fused < 0.1 * text_kl()  # against the base alone, q8 of the fine-tune is far off
+    assert quantize([str(folder), str(tmp_path / "c"), "--lora-scaling", "2"]) == 2
+    assert "--lora-scaling needs --lora FILE" in capsys.readouterr().err
