@@ -167,3 +167,29 @@ def test_tiny_lora_kind(tmp_path):
     kyutai = L.kyutai_lora_shapes(R.make_kyutai_lm(TINY_LM, seed=0), 4)
     with safe_open(str(folder / LORA_FILE), "np") as f:
         assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == kyutai
+
+
+def test_transcribe_and_speak_take_lora(capsys, speech_wav, tmp_path):
+    """A fine-tuned STT: `transcribe --lora` on the base gives what the fine-tune folder gives."""
+    from moshi_mlx.testing.tiny_lora import make_tiny_lora_checkpoint
+
+    folder = make_tiny_lora_checkpoint(tmp_path / "stt-ft", seed=3, kind="stt")
+    base = shutil.copytree(folder, tmp_path / "stt")
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if not k.startswith("lora")})
+    )
+    adapter = folder / "consolidated" / LORA_FILE
+    outputs = []
+    for args in (
+        ("--checkpoint", folder),
+        ("--checkpoint", base, "--lora", adapter),
+        ("--checkpoint", base),
+    ):
+        status = main(["transcribe", str(speech_wav), "--format", "json", "-q", *map(str, args)])
+        out, err = capsys.readouterr()
+        assert status == 0, err
+        data = json.loads(out)
+        outputs.append((data["text"], data["tokens"]))
+    assert outputs[0] == outputs[1] and outputs[0][1] != outputs[2][1]
+    assert main(["speak", "--help"]) == 0 and "--lora FILE" in capsys.readouterr().out

@@ -208,6 +208,7 @@ def add_kind_model_options(which, group, kind: str, default: str) -> None:
         choices=("q4", "q8", "bf16"),
         help="with --model: which of its hub repos (default: the model's)",
     )
+    add_lora_options(group)
 
 
 def kind_source_of(args: argparse.Namespace, default: str) -> str:
