@@ -11,6 +11,7 @@ Each table row maps one of our parameter names to its source name(s) and a trans
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -232,6 +233,18 @@ def detect_format(names) -> str:
         "(encoder.model.0.conv.conv.weight, ...) or transformers' (encoder.layers.0.conv.weight, "
         f"...), found {len(names)} tensors such as: {sample}"
     )
+
+
+def safetensors_header(path: str | Path) -> dict:
+    """A safetensors file's JSON header (tensor entries and `__metadata__`), nothing else read;
+    {} for an unreadable file (loading it then says what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 100_000_000)))
+        return header if isinstance(header, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def read_safetensors(path: Path) -> dict[str, mx.array]:

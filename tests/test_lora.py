@@ -98,6 +98,11 @@ def test_lora_file_on_a_base_of_another_layout(fine_tune, tmp_path):
     shutil.copy(adapter, alone)
     other = load_model(mlx_folder, lora=alone)
     assert rel(np.array(other.forward(mx.array(codes)).text_logits), outputs[True][0][0]) > 1e-3
+    # ... unless told: `lora_scaling=` (--lora-scaling), or the file's own metadata
+    check_forward(load_model(mlx_folder, lora=alone, lora_scaling=SCALING), outputs[True][0], codes)
+    meta = tmp_path / "meta.safetensors"
+    save_file(load_file(str(adapter)), str(meta), metadata={"lora_scaling": str(SCALING)})
+    check_forward(load_model(mlx_folder, lora=meta), outputs[True][0], codes)
 
 
 def _broken(adapter, tmp_path, edit) -> str:

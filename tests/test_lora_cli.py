@@ -120,6 +120,7 @@ def test_bad_lora_options_are_one_line(capsys, fine_tune, speech_wav, tmp_path):
         (("--lora", f["adapter"], "--lora-scaling", -1), 2, "must be a finite number"),
         (("--lora", other), 1, "lora_B.weight @ "),
         (("--lora", f["base"] / "config.json"), 1, "config.json"),
+        (("--lora", tmp_path), 1, "holds no lora.safetensors"),
     ]
     for args, status, message in cases:
         got, err = run(capsys, speech_wav, out, "--checkpoint", f["base"], *args)
@@ -160,7 +161,7 @@ def test_tiny_lora_kind(tmp_path):
     (base / "config.json").write_text(json.dumps(bare))
     codes = mx.array(R.random_codes(TINY_LM, B=1, T=12, seed=5))
     fused = np.array(load_model(folder).forward(codes).text_logits)
-    flagged = load_model(base, lora=folder / "consolidated" / LORA_FILE)
+    flagged = load_model(base, lora=folder / "consolidated")  # moshi-finetune's folder
     np.testing.assert_array_equal(np.array(flagged.forward(codes).text_logits), fused)
     plain = np.array(load_model(base).forward(codes).text_logits)
     assert np.abs(plain - fused).max() > 1e-2 * np.abs(plain).max()

@@ -119,8 +119,9 @@ def add_lora_options(group) -> None:
     group.add_argument(
         "--lora",
         metavar="FILE",
-        help="fuse this LoRA adapter (moshi-finetune's lora.safetensors) into the model, instead "
-        "of the one its config.json names; a float checkpoint only",
+        help="fuse this LoRA adapter (moshi-finetune's lora.safetensors, or the consolidated/ "
+        "folder holding it) into the model, instead of the one its config.json names; a float "
+        "checkpoint only",
     )
     group.add_argument(
         "--lora-scaling",
@@ -139,7 +140,7 @@ def lora_of_args(args: argparse.Namespace) -> tuple[str | None, float | None]:
     lora, scaling = getattr(args, "lora", None), getattr(args, "lora_scaling", None)
     if scaling is not None and lora is None:
         raise UsageError("--lora-scaling needs --lora FILE")
-    if lora is not None and not Path(lora).expanduser().is_file():
+    if lora is not None and not Path(lora).expanduser().exists():
         raise UsageError(f"--lora: no such file: {lora}")
     return lora, scaling
 

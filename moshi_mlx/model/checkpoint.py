@@ -8,7 +8,6 @@ weights. The weights' layout and quantization always come from the tensors thems
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import mlx.core as mx
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError, hub_file, looks_like_repo_id, missing_hint, read_json
 from mimi_mlx.nn.backend import lm_compute_dtype
-from mimi_mlx.weights import read_safetensors
+from mimi_mlx.weights import read_safetensors, safetensors_header
 
 from .config import LmConfig
 from .lm import Lm
@@ -97,13 +96,7 @@ def resolve(checkpoint: str | Path, revision: str | None = None) -> CheckpointFi
 def tensor_names(path: Path) -> set[str]:
     """The tensor names of a safetensors file, from its header (nothing else is read); empty
     for an unreadable file (loading it then says what is wrong)."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(min(size, 100_000_000)))
-        return {k for k in header if k != "__metadata__"}
-    except (OSError, ValueError, AttributeError):
-        return set()
+    return {k for k in safetensors_header(path) if k != "__metadata__"}
 
 
 def config_from(files: CheckpointFiles) -> LmConfig:

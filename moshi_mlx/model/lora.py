@@ -22,13 +22,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mimi_mlx.io.hub import CheckpointError
-from mimi_mlx.weights import read_safetensors
+from mimi_mlx.weights import read_safetensors, safetensors_header
 
 from .config import LmConfig
 from .name_tables import name_table
 from .weights import STACKED, stacked_name
 
 LORA_KEYS = ("lora", "lora_name", "lora_rank", "lora_scaling")
+LORA_FILE = "lora.safetensors"  # moshi-finetune's adapter, in checkpoint_N/consolidated/
 DEFAULT_SCALING = 2.0  # Kyutai's `lora_scaling` when a config does not say
 A, B = ".lora_A.weight", ".lora_B.weight"
 
@@ -73,21 +74,10 @@ def lora_of(config: dict | None, get: Callable[[str], Path | None], root: str) -
     return _from_config(path, config)
 
 
-def adapter_metadata(path: Path) -> dict[str, str]:
-    """The safetensors header's `__metadata__` of an adapter file ({} if none or unreadable)."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(min(size, 100_000_000)))
-        return dict(header.get("__metadata__") or {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
 def lora_file(
     path: str | Path, base_config: dict | None = None, scaling: float | None = None
 ) -> Lora:
-    """`--lora FILE`: an adapter for any base.
+    """`--lora FILE`: an adapter for any base (a folder: its `lora.safetensors`).
 
     Its `lora_scaling` and `lora_rank` come from, first to last: `scaling` (`--lora-scaling`),
     the file's own safetensors metadata, a `config.json` beside it (moshi-finetune writes
@@ -95,6 +85,10 @@ def lora_file(
     defaults (scaling 2, any rank).
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / LORA_FILE).is_file():
+            raise LoraError(f"--lora: the folder {path} holds no {LORA_FILE}")
+        path = path / LORA_FILE
     if not path.is_file():
         raise LoraError(f"--lora: no such file: {path}")
     beside = path.parent / "config.json"
@@ -103,7 +97,7 @@ def lora_file(
     except (OSError, ValueError) as e:
         raise LoraError(f"--lora: cannot read {beside}: {' '.join(str(e).split())}") from None
     keys = {k: v for k, v in config.items() if k in ("lora_rank", "lora_scaling")}
-    meta = adapter_metadata(path)
+    meta = safetensors_header(path).get("__metadata__") or {}
     try:
         keys.update({k: float(meta[k]) for k in ("lora_scaling",) if k in meta})
         keys.update({k: int(meta[k]) for k in ("lora_rank",) if k in meta})

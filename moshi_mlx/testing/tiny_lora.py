@@ -19,13 +19,12 @@ import mlx.core as mx
 
 from ..model.config import LmConfig
 from ..model.lm import Lm
-from ..model.lora import linear_layers
+from ..model.lora import LORA_FILE, linear_layers
 from ..model.name_tables import name_table
 from ..model.weights import STACKED
 from .synthetic import pytorch_layout
 from .tiny import TINY_KINDS, make_tiny_checkpoint
 
-LORA_FILE = "lora.safetensors"  # moshi-finetune's name (`save_adapters: true`)
 TINY_RANK, TINY_SCALING = 4, 1.5
 
 
