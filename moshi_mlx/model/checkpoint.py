@@ -21,7 +21,7 @@ from mimi_mlx.weights import read_safetensors, safetensors_header
 
 from .config import LmConfig
 from .lm import Lm
-from .lora import Lora, LoraError, fuse_lora, lora_file, lora_of
+from .lora import Lora, LoraError, fuse_lora, lora_file, lora_of, raise_quantized
 from .tokenizer import TOKENIZER_FILE, TextTokenizer
 from .weights import load_weights
 
@@ -179,12 +179,19 @@ def load_model(
 def lora_for(
     files: CheckpointFiles, lora: str | Path | None, scaling: float | None = None
 ) -> Lora | None:
-    """The adapter to fuse: `lora` (a file), else the one the checkpoint's config.json names."""
+    """The adapter to fuse: `lora` (a file), else the one the checkpoint's config.json names;
+    refused at once for quantized weights (told by their headers, before the long load)."""
     if lora is not None:
-        return lora_file(lora, files.config, scaling)
-    if scaling is not None:
+        adapter = lora_file(lora, files.config, scaling)
+    elif scaling is not None:
         raise LoraError("a LoRA scaling was given without a LoRA file (--lora FILE)")
-    return lora_of(files.config, files.get, files.root)
+    else:
+        adapter = lora_of(files.config, files.get, files.root)
+    if adapter is not None:
+        packed = sorted(n for f in files.weights for n in tensor_names(f) if n.endswith(".scales"))
+        if packed:
+            raise_quantized(packed[0].removesuffix(".scales"))
+    return adapter
 
 
 def _load_lm(

@@ -206,6 +206,14 @@ def lora_deltas(
     return deltas
 
 
+def raise_quantized(layer: str) -> None:
+    raise LoraError(
+        f"a LoRA cannot be fused into quantized weights ({layer}, ...): load the float "
+        "checkpoint with it (--precision bf16 with a --model), or quantize the fused model with "
+        "moshi-mlx-quantize BASE OUT --lora FILE"
+    )
+
+
 def linear_layers(model: nn.Module) -> set[str]:
     return {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
@@ -214,10 +222,7 @@ def fuse_lora(model, lora: Lora) -> None:
     """Add the adapter's `scaling * B @ A` to every linear layer of an `Lm`, in place."""
     quantized = [n for n, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
     if quantized:
-        raise LoraError(
-            f"a LoRA cannot be fused into quantized weights ({quantized[0]}, ...): load the float "
-            "checkpoint with it, or quantize the fused model with moshi-mlx-quantize"
-        )
+        raise_quantized(quantized[0])
     params = dict(tree_flatten(model.parameters()))
     shapes = {k: tuple(v.shape) for k, v in params.items()}
     deltas = lora_deltas(model.cfg, linear_layers(model), shapes, lora)
