@@ -204,3 +204,45 @@ def test_quantize_lora_file_and_its_report(fine_tune, tmp_path, capsys):
     assert fused < 0.1 * text_kl()  # against the base alone, q8 of the fine-tune is far off
     assert quantize([str(folder), str(tmp_path / "c"), "--lora-scaling", "2"]) == 2
     assert "--lora-scaling needs --lora FILE" in capsys.readouterr().err
+
+
+def test_unfused_adapters_match_kyutai_unfused_and_share_the_base(fine_tune, tmp_path):
+    """`fuse_lora=False`: Kyutai's `LoRALinear` (their `fuse_lora=False`), the same logits and
+    greedy tokens; `with_lora` makes fine-tunes of one base in memory, which stays as it was."""
+    from moshi_mlx.model.lora import lora_file
+    from moshi_mlx.model.lora_unfused import LoraLinear, with_lora
+
+    outputs, folder, adapter, codes, user = fine_tune
+    named = tmp_path / "fine-tune"
+    shutil.copytree(folder, named)
+    L.name_lora(named, "lora.safetensors", RANK, SCALING)
+    unfused = load_model(named, fuse_lora=False)
+    assert any(isinstance(m, LoraLinear) for _, m in unfused.named_modules())
+    forward, generated = outputs[False]
+    check_forward(unfused, forward, codes)
+    check_generation(generate(unfused, user, user.shape[-1]), generated, max_delay=2)
+    base = load_model(folder)
+    before = {k: v for k, v in tree_flatten(base.parameters())}
+    tuned = with_lora(base, lora_file(adapter, scaling=SCALING))
+    other = with_lora(base, lora_file(adapter, scaling=0.5))  # a second fine-tune, same base
+    check_forward(tuned, outputs[True][0], codes)
+    check_forward(base, outputs["base"], codes)  # the base is untouched
+    assert rel(np.array(other.forward(mx.array(codes)).text_logits), outputs[True][0][0]) > 1e-3
+    shared = {id(v) for k, v in tree_flatten(tuned.parameters()) if ".lora_" not in k}
+    assert {id(v) for v in before.values()} == shared  # not one base array copied
+    assert {k for k, _ in tree_flatten(base.parameters())} == before.keys()
+
+
+def test_a_quantized_base_takes_an_adapter_unfused(fine_tune, tmp_path):
+    from quantize.convert import convert
+
+    outputs, folder, adapter, codes, _ = fine_tune
+    q8 = convert(folder, tmp_path / "q8", "q8", progress=False).output
+    model = load_model(q8, lora=adapter, lora_scaling=SCALING)  # kept beside the weights
+    text = np.array(model.forward(mx.array(codes)).text_logits)
+    plain = np.array(load_model(q8).forward(mx.array(codes)).text_logits)
+    error = rel(plain, outputs["base"][0])  # what 8 bits cost the base alone
+    assert 0 < rel(text, outputs[True][0][0]) < min(2 * error, 0.1)  # the fine-tune, on q8
+    assert rel(text, outputs["base"][0]) > 0.1
+    with pytest.raises(LoraError, match="cannot be fused into quantized weights"):
+        load_model(q8, lora=adapter, fuse_lora=True)

@@ -126,8 +126,9 @@ def test_bad_lora_options_are_one_line(capsys, fine_tune, speech_wav, tmp_path):
         got, err = run(capsys, speech_wav, out, "--checkpoint", f["base"], *args)
         assert got == status and message in err and err.count("\n") == 1, (args, err)
         assert "Traceback" not in err and not out.exists()
+    # a quantized base keeps the adapter beside its weights (unfused): it runs
     got, err = run(capsys, speech_wav, out, "--checkpoint", quantized, "--lora", f["adapter"])
-    assert got == 1 and "cannot be fused into quantized weights" in err and err.count("\n") == 1
+    assert got == 0, err
 
 
 def test_chat_and_serve_take_lora(capsys, fine_tune, tmp_path):
