@@ -119,9 +119,9 @@ def add_lora_options(group) -> None:
     group.add_argument(
         "--lora",
         metavar="FILE",
-        help="fuse this LoRA adapter (moshi-finetune's lora.safetensors, or the consolidated/ "
-        "folder holding it) into the model, instead of the one its config.json names; a float "
-        "checkpoint only",
+        help="apply this LoRA adapter (moshi-finetune's lora.safetensors, or the consolidated/ "
+        "folder holding it) instead of the one the checkpoint's config.json names: fused into "
+        "float weights, kept beside quantized ones",
     )
     group.add_argument(
         "--lora-scaling",

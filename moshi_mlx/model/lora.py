@@ -8,6 +8,7 @@ output heads), `depformer_in.2`, `text_linear`, ... Each adapter's product is re
 same declarative table as Kyutai's PyTorch weights (`weights.name_table(cfg, "pytorch")`), so it
 lands on our parameter whatever the layout of the base. A checkpoint's `config.json` names its
 adapter (`lora`, `lora_name`, `lora_rank`, `lora_scaling`); `--lora FILE` adds one to any base.
+`lora_unfused` keeps an adapter beside its base instead (quantized bases, shared bases).
 """
 
 from __future__ import annotations
