@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from .lm import Lm
 from .lora import Lora, LoraError, lora_factors
+from .quantized import _parent, find_quantized, quantize_layers
 
 
 class LoraLinear(nn.Module):
@@ -43,18 +44,16 @@ def _linear_paths(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    *parents, last = path.split(".")
-    node = model
-    for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    if isinstance(node, list):
-        node[int(last)] = module
+    parent, attr = _parent(model, path)
+    if isinstance(parent, list):
+        parent[int(attr)] = module
     else:
-        node[last] = module
+        parent[attr] = module
 
 
 def attach_lora(model: Lm, lora: Lora) -> None:
-    """Put `lora` beside every linear layer of `model`, in place (float or quantized base).
+    """Put `lora` beside every linear layer of `model`, in place (float or quantized base): a
+    model fresh from loading (compiled streaming steps trace the layers they first see).
 
     Raises:
         LoraError: the adapter does not fit (as `fuse_lora`), or the model has cross-attention
@@ -80,26 +79,15 @@ def attach_lora(model: Lm, lora: Lora) -> None:
     mx.eval(model.parameters())
 
 
-def _clone(node, memo: dict[int, object]):
-    """A copy of a module tree whose arrays (and shared sub-modules' sharing) are kept."""
-    if id(node) in memo:
-        return memo[id(node)]
-    if isinstance(node, nn.Module):
-        copy = type(node).__new__(type(node))
-        memo[id(node)] = copy
-        dict.__init__(copy, {k: _clone(v, memo) for k, v in node.items()})
-        copy.__dict__.update(node.__dict__)
-        return copy
-    if isinstance(node, list):
-        return [_clone(v, memo) for v in node]
-    if isinstance(node, dict):
-        return {k: _clone(v, memo) for k, v in node.items()}
-    return node  # arrays and plain values: shared
-
-
 def with_lora(model: Lm, lora: Lora) -> Lm:
-    """Another model made of `model`'s own arrays (no copy) with `lora` beside its linear layers:
-    one base in memory, several fine-tunes; `model` itself is left as it was."""
-    other = _clone(model, {})
+    """Another model made of `model`'s own arrays (none copied) with `lora` beside its linear
+    layers: one base in memory, several fine-tunes; `model` itself is left as it was."""
+    params = tree_flatten(model.parameters())
+    other = Lm(model.cfg, dtype=model.dtype)  # lazy random weights, replaced before any eval
+    shapes = {k: tuple(v.shape) for k, v in tree_flatten(other.parameters())}
+    quantize_layers(other, find_quantized(dict(params), shapes, "the base model"))
+    other.update(tree_unflatten(params))
+    other.checkpoint_id = getattr(model, "checkpoint_id", None)
+    other.checkpoint_format = getattr(model, "checkpoint_format", None)
     attach_lora(other, lora)
     return other
