@@ -249,3 +249,8 @@ def test_a_quantized_base_takes_an_adapter_unfused(fine_tune, tmp_path):
     assert rel(text, outputs["base"][0]) > 0.1
     with pytest.raises(LoraError, match="cannot be fused into quantized weights"):
         load_model(q8, lora=adapter, fuse_lora=True)
+    from moshi_mlx.model.lora import lora_file
+    from moshi_mlx.model.lora_unfused import with_lora
+
+    shared = with_lora(load_model(q8), lora_file(adapter, scaling=SCALING))  # a q8 base, shared
+    np.testing.assert_array_equal(np.array(shared.forward(mx.array(codes)).text_logits), text)
