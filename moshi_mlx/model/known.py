@@ -85,62 +85,65 @@ PERSONAPLEX_VOICES = tuple(
     [f"NAT{g}{i}" for g in "FM" for i in range(4)] + [f"VAR{g}{i}" for g in "FM" for i in range(5)]
 )
 
-_MODELS = (
-    KnownModel(
-        "moshiko",
-        "dialogue",
-        _kyutai_mlx("moshiko"),
-        "q4",
-        "Kyutai's Moshi 7B, male voice",
-        text_prompt=PREFILL,
-        voice_prompt=PREFILL,
-    ),
-    KnownModel(
-        "moshika",
-        "dialogue",
-        _kyutai_mlx("moshika"),
-        "q4",
-        "Kyutai's Moshi 7B, female voice",
-        text_prompt=PREFILL,
-        voice_prompt=PREFILL,
-    ),
-    KnownModel(
-        "personaplex",
-        "dialogue",
-        {"bf16": "nvidia/personaplex-7b-v1"},
-        "bf16",
-        "NVIDIA's PersonaPlex 7B: a text persona (--prompt) and any voice (--voice-prompt)",
-        text_prompt=TRAINED,
-        voice_prompt=TRAINED,
-        voices=PERSONAPLEX_VOICES,
-    ),
-    _hibiki("hibiki", "kyutai/hibiki-1b-mlx-bf16", "Kyutai's Hibiki 1B"),
-    _hibiki("hibiki-2b", "kyutai/hibiki-2b-mlx-bf16", "Kyutai's Hibiki 2B"),
-    KnownModel(
-        "stt-1b-en_fr",
-        "stt",
-        {"bf16": "kyutai/stt-1b-en_fr-mlx"},
-        "bf16",
-        "Kyutai's speech-to-text 1B, English and French",
-        sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
-    ),
-    KnownModel(
-        "stt-2.6b-en",
-        "stt",
-        {"bf16": "kyutai/stt-2.6b-en-mlx"},
-        "bf16",
-        "Kyutai's speech-to-text 2.6B, English",
-        sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
-    ),
-    KnownModel(
-        "tts-1.6b-en_fr",
-        "tts",
-        {"bf16": "kyutai/tts-1.6b-en_fr"},
-        "bf16",
-        "Kyutai's text-to-speech 1.6B, English and French",
-        sampling=Sampling(text_temperature=0.6, audio_temperature=0.6),
-    ),
-)
+MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            "moshiko",
+            "dialogue",
+            _kyutai_mlx("moshiko"),
+            "q4",
+            "Kyutai's Moshi 7B, male voice",
+            text_prompt=PREFILL,
+            voice_prompt=PREFILL,
+        ),
+        KnownModel(
+            "moshika",
+            "dialogue",
+            _kyutai_mlx("moshika"),
+            "q4",
+            "Kyutai's Moshi 7B, female voice",
+            text_prompt=PREFILL,
+            voice_prompt=PREFILL,
+        ),
+        KnownModel(
+            "personaplex",
+            "dialogue",
+            {"bf16": "nvidia/personaplex-7b-v1"},
+            "bf16",
+            "NVIDIA's PersonaPlex 7B: a text persona (--prompt) and any voice (--voice-prompt)",
+            text_prompt=TRAINED,
+            voice_prompt=TRAINED,
+            voices=PERSONAPLEX_VOICES,
+        ),
+        _hibiki("hibiki", "kyutai/hibiki-1b-mlx-bf16", "Kyutai's Hibiki 1B"),
+        _hibiki("hibiki-2b", "kyutai/hibiki-2b-mlx-bf16", "Kyutai's Hibiki 2B"),
+        KnownModel(
+            "stt-1b-en_fr",
+            "stt",
+            {"bf16": "kyutai/stt-1b-en_fr-mlx"},
+            "bf16",
+            "Kyutai's speech-to-text 1B, English and French",
+            sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+        ),
+        KnownModel(
+            "stt-2.6b-en",
+            "stt",
+            {"bf16": "kyutai/stt-2.6b-en-mlx"},
+            "bf16",
+            "Kyutai's speech-to-text 2.6B, English",
+            sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+        ),
+        KnownModel(
+            "tts-1.6b-en_fr",
+            "tts",
+            {"bf16": "kyutai/tts-1.6b-en_fr"},
+            "bf16",
+            "Kyutai's text-to-speech 1.6B, English and French",
+            sampling=Sampling(text_temperature=0.6, audio_temperature=0.6),
+        ),
+    )
+}
 
 
 def _rl_tuned(parent: KnownModel, name: str, repo: str, licence: str) -> KnownModel:
@@ -157,20 +160,18 @@ def _rl_tuned(parent: KnownModel, name: str, repo: str, licence: str) -> KnownMo
     )
 
 
-_PARENTS = {m.name: m for m in _MODELS}
-MODELS: dict[str, KnownModel] = {
-    m.name: m
+MODELS.update(
+    (m.name, m)
     for m in (
-        *_MODELS,
-        _rl_tuned(_PARENTS["moshika"], "moshika-rl", "kyutai/moshika-rl-seamless", "CC BY-NC 4.0"),
+        _rl_tuned(MODELS["moshika"], "moshika-rl", "kyutai/moshika-rl-seamless", "CC BY-NC 4.0"),
         _rl_tuned(
-            _PARENTS["personaplex"],
+            MODELS["personaplex"],
             "personaplex-rl",
             "kyutai/personaplex-rl-seamless",
             "CC BY-NC 4.0 and NVIDIA's Open Model License",
         ),
     )
-}
+)
 
 DEFAULT_MODEL = "moshiko"
 
