@@ -22,6 +22,7 @@ from mimi_mlx.io.cli_support import (
     run_cli,
     seed,
 )
+from moshi_mlx.commands.options import add_lora_options, lora_of_args
 
 from .recipes import GROUPS, PARTS, RECIPES
 
@@ -39,6 +40,10 @@ RECIPE_HELP = "\n".join(
         "32/64/128), float",
     ]
 )
+
+
+def _lora_options(p: argparse.ArgumentParser) -> None:
+    add_lora_options(p.add_argument_group("LoRA fine-tunes (moshi-finetune's adapters)"))
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
@@ -79,6 +84,7 @@ def configure_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--force", action="store_true", help="replace an existing output checkpoint")
     p.add_argument("--revision", help="hub revision of the source")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _lora_options(p)
     p.add_argument(
         "--report",
         action="store_true",
@@ -99,6 +105,7 @@ def configure_report_parser(parser: argparse.ArgumentParser | None = None):
     p.add_argument("source", help="the float checkpoint the others were made from")
     p.add_argument("quantized", nargs="+", type=Path, help="quantized checkpoint folders")
     p.add_argument("--json", type=Path, help="save the report here as JSON")
+    _lora_options(p)
     _report_options(p)
     return p
 
@@ -160,6 +167,7 @@ def _convert(args: argparse.Namespace) -> None:
         _check_report_options(args)
     elif args.audio is not None:
         raise UsageError("--audio is for the accuracy report: add --report")
+    lora, lora_scaling = lora_of_args(args)
     result = convert(
         args.source,
         args.output,
@@ -167,6 +175,8 @@ def _convert(args: argparse.Namespace) -> None:
         force=args.force,
         revision=args.revision,
         progress=None if not args.quiet else False,
+        lora=lora,
+        lora_scaling=lora_scaling,
     )
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -182,8 +192,16 @@ def _convert(args: argparse.Namespace) -> None:
 def _report(args, source, quantized: list[Path], json_path: Path | None) -> None:
     from .report import accuracy_report
 
+    lora, lora_scaling = lora_of_args(args)
     report = accuracy_report(
-        source, quantized, steps=args.steps, batch=args.batch, seed=args.seed, audio=args.audio
+        source,
+        quantized,
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        audio=args.audio,
+        lora=lora,
+        lora_scaling=lora_scaling,
     )
     if json_path is not None:
         report.save(json_path)  # before printing: a closed pipe must not lose it

@@ -270,6 +270,8 @@ def convert(
     dtype: mx.Dtype = mx.bfloat16,
     revision: str | None = None,
     progress: bool | None = True,
+    lora: str | Path | None = None,
+    lora_scaling: float | None = None,
 ) -> Conversion:
     """Quantize a float Moshi checkpoint into an MLX checkpoint folder.
 
@@ -283,6 +285,8 @@ def convert(
             bfloat16, as Kyutai's files).
         revision: hub revision of `source`.
         progress: show a progress bar (None: only on a terminal).
+        lora, lora_scaling: a LoRA adapter to fuse before quantizing, instead of the one the
+            source's config.json names (as `moshi_mlx.load_model`).
 
     Returns:
         What was written.
@@ -294,7 +298,7 @@ def convert(
     start = time.perf_counter()
     recipe = get_recipe(recipe)
     output = Path(output).expanduser()
-    src = SourceCheckpoint(source, revision)
+    src = SourceCheckpoint(source, revision, lora, lora_scaling)
     plan = make_plan(Lm(src.config), recipe)  # shapes only: the model is never evaluated
     items, specs = _plan_outputs(src, plan, dtype)
     name = weights_file_name(recipe, plan)

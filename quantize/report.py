@@ -255,6 +255,8 @@ def accuracy_report(
     dtype: mx.Dtype | None = None,
     names: list[str] | None = None,
     inputs: str | None = None,
+    lora: str | Path | None = None,
+    lora_scaling: float | None = None,
 ) -> Report:
     """Compare quantized checkpoints with the float checkpoint they came from.
 
@@ -268,11 +270,13 @@ def accuracy_report(
         dtype: compute dtype (default: the backend's, float32 on CPU).
         names: labels of the quantized checkpoints (default: their recipe).
         inputs: a description of `codes` for the report.
+        lora, lora_scaling: the adapter fused into `source` (a fine-tune quantized with
+            `--lora`): the reference is the fused float model.
 
     Returns:
         The report (`.table()` to print, `.save(path)` for JSON).
     """
-    src = SourceCheckpoint(source)
+    src = SourceCheckpoint(source, lora=lora, lora_scaling=lora_scaling)
     cfg = src.config
     if codes is None and audio is not None:
         from mimi_mlx import load_mimi
@@ -282,7 +286,7 @@ def accuracy_report(
     elif codes is None:
         codes = random_codes(cfg, batch, steps, seed)
         inputs = f"random codes (seed {seed})"
-    float_model = load_model(source, dtype=dtype)
+    float_model = load_model(source, dtype=dtype, lora=lora, lora_scaling=lora_scaling)
     ref = log_probs(float_model, codes, batch)
     del float_model
     mx.clear_cache()

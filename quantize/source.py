@@ -34,6 +34,8 @@ class SourceCheckpoint:
     Args:
         checkpoint: hub repo id, folder or `.safetensors` file (as `moshi_mlx.load_model`).
         revision: hub revision.
+        lora, lora_scaling: a LoRA adapter fused into the weights instead of the one
+            config.json names (as `moshi_mlx.load_model`).
 
     Attributes:
         files: where the pieces are (`moshi_mlx.checkpoint.CheckpointFiles`).
@@ -45,7 +47,13 @@ class SourceCheckpoint:
         CheckpointError: not a Moshi checkpoint, already quantized, or not matching its config.
     """
 
-    def __init__(self, checkpoint: str | Path, revision: str | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        revision: str | None = None,
+        lora: str | Path | None = None,
+        lora_scaling: float | None = None,
+    ):
         self.files: CheckpointFiles = resolve(checkpoint, revision)
         self.where: dict[str, Path] = {}  # our spelling of a source tensor -> its file
         for path in self.files.weights:
@@ -65,7 +73,7 @@ class SourceCheckpoint:
         self.rows = {ours: (srcs, fn) for ours, srcs, fn in name_table(self.config, self.format)}
         self._check_names()
         self._open: dict[Path, dict[str, mx.array]] = {}
-        self.lora = lora_for(self.files, None)  # a fine-tune: fused before quantizing
+        self.lora = lora_for(self.files, lora, lora_scaling)  # a fine-tune: fused first
         self._deltas = {}
         if self.lora is not None:
             model = Lm(self.config)  # shapes only: never evaluated

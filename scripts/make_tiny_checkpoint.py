@@ -6,6 +6,8 @@
     python scripts/make_tiny_checkpoint.py /tmp/tiny-hibiki --kind hibiki
     python scripts/make_tiny_checkpoint.py /tmp/tiny-tts --kind tts   # + voices/tiny, voices/tiny2
     python scripts/make_tiny_checkpoint.py /tmp/tiny-llm --kind llm   # mlx-lm's format (Qwen2)
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-ft --kind lora   # a LoRA fine-tune of Moshi
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-pp-ft --kind personaplex --lora
 
 The folder works wherever a Kyutai repo id does (`load_model`, `load_checkpoint`, the apps):
 config.json, the language model (Kyutai MLX layout), Mimi, and a SentencePiece tokenizer. The
@@ -38,12 +40,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--kind",
-        choices=(*KINDS, "llm"),
+        choices=(*KINDS, "llm", "lora"),
         default="moshi",
         help="moshi (kyutai/moshiko-mlx-*), stt (kyutai/stt-1b-en_fr-mlx, with the "
         "voice-activity heads), tts (kyutai/tts-1.6b-en_fr, with two voices tiny and tiny2), "
         "personaplex (16 depth steps, voice presets in voices/), hibiki (conditioned "
-        "translation model) or llm (a text chat model in mlx-lm's format, for `assistant`)",
+        "translation model), llm (a text chat model in mlx-lm's format, for `assistant`) or "
+        "lora (moshi with --lora)",
+    )
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help="a LoRA fine-tune: a random adapter (rank 4, scaling 1.5) that config.json names "
+        "(lora.safetensors: the folder loads fused), and moshi-finetune's own output of it in "
+        "consolidated/ (lora.safetensors and config.json) for --lora FILE on any base",
     )
     parser.add_argument(
         "-f", "--force", action="store_true", help="write into a folder that is not empty"
@@ -82,13 +92,26 @@ def _run(args: argparse.Namespace) -> None:
         make_tiny_llm(folder, seed=args.seed)
         print(f"wrote a tiny random mlx-lm chat model to {folder}")
         return
-    folder = make_tiny_checkpoint(
-        folder, seed=args.seed, quantize_bits=args.quantize, kind=args.kind
-    )
-    if args.kind == "personaplex":
+    kind, lora = ("moshi", True) if args.kind == "lora" else (args.kind, args.lora)
+    if lora:
+        if args.quantize is not None:
+            raise ValueError("a LoRA goes on float weights: --lora takes no --quantize")
+        from moshi_mlx.testing.tiny_lora import make_tiny_lora_checkpoint
+
+        folder = make_tiny_lora_checkpoint(folder, seed=args.seed, kind=kind)
+    else:
+        folder = make_tiny_checkpoint(
+            folder, seed=args.seed, quantize_bits=args.quantize, kind=kind
+        )
+    if kind == "personaplex":
         write_tiny_voices(folder, args.seed)
-    what = {"stt": "STT", "tts": "TTS", "moshi": "Moshi"}.get(args.kind, args.kind)
+    what = {"stt": "STT", "tts": "TTS", "moshi": "Moshi"}.get(kind, kind)
     print(f"wrote a tiny random {what} checkpoint to {folder}")
+    if lora:
+        print(
+            f"with a LoRA fine-tune: {folder / 'lora.safetensors'} (named by its config.json), "
+            f"and moshi-finetune's output {folder / 'consolidated'}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

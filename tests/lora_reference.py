@@ -1,8 +1,8 @@
-"""Random LoRA adapters in Kyutai's format, and Kyutai's own loader applying them.
+"""Kyutai's own LoRA code: the adapter tensors it trains, and its loader applying an adapter.
 
 The adapter is what moshi-finetune saves: `X.lora_A.weight` (rank, in) and `X.lora_B.weight`
-(out, rank) for every linear layer X of Kyutai's in-memory `LMModel`, drawn large enough that a
-missing or misplaced adapter changes the outputs.
+(out, rank) for every linear layer X of Kyutai's in-memory `LMModel`; the random ones the tests
+use come from `moshi_mlx.testing.tiny_lora`, checked here against Kyutai's names and shapes.
 """
 
 from __future__ import annotations
@@ -17,25 +17,14 @@ from moshi_mlx.model.supported import OTHER_KEYS
 
 
 @torch.no_grad()
-def save_random_lora(reference, rank: int, path: Path, seed: int) -> dict[str, torch.Tensor]:
-    """Kyutai's `replace_all_linear_with_lora` on a copy of `reference`, random A and B saved."""
+def kyutai_lora_shapes(reference, rank: int) -> dict[str, tuple[int, ...]]:
+    """The adapter tensors Kyutai's `replace_all_linear_with_lora` gives a copy of `reference`
+    (what moshi-finetune trains and saves): {name: shape}."""
     from moshi.modules.lora import replace_all_linear_with_lora
-    from safetensors.torch import save_file
 
     model = copy.deepcopy(reference)
     replace_all_linear_with_lora(model, rank, 1.0)
-    torch.manual_seed(seed)
-    state = {}
-    for name, p in model.named_parameters():
-        if ".lora_A." in name:
-            p.normal_(0.0, p.shape[-1] ** -0.5)
-        elif ".lora_B." in name:
-            p.normal_(0.0, 0.5 * p.shape[-1] ** -0.5)
-        else:
-            continue
-        state[name] = p.detach().contiguous()
-    save_file(state, str(path))
-    return state
+    return {n: tuple(p.shape) for n, p in model.named_parameters() if ".lora_" in n}
 
 
 def kyutai_with_lora(weights: Path, cfg: dict, lora: Path, rank: int, scaling: float, fuse: bool):

@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 from test_moshi_parity import check_forward, check_generation, generate, rel
 
 import moshi_reference as R
-from moshi_mlx import load_model
+from moshi_mlx import LmConfig, load_model
 from moshi_mlx.model.lora import LoraError
+from moshi_mlx.testing.tiny_lora import save_random_lora
 
 CFG = {
     **R.TINY,
@@ -39,7 +40,7 @@ def fine_tune(tmp_path_factory):
     base = R.make_kyutai_lm(CFG, seed=31)
     weights = R.save_pytorch(base, CFG, folder)
     adapter = folder / "lora.safetensors"
-    L.save_random_lora(base, RANK, adapter, seed=32)
+    save_random_lora(LmConfig.from_dict(CFG), adapter, RANK, seed=32)
     codes = R.random_codes(CFG, B=2, T=30, seed=33)
     steps = 40
     user = np.random.default_rng(34).integers(0, CFG["card"], (2, 3, steps))
@@ -49,6 +50,16 @@ def fine_tune(tmp_path_factory):
         outputs[fuse] = (R.kyutai_forward(kyutai, codes), R.kyutai_generate(kyutai, user, steps))
     outputs["base"] = R.kyutai_forward(base, codes)
     return outputs, folder, adapter, codes, user
+
+
+def test_random_adapter_has_kyutai_names_and_shapes(tmp_path):
+    """The tiny adapters (moshi_mlx.testing) hold exactly what Kyutai's LoRA model trains."""
+    base = R.make_kyutai_lm(CFG, seed=31)
+    kyutai = L.kyutai_lora_shapes(base, RANK)
+    ours = save_random_lora(LmConfig.from_dict(CFG), tmp_path / "a.safetensors", RANK, seed=0)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == kyutai
+    assert any(".gating.1.linear_in." in k for k in kyutai)  # the per-set depth decoder
+    assert "depformer_emb.0.low_rank.lora_A.weight" in kyutai  # the low-rank embeddings
 
 
 def test_folder_naming_its_lora_matches_kyutai(fine_tune, tmp_path):
@@ -87,6 +98,11 @@ def test_lora_file_on_a_base_of_another_layout(fine_tune, tmp_path):
     shutil.copy(adapter, alone)
     other = load_model(mlx_folder, lora=alone)
     assert rel(np.array(other.forward(mx.array(codes)).text_logits), outputs[True][0][0]) > 1e-3
+    # ... unless told: `lora_scaling=` (--lora-scaling), or the file's own metadata
+    check_forward(load_model(mlx_folder, lora=alone, lora_scaling=SCALING), outputs[True][0], codes)
+    meta = tmp_path / "meta.safetensors"
+    save_file(load_file(str(adapter)), str(meta), metadata={"lora_scaling": str(SCALING)})
+    check_forward(load_model(mlx_folder, lora=meta), outputs[True][0], codes)
 
 
 def _broken(adapter, tmp_path, edit) -> str:
@@ -159,3 +175,82 @@ def test_quantizer_fuses_the_lora_first(fine_tune, tmp_path):
     text = np.array(load_model(out.output).forward(mx.array(codes)).text_logits)
     assert rel(text, outputs[True][0][0]) < 0.05  # the fused model, quantized
     assert rel(text, outputs["base"][0]) > 0.1
+
+
+def test_quantize_lora_file_and_its_report(fine_tune, tmp_path, capsys):
+    """`moshi-mlx-quantize BASE OUT --lora FILE`: the same q8 as the folder naming the adapter;
+    `--report` compares it with the fused float model (its weight errors too)."""
+    from quantize.cli import main as quantize
+
+    _, folder, adapter, _, _ = fine_tune
+    named = tmp_path / "fine-tune"
+    shutil.copytree(folder, named)
+    L.name_lora(named, "lora.safetensors", RANK, SCALING)
+    flags = ("--recipe", "q8", "--quiet", "--lora", adapter, "--lora-scaling", SCALING)
+    args = [str(folder), str(tmp_path / "a"), *map(str, flags), "--report", "--steps", "6"]
+    assert quantize(args) == 0, capsys.readouterr().err
+    assert quantize([str(named), str(tmp_path / "b"), "--recipe", "q8", "--quiet"]) == 0
+    a, b = (mx.load(str(tmp_path / x / "model.q8.safetensors")) for x in "ab")
+    assert a.keys() == b.keys() and all(mx.array_equal(a[k], b[k]).item() for k in a)
+    report = json.loads((tmp_path / "a" / "quantization_report.json").read_text())
+    from quantize.report import accuracy_report
+
+    def text_kl(**lora) -> float:
+        result = accuracy_report(folder, [tmp_path / "a"], steps=6, **lora).results[0]
+        return result.streams["text"].kl
+
+    fused = text_kl(lora=adapter, lora_scaling=SCALING)
+    assert report["results"][0]["streams"]["text"]["kl"] == pytest.approx(fused, rel=1e-5)
+    assert fused < 0.1 * text_kl()  # against the base alone, q8 of the fine-tune is far off
+    assert quantize([str(folder), str(tmp_path / "c"), "--lora-scaling", "2"]) == 2
+    assert "--lora-scaling needs --lora FILE" in capsys.readouterr().err
+
+
+def test_unfused_adapters_match_kyutai_unfused_and_share_the_base(fine_tune, tmp_path):
+    """`fuse_lora=False`: Kyutai's `LoRALinear` (their `fuse_lora=False`), the same logits and
+    greedy tokens; `with_lora` makes fine-tunes of one base in memory, which stays as it was."""
+    from moshi_mlx.model.lora import lora_file
+    from moshi_mlx.model.lora_unfused import LoraLinear, with_lora
+
+    outputs, folder, adapter, codes, user = fine_tune
+    named = tmp_path / "fine-tune"
+    shutil.copytree(folder, named)
+    L.name_lora(named, "lora.safetensors", RANK, SCALING)
+    unfused = load_model(named, fuse_lora=False)
+    assert any(isinstance(m, LoraLinear) for _, m in unfused.named_modules())
+    forward, generated = outputs[False]
+    check_forward(unfused, forward, codes)
+    check_generation(generate(unfused, user, user.shape[-1]), generated, max_delay=2)
+    base = load_model(folder)
+    generate(base, user, 4)  # a base that has streamed already (its steps compiled)
+    before = {k: v for k, v in tree_flatten(base.parameters())}
+    tuned = with_lora(base, lora_file(adapter, scaling=SCALING))
+    other = with_lora(base, lora_file(adapter, scaling=0.5))  # a second fine-tune, same base
+    for model in (tuned, other):  # not one base array copied
+        kept = {id(v) for k, v in tree_flatten(model.parameters()) if ".lora_" not in k}
+        assert {id(v) for v in before.values()} == kept
+    check_forward(tuned, outputs[True][0], codes)
+    check_generation(generate(tuned, user, user.shape[-1]), outputs[True][1], max_delay=2)
+    check_forward(base, outputs["base"], codes)  # the base is untouched
+    assert rel(np.array(other.forward(mx.array(codes)).text_logits), outputs[True][0][0]) > 1e-3
+    assert {k for k, _ in tree_flatten(base.parameters())} == before.keys()
+
+
+def test_a_quantized_base_takes_an_adapter_unfused(fine_tune, tmp_path):
+    from quantize.convert import convert
+
+    outputs, folder, adapter, codes, _ = fine_tune
+    q8 = convert(folder, tmp_path / "q8", "q8", progress=False).output
+    model = load_model(q8, lora=adapter, lora_scaling=SCALING)  # kept beside the weights
+    text = np.array(model.forward(mx.array(codes)).text_logits)
+    plain = np.array(load_model(q8).forward(mx.array(codes)).text_logits)
+    error = rel(plain, outputs["base"][0])  # what 8 bits cost the base alone
+    assert 0 < rel(text, outputs[True][0][0]) < min(2 * error, 0.1)  # the fine-tune, on q8
+    assert rel(text, outputs["base"][0]) > 0.1
+    with pytest.raises(LoraError, match="cannot be fused into quantized weights"):
+        load_model(q8, lora=adapter, fuse_lora=True)
+    from moshi_mlx.model.lora import lora_file
+    from moshi_mlx.model.lora_unfused import with_lora
+
+    shared = with_lora(load_model(q8), lora_file(adapter, scaling=SCALING))  # a q8 base, shared
+    np.testing.assert_array_equal(np.array(shared.forward(mx.array(codes)).text_logits), text)

@@ -29,6 +29,19 @@ def read_safetensors(path: Path) -> dict[str, mx.array]:
 def read_header(path: Path) -> dict[str, dict] | None:
     """The tensors' entries of a safetensors header (`{name: {dtype, shape, data_offsets}}`,
     without `__metadata__`), read without the data; None for a file that is not one."""
+    header = _raw_header(path)
+    if header is None:
+        return None
+    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header's `__metadata__` strings ({} where there are none or the file is unreadable)."""
+    meta = (_raw_header(path) or {}).get("__metadata__")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _raw_header(path: Path) -> dict | None:
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
@@ -37,6 +50,4 @@ def read_header(path: Path) -> dict[str, dict] | None:
             header = json.loads(f.read(size))
     except (OSError, ValueError):
         return None
-    if not isinstance(header, dict):
-        return None
-    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    return header if isinstance(header, dict) else None

@@ -83,6 +83,7 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         choices=("q4", "q8", "bf16"),
         help="with --model: which of its hub repos (default: the model's, q4 for Moshi)",
     )
+    add_lora_options(model)
     sampling = sub.add_argument_group("sampling (temperature 0: greedy)")
     sampling.add_argument(
         "--temperature",
@@ -111,6 +112,37 @@ def add_model_options(sub: argparse.ArgumentParser) -> None:
         metavar="N",
         help="random seed (default: a random one, reported so the session can be replayed)",
     )
+
+
+def add_lora_options(group) -> None:
+    """`--lora FILE` and `--lora-scaling S`: a LoRA fine-tune fused into a float checkpoint."""
+    group.add_argument(
+        "--lora",
+        metavar="FILE",
+        help="apply this LoRA adapter (moshi-finetune's lora.safetensors, or the consolidated/ "
+        "folder holding it) instead of the one the checkpoint's config.json names: fused into "
+        "float weights, kept beside quantized ones",
+    )
+    group.add_argument(
+        "--lora-scaling",
+        type=positive,
+        metavar="S",
+        help="with --lora: its lora_scaling (default: the file's metadata, a config.json beside "
+        "it, else 2 as Kyutai's loader)",
+    )
+
+
+def lora_of_args(args: argparse.Namespace) -> tuple[str | None, float | None]:
+    """(--lora, --lora-scaling), refusing a scaling without a file and a file that is not
+    there (before any load)."""
+    from mimi_mlx.io.cli_support import UsageError
+
+    lora, scaling = getattr(args, "lora", None), getattr(args, "lora_scaling", None)
+    if scaling is not None and lora is None:
+        raise UsageError("--lora-scaling needs --lora FILE")
+    if lora is not None and not Path(lora).expanduser().exists():
+        raise UsageError(f"--lora: no such file: {lora}")
+    return lora, scaling
 
 
 def known_of(args: argparse.Namespace) -> KnownModel | None:
@@ -177,6 +209,7 @@ def add_kind_model_options(which, group, kind: str, default: str) -> None:
         choices=("q4", "q8", "bf16"),
         help="with --model: which of its hub repos (default: the model's)",
     )
+    add_lora_options(group)
 
 
 def kind_source_of(args: argparse.Namespace, default: str) -> str:
@@ -234,9 +267,11 @@ def warn_if_too_slow_to_chat(cfg) -> None:
     )
 
 
-def load(source: str, live: bool = False):
+def load(
+    source: str, live: bool = False, lora: str | None = None, lora_scaling: float | None = None
+):
     """Load a checkpoint after checking that it fits in memory (and, for a `live` chat, that
-    the backend can run it in real time: a warning if not).
+    the backend can run it in real time: a warning if not); `lora`: an adapter to fuse.
 
     Raises:
         CheckpointError: not found (offline and not cached: says what to download).
@@ -264,7 +299,7 @@ def load(source: str, live: bool = False):
             print(warning, file=sys.stderr, flush=True)
         if live:
             warn_if_too_slow_to_chat(cfg)
-        return load_files(files, source)
+        return load_files(files, source, lora=lora, lora_scaling=lora_scaling)
     except CheckpointError as e:
         if is_repo:
             raise CheckpointError(

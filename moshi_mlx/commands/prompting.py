@@ -67,7 +67,7 @@ def with_session(args: argparse.Namespace) -> argparse.Namespace:
         filled["checkpoint"] = session.get("checkpoint")
     sampling = session.get("sampling") or {}
     for key, recorded in (
-        *((k, session.get(k)) for k in ("prompt", "voice_prompt", "cfg_coef", "seed")),
+        *((k, session.get(k)) for k in SESSION_KEYS),
         *((k, sampling.get(k)) for k in SAMPLING_KEYS),
     ):
         if filled.get(key) is None and recorded is not None:
@@ -75,6 +75,7 @@ def with_session(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**filled)
 
 
+SESSION_KEYS = ("prompt", "voice_prompt", "cfg_coef", "seed", "lora", "lora_scaling")
 SAMPLING_KEYS = ("text_temperature", "audio_temperature", "text_top_k", "audio_top_k", "top_p")
 
 
@@ -210,4 +211,8 @@ def session_info(args: argparse.Namespace, source: str, profile: KnownModel, gui
         info["voice_prompt"] = recorded_name(args.voice_prompt)  # a file, or a preset name
     if guidance is not None:
         info["cfg_coef"] = guidance.cfg_coef
+    if getattr(args, "lora", None) is not None:  # a fine-tune: the adapter and its scaling
+        info["lora"] = recorded_name(args.lora)
+        if args.lora_scaling is not None:
+            info["lora_scaling"] = args.lora_scaling
     return info

@@ -103,6 +103,9 @@ def _serve(args: argparse.Namespace) -> None:
     tts_source = _speech_source(args.tts, "tts", "--tts") if args.tts else None
     args = prompting.with_session(args)
     source = options.source_of(args) if serves_chat(args) else None
+    options.lora_of_args(args)  # a missing adapter fails now, not after the port is bound
+    if args.lora is not None and source is None:
+        raise UsageError("--lora fine-tunes the speech-to-speech model: name one (--model, ...)")
     serve_options = ServeOptions(
         host=args.host,
         port=args.port,

@@ -43,9 +43,10 @@ def dialogue_session(args: argparse.Namespace, source: str, live: bool = False) 
 
     known = options.known_of(args)
     prompting.check_prompts(args, known)  # before the (long) load
+    lora, lora_scaling = options.lora_of_args(args)
     if sys.stderr.isatty():  # (errors stay one line where stderr is read by a program)
         print(f"loading {source} ...", file=sys.stderr, flush=True)
-    ckpt = options.load(source, live)
+    ckpt = options.load(source, live, lora, lora_scaling)
     refuse_other_kind(ckpt.lm.cfg, source)
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)

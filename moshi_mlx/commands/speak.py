@@ -177,7 +177,8 @@ def _speak(args: argparse.Namespace) -> None:
     source = options.kind_source_of(args, DEFAULT_TTS_MODEL)
     if sys.stderr.isatty():
         print(f"loading {source} ...", file=sys.stderr, flush=True)
-    tts = TextToSpeech(options.load(source))
+    lora, lora_scaling = options.lora_of_args(args)
+    tts = TextToSpeech(options.load(source, lora=lora, lora_scaling=lora_scaling))
     n_q = tts.lm.cfg.dep_q
     if args.num_codebooks is not None and args.num_codebooks > n_q:
         raise UsageError(f"--num-codebooks must be in 1..{n_q} for this model")

@@ -155,7 +155,8 @@ def _load(args: argparse.Namespace, vad: bool, batch_size: int):
     source = options.kind_source_of(args, DEFAULT_STT_MODEL)
     if sys.stderr.isatty():
         print(f"loading {source} ...", file=sys.stderr, flush=True)
-    ckpt = options.load(source)
+    lora, lora_scaling = options.lora_of_args(args)
+    ckpt = options.load(source, lora=lora, lora_scaling=lora_scaling)
     SttSettings.of(ckpt.lm, ckpt.source)  # a Moshi checkpoint: one line that says so
     # checks the heads (--vad) and the tokenizer, before any audio is read
     SttStream(ckpt.lm, ckpt.mimi, ckpt.tokenizer, batch_size=1, vad=vad)

@@ -7,7 +7,7 @@ One row per model, declarative; the commands read it instead of carrying their o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .sampling import Sampling
 
@@ -136,6 +136,34 @@ MODELS: dict[str, KnownModel] = {
         ),
     )
 }
+
+
+def _rl_tuned(parent: KnownModel, name: str, repo: str, licence: str) -> KnownModel:
+    """Kyutai's RL-tuned checkpoints (arXiv 2606.11167, June 2026: GRPO on pause handling,
+    turn-taking, backchannels and interruptions): the parent's architecture, prompts and
+    sampling defaults (their model cards publish no other settings), one PyTorch bf16 repo."""
+    return replace(
+        parent,
+        name=name,
+        repos={"bf16": repo},
+        precision="bf16",
+        about=f"{parent.about.split(':')[0]}, RL-tuned for turn-taking, backchannels and "
+        f"interruptions (gated, {licence})",
+    )
+
+
+MODELS.update(
+    (m.name, m)
+    for m in (
+        _rl_tuned(MODELS["moshika"], "moshika-rl", "kyutai/moshika-rl-seamless", "CC BY-NC 4.0"),
+        _rl_tuned(
+            MODELS["personaplex"],
+            "personaplex-rl",
+            "kyutai/personaplex-rl-seamless",
+            "CC BY-NC 4.0 and NVIDIA's Open Model License",
+        ),
+    )
+)
 
 DEFAULT_MODEL = "moshiko"
 

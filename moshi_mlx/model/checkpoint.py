@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from mimi_mlx.constants import KYUTAI_FILE
 from mimi_mlx.io.hub import CheckpointError, hub_file, looks_like_repo_id, missing_hint, read_json
@@ -22,7 +23,8 @@ from mimi_mlx.nn.backend import lm_compute_dtype
 
 from .config import LmConfig
 from .lm import Lm
-from .lora import Lora, fuse_lora, lora_file, lora_of
+from .lora import Lora, LoraError, fuse_lora, lora_file, lora_of, raise_quantized
+from .lora_unfused import attach_lora
 from .tokenizer import TOKENIZER_FILE, TextTokenizer
 from .weights import detect_format, load_weights, normalize_names
 
@@ -154,6 +156,8 @@ def load_model(
     dtype: mx.Dtype | None = None,
     revision: str | None = None,
     lora: str | Path | None = None,
+    lora_scaling: float | None = None,
+    fuse_lora: bool | None = None,
 ) -> Lm:
     """Build Moshi's language model and load a checkpoint into it.
 
@@ -164,13 +168,20 @@ def load_model(
         config: overrides the checkpoint's config.json (default: read it, else the 7B config).
         dtype: activation and weight dtype (default: `lm_compute_dtype()`, float32 on CPU).
         revision: hub revision.
-        lora: a LoRA adapter file to fuse (default: the one config.json names, if any).
+        lora: a LoRA adapter file to fuse instead of the one config.json names (if any).
+        lora_scaling: the adapter's `lora_scaling` (default: its metadata, a config.json beside
+            it, the checkpoint's config, else Kyutai's 2).
+        fuse_lora: True: fuse the adapter into the weights (float only); False: keep it beside
+            them (`lora_unfused`); None (default): fuse into float weights, keep it beside
+            quantized ones.
 
     Returns:
         The model, evaluated and ready (`load_checkpoint` also gives Mimi, the tokenizer and
         where it all came from).
     """
-    return _load_lm(resolve(checkpoint, revision), config, dtype, lora)[0]
+    files = resolve(checkpoint, revision)
+    adapter = lora_for(files, lora, lora_scaling, fuse_lora)
+    return _load_lm(files, config, dtype, adapter, fuse_lora)[0]
 
 
 def weights_layout(checkpoint: str | Path, revision: str | None = None) -> str:
@@ -179,23 +190,46 @@ def weights_layout(checkpoint: str | Path, revision: str | None = None) -> str:
     return detect_format(normalize_names(read_tensors(files.weights)))  # lazy: nothing read
 
 
-def lora_for(files: CheckpointFiles, lora: str | Path | None) -> Lora | None:
-    """The adapter to fuse: `lora` (a file), else the one the checkpoint's config.json names."""
+def lora_for(
+    files: CheckpointFiles,
+    lora: str | Path | None,
+    scaling: float | None = None,
+    fuse: bool | None = True,
+) -> Lora | None:
+    """The adapter to apply: `lora` (a file), else the one the checkpoint's config.json names;
+    to be `fuse`d into quantized weights, refused at once (told by their headers, before the
+    long load)."""
     if lora is not None:
-        return lora_file(lora, files.config)
-    return lora_of(files.config, files.get, files.root)
+        adapter = lora_file(lora, files.config, scaling)
+    elif scaling is not None:
+        raise LoraError("a LoRA scaling was given without a LoRA file (--lora FILE)")
+    else:
+        adapter = lora_of(files.config, files.get, files.root)
+    if adapter is not None and fuse:
+        packed = sorted(n for f in files.weights for n in tensor_names(f) if n.endswith(".scales"))
+        if packed:
+            raise_quantized(packed[0].removesuffix(".scales"))
+    return adapter
 
 
 def _load_lm(
-    files: CheckpointFiles, config: LmConfig | None, dtype: mx.Dtype | None, lora=None
+    files: CheckpointFiles,
+    config: LmConfig | None,
+    dtype: mx.Dtype | None,
+    adapter: Lora | None = None,
+    fuse: bool | None = None,
 ) -> tuple[Lm, str]:
     """The model with its weights (and adapter) loaded, and the weights' layout."""
     model = Lm(config or config_from(files), dtype=dtype or lm_compute_dtype())
     source = str(files.weights[0]) if len(files.weights) == 1 else files.root
     layout = load_weights(model, read_tensors(files.weights), source)
-    adapter = lora_for(files, lora)
     if adapter is not None:
-        fuse_lora(model, adapter)
+        if fuse is None:  # float weights take it in; quantized ones keep it beside them
+            fuse = not any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+        if fuse:
+            fuse_lora(model, adapter)
+        else:
+            attach_lora(model, adapter)
     return model, layout
 
 
@@ -265,6 +299,8 @@ def load_checkpoint(
     revision: str | None = None,
     dtype: mx.Dtype | None = None,
     lora: str | Path | None = None,
+    lora_scaling: float | None = None,
+    fuse_lora: bool | None = None,
 ) -> Checkpoint:
     """Load the language model, Mimi and the text tokenizer of one repo, folder or file.
 
@@ -272,9 +308,12 @@ def load_checkpoint(
     `tokenizer-e351c8d8-checkpoint125.safetensors` by default, or transformers' bundled audio
     encoder); the SentencePiece model from `tokenizer_name` (`tokenizer_spm_32k_3.model`).
     The tokenizer is None where the checkpoint has none (transformers' repos). A LoRA adapter
-    (`lora`, or the one config.json names) is fused into the language model.
+    (`lora`, or the one config.json names; `lora_scaling` and `fuse_lora` as in `load_model`)
+    is applied to the language model.
     """
-    return load_files(resolve(checkpoint, revision), str(checkpoint), dtype, lora)
+    return load_files(
+        resolve(checkpoint, revision), str(checkpoint), dtype, lora, lora_scaling, fuse_lora
+    )
 
 
 def load_files(
@@ -282,9 +321,12 @@ def load_files(
     source: str,
     dtype: mx.Dtype | None = None,
     lora: str | Path | None = None,
+    lora_scaling: float | None = None,
+    fuse_lora: bool | None = None,
 ) -> Checkpoint:
     """`load_checkpoint` of a checkpoint already resolved (`resolve(source)` gave `files`)."""
-    lm, layout = _load_lm(files, None, dtype, lora)
+    adapter = lora_for(files, lora, lora_scaling, fuse_lora)  # (fails before the load)
+    lm, layout = _load_lm(files, None, dtype, adapter, fuse_lora)
     mimi = _load_mimi(files)
     tokenizer_name = (files.config or {}).get("tokenizer_name", TOKENIZER_FILE)
     tokenizer_path = files.get(tokenizer_name) if files.layout == "kyutai" else None
