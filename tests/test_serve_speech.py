@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from moshi_app import RATE, make_speech
+from speech_server import speak as speak_text
 from speech_server import speech_server
 
 from moshi_mlx import load_checkpoint
@@ -99,14 +100,7 @@ def test_kyutai_tts_client_gets_speaks_audio(server, checkpoints, tmp_path):
 
 def speak(checkpoint: Path, tmp_path: Path) -> np.ndarray:
     """`moshi-mlx speak TEXT` at temperature 0 with the voice `tiny`, float samples."""
-    want_file = tmp_path / "speak.wav"
-    r = subprocess.run(
-        ["moshi-mlx", "speak", TEXT, str(want_file), "--checkpoint", str(checkpoint),
-         "--voice", "tiny", "--temperature", "0", "--float", "-q"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return sf.read(str(want_file), dtype="float32")[0]
+    return speak_text(checkpoint, tmp_path / "speak.wav", TEXT)
 
 
 async def _ws_exchange(url: str, messages: list[bytes]) -> list[dict]:

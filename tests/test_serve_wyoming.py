@@ -1,0 +1,227 @@
+"""`serve --wyoming-port`: Home Assistant's Wyoming protocol, tested with the `wyoming` package's
+own client (`AsyncTcpClient`, `wav_to_chunks`) on the tiny STT and TTS checkpoints. A transcript
+equals `moshi-mlx transcribe`'s on the same file (16 kHz 16-bit as Home Assistant sends, and
+other formats); synthesized audio equals `speak`'s at temperature 0; bad clients get an error
+event or a close, and the server goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from moshi_app import RATE, make_speech
+from speech_server import free_port, speak, speech_server
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop, wav_to_chunks
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event, async_write_event
+from wyoming.info import Describe, Info
+from wyoming.ping import Ping, Pong
+from wyoming.tts import Synthesize, SynthesizeVoice
+
+from moshi_mlx.jobs.tts import TTSSettings
+
+TEXT = "Hello there, this is a test of the speech over Wyoming."
+# (rate, bytes per sample, channels): Home Assistant's first, then what other satellites send
+FORMATS = [(16000, 2, 1), (44100, 3, 2), (8000, 1, 1), (48000, 4, 2)]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint, make_tiny_tts_checkpoint
+
+    root = tmp_path_factory.mktemp("wyoming")
+    return make_tiny_checkpoint(root / "stt", kind="stt"), make_tiny_tts_checkpoint(root / "tts")
+
+
+@pytest.fixture(scope="module")
+def port(checkpoints):
+    stt, tts = checkpoints
+    port = free_port()
+    with speech_server(stt, tts, TTSSettings(temperature=0.0), wyoming_port=port, max_queue=8):
+        yield port
+
+
+async def exchange(port: int, events: list, until=("transcript", "audio-stop", "error", "info")):
+    """Send `events`, read until an event of a kind in `until` (or the close)."""
+    async with AsyncTcpClient("127.0.0.1", port, read_timeout=120) as client:
+        for e in events:
+            await client.write_event(e if isinstance(e, Event) else e.event())
+        got = []
+        while (event := await client.read_event()) is not None:
+            got.append(event)
+            if event.type in until:
+                break
+        return got
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def write_pcm_wav(path: Path, audio: np.ndarray, rate: int, width: int) -> Path:
+    """`audio` (n, channels) in [-1, 1] as a PCM WAV of `width` bytes (Python's `wave`)."""
+    scale = 2 ** (8 * width - 1)
+    ints = np.clip(np.round(audio * (scale - 1)), -scale, scale - 1).astype(np.int64)
+    if width == 1:
+        data = (ints + 128).astype(np.uint8).tobytes()
+    else:
+        data = b"".join(int(x).to_bytes(width, "little", signed=True) for x in ints.reshape(-1))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(audio.shape[1])
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(data)
+    return path
+
+
+def transcribe_cli(stt: Path, files: list[Path]) -> list[str]:
+    """`moshi-mlx transcribe FILES --format json`: each file's text."""
+    r = subprocess.run(
+        ["moshi-mlx", "transcribe", *map(str, files), "--checkpoint", str(stt),
+         "--format", "json", "-q"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line)["text"] for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_describe_lists_the_models_and_voices(port):
+    (event,) = run(exchange(port, [Describe()]))
+    info = Info.from_event(event)
+    (asr,) = info.asr
+    assert [(m.name, m.languages) for m in asr.models] == [("tiny-stt", ["en"])]
+    (tts,) = info.tts
+    assert [v.name for v in tts.voices] == ["tiny", "tiny2"]
+    assert all(p.installed and p.attribution.name == "Kyutai" for p in [asr, tts])
+    assert Pong.is_type(run(exchange(port, [Ping(text="hi")], until=("pong",)))[0].type)
+
+
+def test_transcript_equals_transcribes_text(port, checkpoints, tmp_path):
+    speech, rate = sf.read(str(make_speech(tmp_path / "s.wav", "Hello, this is a Wyoming test.")))
+    assert rate == RATE
+    files = []
+    for rate, width, channels in FORMATS:
+        mono = soxr.resample(speech, RATE, rate)
+        audio = np.stack([mono, 0.5 * mono][:channels], axis=1)
+        files.append(write_pcm_wav(tmp_path / f"{rate}-{width}-{channels}.wav", audio, rate, width))
+    want = transcribe_cli(checkpoints[0], files)
+    assert want[0] and len(want) == len(files)
+
+    async def transcript(path: Path) -> list[Event]:
+        with wave.open(str(path), "rb") as w:  # Home Assistant's 1024-sample chunks
+            chunks = list(wav_to_chunks(w, 1024, start_event=True, stop_event=True))
+        return await exchange(port, [Transcribe(language="en"), *chunks])
+
+    async def all_at_once():  # the file requests waiting together run as one batch
+        return await asyncio.gather(*(transcript(f) for f in files))
+
+    for (event,), text, fmt in zip(run(all_at_once()), want, FORMATS, strict=True):
+        assert Transcript.is_type(event.type), (fmt, event)
+        assert Transcript.from_event(event).text == text, fmt
+        assert Transcript.from_event(event).language == "en"
+
+
+def test_synthesized_audio_equals_speaks(port, checkpoints, tmp_path):
+    request = Synthesize(text=TEXT, voice=SynthesizeVoice(name="tiny2"))
+    events = run(exchange(port, [request]))
+    assert AudioStart.is_type(events[0].type) and AudioStop.is_type(events[-1].type)
+    start = AudioStart.from_event(events[0])
+    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+    chunks = [AudioChunk.from_event(e) for e in events[1:-1]]
+    assert all(c.samples == 1920 for c in chunks)  # one chunk per 80 ms frame, as generated
+    got = np.frombuffer(b"".join(c.audio for c in chunks), "<i2") / 32768
+    want = speak(checkpoints[1], tmp_path / "speak.wav", TEXT, voice="tiny2")
+    assert len(got) == len(want) > 24000 and np.abs(want).max() > 0.01
+    np.testing.assert_allclose(got, want, atol=1.01 / 32768)
+    # no voice: speak's default (the checkpoint's first voice here)
+    default = run(exchange(port, [Synthesize(text=TEXT)]))
+    first = run(exchange(port, [Synthesize(text=TEXT, voice=SynthesizeVoice(name="tiny"))]))
+    assert [e.payload for e in default] == [e.payload for e in first] != [e.payload for e in events]
+
+
+def error_of(events: list[Event]) -> str:
+    assert events and Error.is_type(events[-1].type), events
+    return Error.from_event(events[-1]).text
+
+
+def header(kind: str, **fields) -> bytes:
+    return json.dumps({"type": kind, **fields}).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    "events,words",
+    [
+        ([Event("detect")], "unknown event 'detect'"),
+        ([AudioStop()], "without audio-start"),
+        ([AudioStart(16000, 2, 1), AudioStop()], "no audio"),
+        ([AudioStart(16000, 5, 1)], "width 5"),
+        ([AudioChunk(16000, 2, 1, b"\0\0")], "before audio-start"),
+        ([AudioStart(16000, 2, 1), AudioChunk(8000, 2, 1, b"\0\0")], "differ"),
+        ([Event("audio-start", {"rate": 16000})], "malformed audio-start"),
+        ([Synthesize(text="hello", voice=SynthesizeVoice(name="nobody"))], "nobody"),
+        ([Synthesize(text="  ")], "text"),
+    ],
+)
+def test_a_bad_event_gets_an_error_and_the_connection_goes_on(port, events, words):
+    got = run(exchange(port, [*events, Describe()], until=("info",)))
+    errors = [Error.from_event(e).text for e in got if Error.is_type(e.type)]
+    assert len(errors) == 1 and words in errors[0], got
+    assert Info.is_type(got[-1].type)  # the same connection still answers
+
+
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (b"this is not json\n", "not a Wyoming event"),
+        (header("audio-chunk", payload_length=10**10), "at most"),
+        (header("describe", data_length=-1), "at most"),
+        (b"x" * (70 << 10) + b"\n", "header line"),
+    ],
+)
+def test_bad_framing_closes_that_client_only(port, data, words):
+    async def send_bytes() -> list[Event]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await async_write_event(Describe().event(), writer)
+        got = []
+        while (event := await asyncio.wait_for(async_read_event(reader), 60)) is not None:
+            got.append(event)
+        writer.close()
+        return got
+
+    got = run(send_bytes())
+    assert words in error_of(got) and len(got) == 1  # then closed: no info
+    assert Info.is_type(run(exchange(port, [Describe()]))[0].type)
+
+
+def test_a_client_leaving_mid_speech_frees_the_model(port):
+    async def leave_after_first_chunk():
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=60) as client:
+            await client.write_event(Synthesize(text=TEXT * 3).event())
+            while not AudioChunk.is_type((await client.read_event()).type):
+                pass
+        _, writer = await asyncio.open_connection("127.0.0.1", port)  # half an event, then gone
+        writer.write(header("synthesize", data_length=100) + b'{"text":')
+        await writer.drain()
+        writer.close()
+
+    run(leave_after_first_chunk())
+    events = run(exchange(port, [Synthesize(text="Still here.")]))
+    assert AudioStop.is_type(events[-1].type) and len(events) > 2
+
+
+def test_wyoming_port_needs_a_speech_model():
+    r = subprocess.run(
+        ["moshi-mlx", "serve", "--wyoming-port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode != 0 and "--wyoming-port" in r.stderr and "--stt" in r.stderr
+    assert "Traceback" not in r.stderr
