@@ -85,12 +85,15 @@ def speech_server(
         thread.stop()
 
 
-def speak(checkpoint: Path, out: Path, text: str, voice: str = "tiny") -> np.ndarray:
-    """`moshi-mlx speak TEXT` at temperature 0 (written to `out`), float samples at 24 kHz."""
+def speak(
+    checkpoint: Path, out: Path, text: str, voice: str = "tiny", float32: bool = True
+) -> np.ndarray:
+    """`moshi-mlx speak TEXT` at temperature 0 (written to `out`): float samples at 24 kHz, or
+    without `float32` the 16-bit file's int16 samples."""
     r = subprocess.run(
         ["moshi-mlx", "speak", text, str(out), "--checkpoint", str(checkpoint),
-         "--voice", voice, "--temperature", "0", "--float", "-q"],
+         "--voice", voice, "--temperature", "0", "-q", *(["--float"] if float32 else [])],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    return sf.read(str(out), dtype="float32")[0]
+    return sf.read(str(out), dtype="float32" if float32 else "int16")[0]
