@@ -25,7 +25,14 @@ from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
-from wyoming.tts import Synthesize, SynthesizeVoice
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
 
 from moshi_mlx.jobs.tts import TTSSettings
 
@@ -100,7 +107,7 @@ def test_describe_lists_the_models_and_voices(port):
     (asr,) = info.asr
     assert [(m.name, m.languages) for m in asr.models] == [("tiny-stt", ["en"])]
     (tts,) = info.tts
-    assert [v.name for v in tts.voices] == ["tiny", "tiny2"]
+    assert [v.name for v in tts.voices] == ["tiny", "tiny2"] and tts.supports_synthesize_streaming
     assert all(p.installed and p.attribution.name == "Kyutai" for p in [asr, tts])
     assert Pong.is_type(run(exchange(port, [Ping(text="hi")], until=("pong",)))[0].type)
 
@@ -148,6 +155,33 @@ def test_synthesized_audio_equals_speaks(port, checkpoints, tmp_path):
     assert [e.payload for e in default] == [e.payload for e in first] != [e.payload for e in events]
 
 
+def test_streamed_synthesis_speaks_before_the_text_ends(port):
+    words = TEXT.split()
+
+    async def stream() -> tuple[list[Event], list[Event]]:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=120) as client:
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="tiny2")).event())
+            for w in words[:-1]:
+                await client.write_event(SynthesizeChunk(text=w).event())
+            before = []  # what comes before the last word is sent
+            while not AudioChunk.is_type(before[-1].type if before else ""):
+                before.append(await client.read_event())
+            await client.write_event(SynthesizeChunk(text=words[-1]).event())
+            await client.write_event(Synthesize(text=TEXT).event())  # for older servers: ignored
+            await client.write_event(SynthesizeStop().event())
+            after = []
+            while not SynthesizeStopped.is_type(after[-1].type if after else ""):
+                after.append(await client.read_event())
+            return before, after
+
+    before, after = run(stream())
+    assert AudioStart.is_type(before[0].type) and AudioStop.is_type(after[-2].type)
+    whole = run(exchange(port, [Synthesize(text=TEXT, voice=SynthesizeVoice(name="tiny2"))]))
+    streamed = before + after[:-1]
+    assert [e.type for e in streamed] == [e.type for e in whole]
+    assert b"".join(e.payload or b"" for e in streamed) == b"".join(e.payload or b"" for e in whole)
+
+
 def error_of(events: list[Event]) -> str:
     assert events and Error.is_type(events[-1].type), events
     return Error.from_event(events[-1]).text
@@ -169,6 +203,9 @@ def header(kind: str, **fields) -> bytes:
         ([Event("audio-start", {"rate": 16000})], "malformed audio-start"),
         ([Synthesize(text="hello", voice=SynthesizeVoice(name="nobody"))], "nobody"),
         ([Synthesize(text="  ")], "text"),
+        ([SynthesizeChunk(text="hi")], "between synthesize-start"),
+        ([SynthesizeStop()], "without synthesize-start"),
+        ([SynthesizeStart(voice=SynthesizeVoice(name="nobody")), SynthesizeStop()], "nobody"),
     ],
 )
 def test_a_bad_event_gets_an_error_and_the_connection_goes_on(port, events, words):

@@ -24,7 +24,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import soundfile
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -32,25 +31,29 @@ from wyoming.error import Error
 from wyoming.event import Event, async_write_event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info, TtsProgram, TtsVoice
 from wyoming.ping import Ping, Pong
-from wyoming.tts import Synthesize
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+)
 
 from mimi_mlx.constants import SAMPLE_RATE
-from mimi_mlx.io.audio import AudioError, Resampler
+from mimi_mlx.io.audio import AudioError
 
 from ..model.known import MODELS
-from .codecs import Pcm16Encoder
+from .codecs import AudioFormatError, Pcm16Encoder, PcmIn
 from .services import Services
 from .stt_service import Busy
-from .tts_service import QueryError
+from .tts_service import MAX_TEXT, QueryError, TextIn
 
 MAX_HEADER = 64 << 10  # bytes of an event's JSON line
 MAX_DATA = 1 << 20  # bytes of an event's extra JSON data, and of its payload (an audio chunk)
 MAX_AUDIO_SECONDS = 300.0  # audio one transcription may hold
-MAX_TEXT = 100_000  # characters to synthesize
 DEFAULT_LANGUAGES = ("en",)  # a model the table does not know: Kyutai's models all speak English
 KYUTAI = Attribution(name="Kyutai", url="https://kyutai.org")
 PROGRAM = "moshi-mlx"
-PCM_SCALES = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}  # as soundfile reads WAV
 
 
 class BadFraming(ValueError):
@@ -123,58 +126,8 @@ def info(services: Services) -> Info:
         names = speech.voice_names() or [speech.default_voice]
         voices = [TtsVoice(**about(v, f"{speech.name}: {v}"), languages=langs) for v in names]
         program = about(PROGRAM, f"Kyutai's text to speech on MLX ({speech.name})")
-        tts.append(TtsProgram(**program, voices=voices))
+        tts.append(TtsProgram(**program, voices=voices, supports_synthesize_streaming=True))
     return Info(asr=asr, tts=tts)
-
-
-class AudioIn:
-    """A client's audio (its `audio-start`'s rate, width, channels) as 24 kHz mono float32,
-    converted as it comes (as `iter_audio` converts a WAV file of that format)."""
-
-    def __init__(self, rate: int, width: int, channels: int):
-        if width not in PCM_SCALES:
-            raise BadEvent(f"audio width {width}: send 1, 2, 3 or 4 bytes per sample")
-        if not (isinstance(rate, int) and 1000 <= rate <= 384000 and 1 <= channels <= 16):
-            raise BadEvent(f"audio of {rate} Hz, {channels} channels: not a format to transcribe")
-        self.format = (rate, width, channels)
-        self._resampler = Resampler(rate, SAMPLE_RATE)
-        self._rest = b""  # bytes of an incomplete sample
-        self._blocks: list[np.ndarray] = []
-        self.samples = 0  # at 24 kHz
-
-    def push(self, chunk: AudioChunk) -> None:
-        if (chunk.rate, chunk.width, chunk.channels) != self.format:
-            raise BadEvent("an audio-chunk's rate, width and channels differ from audio-start's")
-        self._add(self._decode(chunk.audio), last=False)
-        if self.samples > MAX_AUDIO_SECONDS * SAMPLE_RATE:
-            raise BadEvent(f"over {MAX_AUDIO_SECONDS:.0f} s of audio: send shorter requests")
-
-    def finish(self) -> np.ndarray:
-        """The whole audio (n,) at 24 kHz."""
-        self._add(np.zeros(0, np.float32), last=True)
-        return np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
-
-    def _add(self, mono: np.ndarray, last: bool) -> None:
-        block = self._resampler.resample_chunk(mono, last=last)
-        self.samples += len(block)
-        if len(block):
-            self._blocks.append(block)
-
-    def _decode(self, data: bytes) -> np.ndarray:
-        _, width, channels = self.format
-        data = self._rest + data
-        whole = len(data) // (width * channels) * width * channels
-        data, self._rest = data[:whole], data[whole:]
-        raw = np.frombuffer(data, np.uint8)
-        if width == 1:
-            ints = raw.astype(np.int32) - 128
-        elif width == 3:
-            b = raw.reshape(-1, 3).astype(np.int32)
-            ints = (b[:, 0] << 8 | b[:, 1] << 16 | b[:, 2] << 24) >> 8
-        else:
-            ints = np.frombuffer(data, f"<i{width}")
-        pcm = (ints.astype(np.float32) / np.float32(PCM_SCALES[width])).reshape(-1, channels)
-        return pcm.mean(axis=1, dtype=np.float32) if channels > 1 else pcm[:, 0]
 
 
 class WyomingSession:
@@ -182,8 +135,10 @@ class WyomingSession:
 
     def __init__(self, services: Services, reader, writer):
         self.services, self.reader, self.writer = services, reader, writer
-        self.audio: AudioIn | None = None
+        self.audio: PcmIn | None = None
         self.language: str | None = None
+        self.text: TextIn | None = None  # a streamed synthesis's text (synthesize-start..stop)
+        self.speaking: asyncio.Task | None = None  # ... spoken as it comes
 
     async def run(self) -> None:
         self.services.sessions.add(self)
@@ -202,6 +157,8 @@ class WyomingSession:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client left
         finally:
+            if self.speaking is not None:
+                self.speaking.cancel()  # (the model is freed after its current frames)
             self.services.sessions.discard(self)
             self.writer.close()
 
@@ -230,31 +187,49 @@ class WyomingSession:
             elif AudioStart.is_type(kind):
                 start = AudioStart.from_event(event)
                 self._stt()
-                self.audio = AudioIn(start.rate, start.width, start.channels)
+                self.audio = PcmIn(start.rate, start.width, start.channels)
             elif AudioChunk.is_type(kind):
-                if self.audio is None:
-                    raise BadEvent("an audio-chunk before audio-start")
-                self.audio.push(AudioChunk.from_event(event))
+                self._audio_chunk(AudioChunk.from_event(event))
             elif AudioStop.is_type(kind):
                 await self._transcribe()
             elif Synthesize.is_type(kind):
-                await self._synthesize(Synthesize.from_event(event))
+                if self.text is None:  # (in a stream: the same text, for older servers)
+                    await self._synthesize(Synthesize.from_event(event))
+            elif SynthesizeStart.is_type(kind):
+                self._start_stream(SynthesizeStart.from_event(event))
+            elif SynthesizeChunk.is_type(kind):
+                text = SynthesizeChunk.from_event(event).text
+                if self.text is None or not isinstance(text, str):
+                    raise BadEvent("synthesize-chunk: text, between synthesize-start and -stop")
+                self.text.push(text)
+            elif SynthesizeStop.is_type(kind):
+                await self._stop_stream()
             else:
                 raise BadEvent(
                     f"unknown event {kind!r}: this server takes describe, transcribe, "
-                    "audio-start, audio-chunk, audio-stop, synthesize and ping"
+                    "audio-start, audio-chunk, audio-stop, synthesize (and its -start, -chunk, "
+                    "-stop) and ping"
                 )
         except (KeyError, TypeError, AttributeError) as e:
             self.audio = None if kind.startswith("audio") else self.audio
             raise BadEvent(f"a malformed {kind} event ({type(e).__name__}: {e})") from None
-        except BadEvent:
+        except (BadEvent, AudioFormatError) as e:
             self.audio = None if kind.startswith("audio") else self.audio
-            raise
+            raise BadEvent(str(e)) from None
 
     def _stt(self):
         if self.services.stt is None:
             raise BadEvent("no speech-to-text model is served here (serve one with --stt)")
         return self.services.stt
+
+    def _audio_chunk(self, chunk: AudioChunk) -> None:
+        if self.audio is None:
+            raise BadEvent("an audio-chunk before audio-start")
+        if (chunk.rate, chunk.width, chunk.channels) != self.audio.format:
+            raise BadEvent("an audio-chunk's rate, width and channels differ from audio-start's")
+        self.audio.push(chunk.audio)
+        if self.audio.samples > MAX_AUDIO_SECONDS * SAMPLE_RATE:
+            raise BadEvent(f"over {MAX_AUDIO_SECONDS:.0f} s of audio: send shorter requests")
 
     async def _transcribe(self) -> None:
         audio, self.audio = self.audio, None
@@ -271,10 +246,13 @@ class WyomingSession:
                 raise BadEvent(str(e)) from None
         await self.send(Transcript(text=result.text, language=self.language))
 
-    async def _synthesize(self, request: Synthesize) -> None:
-        tts = self.services.tts
-        if tts is None:
+    def _tts(self):
+        if self.services.tts is None:
             raise BadEvent("no text-to-speech model is served here (serve one with --tts)")
+        return self.services.tts
+
+    async def _synthesize(self, request: Synthesize) -> None:
+        tts = self._tts()
         text = request.text
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
             raise BadEvent(f"synthesize needs `text`: at most {MAX_TEXT} characters, not empty")
@@ -286,6 +264,39 @@ class WyomingSession:
                 await self._speak(tts.speak(text, voice, settings))
         except QueryError as e:
             raise BadEvent(str(e)) from None
+
+    def _start_stream(self, start: SynthesizeStart) -> None:
+        """Speak the chunks as they come, until synthesize-stop."""
+        if self.text is not None:
+            raise BadEvent("a synthesize-start in a stream: end it first with synthesize-stop")
+        tts = self._tts()
+        self.text = TextIn()
+        name = start.voice.name if start.voice is not None else None
+        self.speaking = asyncio.create_task(self._speak_stream(tts, self.text, name))
+
+    async def _speak_stream(self, tts, text: TextIn, name: str | None) -> None:
+        try:
+            settings = tts.settings({})
+            async with tts.slot():
+                voice = await tts.voice(name)
+                stream = await tts.open_stream(voice, settings)
+                await self._speak(tts.follow(stream, text))
+        except QueryError as e:
+            await self.send(Error(text=str(e), code="bad-request"))
+        except Busy as e:
+            await self.send(Error(text=f"busy: {e}; try again soon", code="busy"))
+        except ConnectionError:
+            pass  # the client left
+
+    async def _stop_stream(self) -> None:
+        if self.text is None:
+            raise BadEvent("a synthesize-stop without synthesize-start")
+        self.text.end()
+        try:
+            await self.speaking
+        finally:
+            self.text = self.speaking = None
+        await self.send(SynthesizeStopped())
 
     async def _speak(self, frames) -> None:
         """`audio-start`, an `audio-chunk` per frame as it comes, `audio-stop`."""
