@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
+import time
 import wave
 from pathlib import Path
 
@@ -254,6 +256,38 @@ def test_a_client_leaving_mid_speech_frees_the_model(port):
     run(leave_after_first_chunk())
     events = run(exchange(port, [Synthesize(text="Still here.")]))
     assert AudioStop.is_type(events[-1].type) and len(events) > 2
+
+
+def test_the_serve_command_serves_wyoming_and_ends_cleanly(checkpoints, tmp_path):
+    stt, tts = checkpoints
+    port, web_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    cmd = ["moshi-mlx", "serve", "--stt", str(stt), "--tts", str(tts), "--port", str(web_port),
+           "--wyoming-port", str(port)]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving on" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"wyoming: tcp://127.0.0.1:{port}" in log.read_text()
+
+        async def open_session_then_stop() -> list[Event]:
+            async with AsyncTcpClient("127.0.0.1", port, read_timeout=60) as client:
+                await client.write_event(Describe().event())
+                got = [await client.read_event()]
+                proc.send_signal(signal.SIGTERM)  # an open connection is told, then closed
+                while (event := await client.read_event()) is not None:
+                    got.append(event)
+                return got
+
+        got = run(open_session_then_stop())
+        assert Info.is_type(got[0].type) and Info.from_event(got[0]).asr[0].models[0].name
+        assert "shutting down" in error_of(got[1:])
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        proc.kill()
 
 
 def test_wyoming_port_needs_a_speech_model():
