@@ -184,6 +184,28 @@ def test_streamed_synthesis_speaks_before_the_text_ends(port):
     assert b"".join(e.payload or b"" for e in streamed) == b"".join(e.payload or b"" for e in whole)
 
 
+def test_a_stream_without_text_ends_and_frees_the_model(port, monkeypatch):
+    from moshi_mlx.serve import wyoming_server
+
+    monkeypatch.setattr(wyoming_server, "STREAM_IDLE_SECONDS", 1.0)
+
+    async def idle() -> list[Event]:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=60) as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk(text="Hello").event())
+            got = []
+            while not Error.is_type(got[-1].type if got else ""):
+                got.append(await client.read_event())
+            await client.write_event(SynthesizeStop().event())
+            got.append(await client.read_event())
+            return got
+
+    got = run(idle())
+    assert "no text came for 1 s" in error_of(got[:-1])
+    assert SynthesizeStopped.is_type(got[-1].type)
+    assert AudioStop.is_type(run(exchange(port, [Synthesize(text="Free again.")]))[-1].type)
+
+
 def error_of(events: list[Event]) -> str:
     assert events and Error.is_type(events[-1].type), events
     return Error.from_event(events[-1]).text
@@ -203,8 +225,12 @@ def header(kind: str, **fields) -> bytes:
         ([AudioChunk(16000, 2, 1, b"\0\0")], "before audio-start"),
         ([AudioStart(16000, 2, 1), AudioChunk(8000, 2, 1, b"\0\0")], "differ"),
         ([Event("audio-start", {"rate": 16000})], "malformed audio-start"),
+        ([Event("audio-start", {"rate": 16000, "width": [2], "channels": 1})], "width [2]"),
+        ([Event("synthesize", {"text": "hi", "voice": {"name": 3}})], "a string"),
         ([Synthesize(text="hello", voice=SynthesizeVoice(name="nobody"))], "nobody"),
         ([Synthesize(text="  ")], "text"),
+        ([Synthesize(text="hi", voice=SynthesizeVoice(name="/etc/passwd"))], "not a file"),
+        ([Synthesize(text="hi", voice=SynthesizeVoice(name="v/x.safetensors"))], "not a file"),
         ([SynthesizeChunk(text="hi")], "between synthesize-start"),
         ([SynthesizeStop()], "without synthesize-start"),
         ([SynthesizeStart(voice=SynthesizeVoice(name="nobody")), SynthesizeStop()], "nobody"),
@@ -256,6 +282,26 @@ def test_a_client_leaving_mid_speech_frees_the_model(port):
     run(leave_after_first_chunk())
     events = run(exchange(port, [Synthesize(text="Still here.")]))
     assert AudioStop.is_type(events[-1].type) and len(events) > 2
+
+
+def test_clients_beyond_the_limit_are_told_busy(port):
+    from moshi_mlx.serve.wyoming_server import MAX_CLIENTS
+
+    async def crowd() -> list[Event]:
+        clients = [AsyncTcpClient("127.0.0.1", port, read_timeout=60) for _ in range(MAX_CLIENTS)]
+        for c in clients:
+            await c.connect()
+            await c.write_event(Ping().event())
+            assert Pong.is_type((await c.read_event()).type)
+        try:
+            return await exchange(port, [Describe()])
+        finally:
+            for c in clients:
+                await c.disconnect()
+
+    got = run(crowd())
+    assert "busy" in error_of(got) and len(got) == 1
+    assert Info.is_type(run(exchange(port, [Describe()]))[0].type)  # room again once they left
 
 
 def test_the_serve_command_serves_wyoming_and_ends_cleanly(checkpoints, tmp_path):

@@ -69,9 +69,10 @@ class PcmIn:
     (soundfile's scaling, channels averaged, soxr's `Resampler`)."""
 
     def __init__(self, rate: int, width: int, channels: int):
-        if width not in PCM_SCALES:
+        if not isinstance(width, int) or width not in PCM_SCALES:
             raise AudioFormatError(f"audio width {width}: send 1, 2, 3 or 4 bytes per sample")
-        if not (isinstance(rate, int) and 1000 <= rate <= 384000 and 1 <= channels <= 16):
+        ints = all(isinstance(x, int) for x in (rate, channels))
+        if not (ints and 1000 <= rate <= 384000 and 1 <= channels <= 16):
             raise AudioFormatError(f"audio of {rate} Hz, {channels} channels: not a format we take")
         self.format = (rate, width, channels)
         self._resampler = Resampler(rate, SAMPLE_RATE)

@@ -31,9 +31,11 @@ class QueryError(ValueError):
 
 class TextIn:
     """A client's text as it arrives, spoken as it comes (`TtsService.follow`): its reader
-    pushes words, ends, or fails (a bad message: the speech stops with that error)."""
+    pushes words, ends, or fails (a bad message: the speech stops with that error).
+    `idle_seconds`: how long the speech may wait for more text (None: as long as it takes)."""
 
-    def __init__(self):
+    def __init__(self, idle_seconds: float | None = None):
+        self.idle_seconds = idle_seconds
         self.texts: list[str] = []
         self.ended = False
         self.error: str | None = None
@@ -194,7 +196,7 @@ class TtsService:
         ended and is spoken (hold `slot()` around it).
 
         Raises:
-            QueryError: `text` failed, or too much text came at once.
+            QueryError: `text` failed, too much text came at once, or none for too long.
         """
         while not stream.done:
             if text.error:
@@ -207,4 +209,7 @@ class TtsService:
             for item in done:
                 yield item
             if not done and not stream.done and not text.ended:
-                await text.wake.wait()  # the text so far is spoken: wait for more
+                try:  # the text so far is spoken: wait for more
+                    await asyncio.wait_for(text.wake.wait(), text.idle_seconds)
+                except asyncio.TimeoutError:
+                    raise QueryError(f"no text came for {text.idle_seconds:g} s: ended") from None

@@ -9,19 +9,22 @@
   is (`SttService.transcribe`: batched with the files waiting), so the text is `transcribe`'s.
 - `synthesize` (text, optional voice name) -> `audio-start`, one `audio-chunk` per 80 ms frame
   as it is generated (16-bit mono at 24 kHz), `audio-stop`: `speak`'s audio.
+- `synthesize-start` (voice), `synthesize-chunk`s, `synthesize-stop` (Home Assistant's
+  streaming, behind its LLM) -> the same, the speech starting as the words come (`TtsService.
+  follow`, the TTS WebSocket's loop), then `synthesize-stopped`; the `synthesize` a streaming
+  client also sends (for older servers) is ignored.
 - `ping` -> `pong`.
 A bad event (unknown, malformed, no audio, unknown voice, busy) gets an `error` event and the
 connection goes on; bytes that are not Wyoming framing, or an event over the size limits, close
-that connection. The framing is read here (not with `wyoming.event.async_read_event`) to bound
-the lengths a client declares before reading them.
+that connection (`wyoming_events`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import tempfile
+import traceback
 from pathlib import Path
 
 import soundfile
@@ -29,7 +32,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event, async_write_event
-from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.info import Describe
 from wyoming.ping import Ping, Pong
 from wyoming.tts import (
     Synthesize,
@@ -42,92 +45,16 @@ from wyoming.tts import (
 from mimi_mlx.constants import SAMPLE_RATE
 from mimi_mlx.io.audio import AudioError
 
-from ..model.known import MODELS
 from .codecs import AudioFormatError, Pcm16Encoder, PcmIn
 from .services import Services
 from .stt_service import Busy
 from .tts_service import MAX_TEXT, QueryError, TextIn
+from .wyoming_events import MAX_HEADER, BadEvent, BadFraming, info, parse, read_event, voice_name
 
-MAX_HEADER = 64 << 10  # bytes of an event's JSON line
-MAX_DATA = 1 << 20  # bytes of an event's extra JSON data, and of its payload (an audio chunk)
 MAX_AUDIO_SECONDS = 300.0  # audio one transcription may hold
-DEFAULT_LANGUAGES = ("en",)  # a model the table does not know: Kyutai's models all speak English
-KYUTAI = Attribution(name="Kyutai", url="https://kyutai.org")
-PROGRAM = "moshi-mlx"
-
-
-class BadFraming(ValueError):
-    """Bytes that are not a Wyoming event within the limits: the connection is closed."""
-
-
-class BadEvent(ValueError):
-    """An event this server cannot serve: told to the client in an `error` event."""
-
-
-async def read_event(reader: asyncio.StreamReader) -> Event | None:
-    """The next event (a JSON line, its extra data, its payload); None at the end."""
-    try:
-        line = await reader.readline()
-    except ValueError:  # (asyncio's LimitOverrunError, as readline raises it)
-        raise BadFraming(f"an event's header line is over {MAX_HEADER} bytes") from None
-    if not line:
-        return None
-    try:
-        header = json.loads(line)
-    except ValueError:
-        raise BadFraming("not a Wyoming event (a line of JSON with a `type`)") from None
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise BadFraming("not a Wyoming event (a line of JSON with a `type`)")
-    data = header.get("data") or {}
-    lengths = [header.get("data_length") or 0, header.get("payload_length") or 0]
-    if not isinstance(data, dict) or not all(isinstance(n, int) for n in lengths):
-        raise BadFraming("an event's `data` is a map and its lengths are integers")
-    if not all(0 <= n <= MAX_DATA for n in lengths):
-        raise BadFraming(f"an event's data and payload are each at most {MAX_DATA} bytes")
-    try:
-        if lengths[0]:
-            extra = json.loads(await reader.readexactly(lengths[0]))
-            if not isinstance(extra, dict):
-                raise BadFraming("an event's data is a JSON map")
-            data.update(extra)
-        payload = await reader.readexactly(lengths[1]) if lengths[1] else None
-    except asyncio.IncompleteReadError:
-        return None
-    except UnicodeDecodeError as e:
-        raise BadFraming(f"an event's data is not JSON ({e})") from None
-    except json.JSONDecodeError as e:
-        raise BadFraming(f"an event's data is not JSON ({e})") from None
-    return Event(type=header["type"], data=data, payload=payload)
-
-
-def languages(name: str) -> list[str]:
-    """The languages of a served model: the known model's (by name or hub repo), else English."""
-    for model in MODELS.values():
-        if name == model.name or name in (r.rsplit("/", 1)[-1] for r in model.repos.values()):
-            return list(model.languages or DEFAULT_LANGUAGES)
-    return list(DEFAULT_LANGUAGES)
-
-
-def info(services: Services) -> Info:
-    """What `describe` answers: the STT and TTS models served here."""
-
-    def about(name: str, description: str) -> dict:
-        return dict(
-            name=name, attribution=KYUTAI, installed=True, description=description, version=None
-        )
-
-    asr, tts = [], []
-    if (stt := services.stt) is not None:
-        model = AsrModel(**about(stt.name, "Kyutai speech to text"), languages=languages(stt.name))
-        program = about(PROGRAM, f"Kyutai's speech to text on MLX ({stt.name})")
-        asr.append(AsrProgram(**program, models=[model]))
-    if (speech := services.tts) is not None:
-        langs = languages(speech.name)
-        names = speech.voice_names() or [speech.default_voice]
-        voices = [TtsVoice(**about(v, f"{speech.name}: {v}"), languages=langs) for v in names]
-        program = about(PROGRAM, f"Kyutai's text to speech on MLX ({speech.name})")
-        tts.append(TtsProgram(**program, voices=voices, supports_synthesize_streaming=True))
-    return Info(asr=asr, tts=tts)
+MAX_CLIENTS = 64  # connections at once (beyond: told busy and closed)
+STREAM_IDLE_SECONDS = 30.0  # a streamed synthesis without text that long ends (frees the model)
+LINGER_SECONDS = 1.0  # a closed client's input is read and dropped this long (no reset)
 
 
 class WyomingSession:
@@ -140,11 +67,16 @@ class WyomingSession:
         self.text: TextIn | None = None  # a streamed synthesis's text (synthesize-start..stop)
         self.speaking: asyncio.Task | None = None  # ... spoken as it comes
 
-    async def run(self) -> None:
+    async def run(self, refuse: str | None = None) -> None:
+        """Serve the client until it leaves (`refuse`: tell it why not, and close)."""
         self.services.sessions.add(self)
         try:
             if self.services.closing:
-                raise BadFraming("the server is shutting down")
+                refuse = "the server is shutting down"
+            if refuse is not None:
+                await self.send(Error(text=refuse, code="busy"))
+                await self._linger()
+                return
             while (event := await read_event(self.reader)) is not None:
                 try:
                     await self.handle(event)
@@ -152,8 +84,13 @@ class WyomingSession:
                     await self.send(Error(text=str(e), code="bad-request"))
                 except Busy as e:
                     await self.send(Error(text=f"busy: {e}; try again soon", code="busy"))
+                except Exception as e:  # a fault of ours: told, logged, and the server goes on
+                    traceback.print_exc()
+                    failed = f"the server failed on this {event.type} ({type(e).__name__}: {e})"
+                    await self.send(Error(text=failed, code="internal"))
         except BadFraming as e:
             await self.send(Error(text=f"{e}: closing", code="bad-framing"))
+            await self._linger()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client left
         finally:
@@ -161,6 +98,20 @@ class WyomingSession:
                 self.speaking.cancel()  # (the model is freed after its current frames)
             self.services.sessions.discard(self)
             self.writer.close()
+
+    async def _linger(self) -> None:
+        """End our side and drop what the client still sends (for a moment): closing with
+        unread input would reset the connection, and the client could lose the error."""
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            await asyncio.wait_for(self._discard(), LINGER_SECONDS)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+
+    async def _discard(self) -> None:
+        while await self.reader.read(1 << 16):
+            pass
 
     async def close(self, message: str) -> None:
         """The server stops: tell the client and close."""
@@ -175,47 +126,36 @@ class WyomingSession:
             await async_write_event(item.event(), self.writer)
 
     async def handle(self, event: Event) -> None:
-        kind = event.type
-        try:
-            if Describe.is_type(kind):
-                await self.send(info(self.services))
-            elif Ping.is_type(kind):
-                await self.send(Pong(text=Ping.from_event(event).text))
-            elif Transcribe.is_type(kind):
-                self._stt()
-                self.language = Transcribe.from_event(event).language
-            elif AudioStart.is_type(kind):
-                start = AudioStart.from_event(event)
-                self._stt()
-                self.audio = PcmIn(start.rate, start.width, start.channels)
-            elif AudioChunk.is_type(kind):
-                self._audio_chunk(AudioChunk.from_event(event))
-            elif AudioStop.is_type(kind):
-                await self._transcribe()
-            elif Synthesize.is_type(kind):
-                if self.text is None:  # (in a stream: the same text, for older servers)
-                    await self._synthesize(Synthesize.from_event(event))
-            elif SynthesizeStart.is_type(kind):
-                self._start_stream(SynthesizeStart.from_event(event))
-            elif SynthesizeChunk.is_type(kind):
-                text = SynthesizeChunk.from_event(event).text
-                if self.text is None or not isinstance(text, str):
-                    raise BadEvent("synthesize-chunk: text, between synthesize-start and -stop")
-                self.text.push(text)
-            elif SynthesizeStop.is_type(kind):
-                await self._stop_stream()
-            else:
-                raise BadEvent(
-                    f"unknown event {kind!r}: this server takes describe, transcribe, "
-                    "audio-start, audio-chunk, audio-stop, synthesize (and its -start, -chunk, "
-                    "-stop) and ping"
-                )
-        except (KeyError, TypeError, AttributeError) as e:
-            self.audio = None if kind.startswith("audio") else self.audio
-            raise BadEvent(f"a malformed {kind} event ({type(e).__name__}: {e})") from None
-        except (BadEvent, AudioFormatError) as e:
-            self.audio = None if kind.startswith("audio") else self.audio
-            raise BadEvent(str(e)) from None
+        request = parse(event)
+        if isinstance(request, Describe):
+            await self.send(info(self.services))
+        elif isinstance(request, Ping):
+            await self.send(Pong(text=request.text))
+        elif isinstance(request, Transcribe):
+            self._stt()
+            self.language = request.language
+        elif isinstance(request, AudioStart):
+            self._stt()
+            self.audio = None
+            try:
+                self.audio = PcmIn(request.rate, request.width, request.channels)
+            except AudioFormatError as e:
+                raise BadEvent(str(e)) from None
+        elif isinstance(request, AudioChunk):
+            self._audio_chunk(request)
+        elif isinstance(request, AudioStop):
+            await self._transcribe()
+        elif isinstance(request, Synthesize):
+            if self.text is None:  # (in a stream: the same text, for older servers)
+                await self._synthesize(request)
+        elif isinstance(request, SynthesizeStart):
+            self._start_stream(request)
+        elif isinstance(request, SynthesizeChunk):
+            if self.text is None or not isinstance(request.text, str):
+                raise BadEvent("synthesize-chunk: text, between synthesize-start and -stop")
+            self.text.push(request.text)
+        elif isinstance(request, SynthesizeStop):
+            await self._stop_stream()
 
     def _stt(self):
         if self.services.stt is None:
@@ -226,9 +166,11 @@ class WyomingSession:
         if self.audio is None:
             raise BadEvent("an audio-chunk before audio-start")
         if (chunk.rate, chunk.width, chunk.channels) != self.audio.format:
+            self.audio = None
             raise BadEvent("an audio-chunk's rate, width and channels differ from audio-start's")
         self.audio.push(chunk.audio)
         if self.audio.samples > MAX_AUDIO_SECONDS * SAMPLE_RATE:
+            self.audio = None
             raise BadEvent(f"over {MAX_AUDIO_SECONDS:.0f} s of audio: send shorter requests")
 
     async def _transcribe(self) -> None:
@@ -256,7 +198,7 @@ class WyomingSession:
         text = request.text
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
             raise BadEvent(f"synthesize needs `text`: at most {MAX_TEXT} characters, not empty")
-        name = request.voice.name if request.voice is not None else None
+        name = voice_name(request.voice)
         try:
             settings = tts.settings({})
             async with tts.slot():
@@ -270,8 +212,8 @@ class WyomingSession:
         if self.text is not None:
             raise BadEvent("a synthesize-start in a stream: end it first with synthesize-stop")
         tts = self._tts()
-        self.text = TextIn()
-        name = start.voice.name if start.voice is not None else None
+        self.text = TextIn(STREAM_IDLE_SECONDS)
+        name = voice_name(start.voice)
         self.speaking = asyncio.create_task(self._speak_stream(tts, self.text, name))
 
     async def _speak_stream(self, tts, text: TextIn, name: str | None) -> None:
@@ -314,7 +256,18 @@ class WyomingSession:
 async def start(services: Services, sock: socket.socket) -> asyncio.Server:
     """Serve Wyoming on the bound `sock` (in the running loop) until the server is closed."""
 
+    clients = 0
+
     async def connected(reader, writer) -> None:
-        await WyomingSession(services, reader, writer).run()
+        nonlocal clients
+        session = WyomingSession(services, reader, writer)
+        if clients >= MAX_CLIENTS:
+            await session.run(f"busy: {clients} clients are connected; try again soon")
+            return
+        clients += 1
+        try:
+            await session.run()
+        finally:
+            clients -= 1
 
     return await asyncio.start_server(connected, sock=sock, limit=MAX_HEADER)
