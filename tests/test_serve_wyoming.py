@@ -114,6 +114,15 @@ def test_describe_lists_the_models_and_voices(port):
     assert Pong.is_type(run(exchange(port, [Ping(text="hi")], until=("pong",)))[0].type)
 
 
+def test_languages_come_from_the_known_models():
+    from moshi_mlx.serve.wyoming_events import languages
+
+    assert languages("stt-1b-en_fr") == ["en", "fr"]  # by --stt NAME
+    assert languages("stt-2.6b-en-mlx") == ["en"]  # by the hub repo's (folder's) name
+    assert languages("tts-1.6b-en_fr") == ["en", "fr"]
+    assert languages("my-own-stt") == ["en"]
+
+
 def test_transcript_equals_transcribes_text(port, checkpoints, tmp_path):
     speech, rate = sf.read(str(make_speech(tmp_path / "s.wav", "Hello, this is a Wyoming test.")))
     assert rate == RATE
