@@ -136,10 +136,11 @@ async def serve(
         for line in describe(services, where[0]):
             print(f"  {line}", file=sys.stderr)
         if wyoming is not None:
-            host, port = wyoming.getsockname()[:2]
+            port = wyoming.getsockname()[1]
+            tcp = [u.replace(options.scheme, "tcp", 1).rstrip("/") for u in urls(options, port)]
             print(
-                f"  wyoming: tcp://{_bracket(host)}:{port} (Home Assistant: add the Wyoming "
-                f"Protocol integration with this machine's address and port {port})",
+                f"  wyoming: {' and '.join(tcp)} (Home Assistant: add the Wyoming Protocol "
+                f"integration with this machine's address and port {port})",
                 file=sys.stderr,
             )
             if options.public:
