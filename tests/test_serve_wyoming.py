@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import time
 import wave
@@ -343,6 +344,28 @@ def test_the_serve_command_serves_wyoming_and_ends_cleanly(checkpoints, tmp_path
         assert proc.wait(30) == 0, log.read_text()
     finally:
         proc.kill()
+
+
+def test_a_client_that_does_not_read_is_closed_and_frees_the_model(port, monkeypatch):
+    from moshi_mlx.serve import wyoming_server
+
+    monkeypatch.setattr(wyoming_server, "SEND_SECONDS", 1.0)
+
+    async def while_one_does_not_read() -> tuple[list[Event], float]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        sock.connect(("127.0.0.1", port))
+        _, stalled = await asyncio.open_connection(sock=sock)
+        await async_write_event(Synthesize(text=TEXT * 8).event(), stalled)  # a minute of work
+        started = time.monotonic()
+        try:  # still connected, reading nothing: the model must serve this one meanwhile
+            events = await exchange(port, [Synthesize(text="Still here.")])
+            return events, time.monotonic() - started
+        finally:
+            stalled.close()
+
+    events, seconds = run(while_one_does_not_read())
+    assert AudioStop.is_type(events[-1].type) and seconds < 30, seconds
 
 
 def test_wyoming_port_needs_a_speech_model():

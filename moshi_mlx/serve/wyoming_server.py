@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -54,6 +55,8 @@ from .wyoming_events import MAX_HEADER, BadEvent, BadFraming, info, parse, read_
 MAX_AUDIO_SECONDS = 300.0  # audio one transcription may hold
 MAX_CLIENTS = 64  # connections at once (beyond: told busy and closed)
 STREAM_IDLE_SECONDS = 30.0  # a streamed synthesis without text that long ends (frees the model)
+SEND_BUFFER = 64 << 10  # bytes the kernel holds for a client (about 1 s of speech)
+SEND_SECONDS = 10.0  # a client that reads nothing that long is closed (its send buffer full)
 LINGER_SECONDS = 1.0  # a closed client's input is read and dropped this long (no reset)
 
 
@@ -74,8 +77,7 @@ class WyomingSession:
             if self.services.closing:
                 refuse = "the server is shutting down"
             if refuse is not None:
-                await self.send(Error(text=refuse, code="busy"))
-                await self._linger()
+                await self._refuse(refuse, "busy")
                 return
             while (event := await read_event(self.reader)) is not None:
                 try:
@@ -84,13 +86,14 @@ class WyomingSession:
                     await self.send(Error(text=str(e), code="bad-request"))
                 except Busy as e:
                     await self.send(Error(text=f"busy: {e}; try again soon", code="busy"))
+                except ConnectionError:
+                    raise  # the client left or does not read
                 except Exception as e:  # a fault of ours: told, logged, and the server goes on
                     traceback.print_exc()
                     failed = f"the server failed on this {event.type} ({type(e).__name__}: {e})"
                     await self.send(Error(text=failed, code="internal"))
         except BadFraming as e:
-            await self.send(Error(text=f"{e}: closing", code="bad-framing"))
-            await self._linger()
+            await self._refuse(f"{e}: closing", "bad-framing")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client left
         finally:
@@ -99,10 +102,11 @@ class WyomingSession:
             self.services.sessions.discard(self)
             self.writer.close()
 
-    async def _linger(self) -> None:
-        """End our side and drop what the client still sends (for a moment): closing with
-        unread input would reset the connection, and the client could lose the error."""
+    async def _refuse(self, message: str, code: str) -> None:
+        """Tell the client why, end our side and drop what it still sends (for a moment):
+        closing with unread input would reset the connection, and it could lose the error."""
         try:
+            await self.send(Error(text=message, code=code))
             if self.writer.can_write_eof():
                 self.writer.write_eof()
             await asyncio.wait_for(self._discard(), LINGER_SECONDS)
@@ -122,8 +126,17 @@ class WyomingSession:
         self.writer.close()
 
     async def send(self, item) -> None:
-        if not self.writer.is_closing():
-            await async_write_event(item.event(), self.writer)
+        """Write an event; ConnectionError if the client left or stopped reading (then closed:
+        a client that does not read holds no model and no memory)."""
+        if self.writer.is_closing():
+            raise ConnectionResetError("the client left")
+        try:
+            await asyncio.wait_for(async_write_event(item.event(), self.writer), SEND_SECONDS)
+        except asyncio.TimeoutError:
+            print(f"wyoming: closed a client that read nothing for {SEND_SECONDS:g} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            self.writer.transport.abort()
+            raise ConnectionResetError("the client does not read") from None
 
     async def handle(self, event: Event) -> None:
         request = parse(event)
@@ -260,6 +273,7 @@ async def start(services: Services, sock: socket.socket) -> asyncio.Server:
 
     async def connected(reader, writer) -> None:
         nonlocal clients
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         session = WyomingSession(services, reader, writer)
         if clients >= MAX_CLIENTS:
             await session.run(f"busy: {clients} clients are connected; try again soon")
