@@ -229,21 +229,13 @@ def header(kind: str, **fields) -> bytes:
     "events,words",
     [
         ([Event("detect")], "unknown event 'detect'"),
-        ([AudioStop()], "without audio-start"),
-        ([AudioStart(16000, 2, 1), AudioStop()], "no audio"),
         ([AudioStart(16000, 5, 1)], "width 5"),
         ([AudioChunk(16000, 2, 1, b"\0\0")], "before audio-start"),
         ([AudioStart(16000, 2, 1), AudioChunk(8000, 2, 1, b"\0\0")], "differ"),
         ([Event("audio-start", {"rate": 16000})], "malformed audio-start"),
         ([Event("audio-start", {"rate": 16000, "width": [2], "channels": 1})], "width [2]"),
-        ([Event("synthesize", {"text": "hi", "voice": {"name": 3}})], "a string"),
-        ([Synthesize(text="hello", voice=SynthesizeVoice(name="nobody"))], "nobody"),
-        ([Synthesize(text="  ")], "text"),
-        ([Synthesize(text="hi", voice=SynthesizeVoice(name="/etc/passwd"))], "not a file"),
-        ([Synthesize(text="hi", voice=SynthesizeVoice(name="v/x.safetensors"))], "not a file"),
         ([SynthesizeChunk(text="hi")], "between synthesize-start"),
         ([SynthesizeStop()], "without synthesize-start"),
-        ([SynthesizeStart(voice=SynthesizeVoice(name="nobody")), SynthesizeStop()], "nobody"),
     ],
 )
 def test_a_bad_event_gets_an_error_and_the_connection_goes_on(port, events, words):
@@ -251,6 +243,36 @@ def test_a_bad_event_gets_an_error_and_the_connection_goes_on(port, events, word
     errors = [Error.from_event(e).text for e in got if Error.is_type(e.type)]
     assert len(errors) == 1 and words in errors[0], got
     assert Info.is_type(got[-1].type)  # the same connection still answers
+
+
+@pytest.mark.parametrize(
+    "events,words",
+    [
+        ([AudioStop()], "without audio-start"),
+        ([AudioStart(16000, 2, 1), AudioStop()], "no audio"),
+        ([AudioStart(16000, 5, 1), AudioStop()], "without audio-start"),  # (start refused)
+        ([Event("synthesize", {"text": "hi", "voice": {"name": 3}})], "a string"),
+        ([Synthesize(text="hello", voice=SynthesizeVoice(name="nobody"))], "nobody"),
+        ([Synthesize(text="  ")], "text"),
+        ([Synthesize(text="hi", voice=SynthesizeVoice(name="/etc/passwd"))], "not a file"),
+        ([Synthesize(text="hi", voice=SynthesizeVoice(name="v/x.safetensors"))], "not a file"),
+    ],
+)
+def test_a_failed_request_gets_an_error_then_the_close(port, events, words):
+    got = run(exchange(port, [*events, Describe()], until=()))  # read to the close
+    assert words in error_of(got), got
+    assert not any(Info.is_type(e.type) for e in got)  # closed: the describe is not answered
+    assert Info.is_type(run(exchange(port, [Describe()]))[0].type)  # the server goes on
+
+
+def test_a_failed_stream_ends_with_synthesize_stopped(port):
+    start = SynthesizeStart(voice=SynthesizeVoice(name="nobody"))
+    got = run(
+        exchange(
+            port, [start, SynthesizeChunk(text="Hi."), SynthesizeStop()], ("synthesize-stopped",)
+        )
+    )
+    assert "nobody" in error_of(got[:-1]) and SynthesizeStopped.is_type(got[-1].type)
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,10 @@
   follow`, the TTS WebSocket's loop), then `synthesize-stopped`; the `synthesize` a streaming
   client also sends (for older servers) is ignored.
 - `ping` -> `pong`.
-A bad event (unknown, malformed, no audio, unknown voice, busy) gets an `error` event and the
-connection goes on; bytes that are not Wyoming framing, or an event over the size limits, close
-that connection (`wyoming_events`).
+A bad event (unknown, malformed, out of order) gets an `error` event and the connection goes on;
+a request that fails (no audio, an unknown voice, busy) gets an `error` and the close (its client
+waits for that answer alone: Home Assistant's would wait for ever); bytes that are not Wyoming
+framing, or an event over the size limits, close that connection (`wyoming_events`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ MAX_CLIENTS = 64  # connections at once (beyond: told busy and closed)
 STREAM_IDLE_SECONDS = 30.0  # a streamed synthesis without text that long ends (frees the model)
 SEND_BUFFER = 64 << 10  # bytes the kernel holds for a client (about 1 s of speech)
 SEND_SECONDS = 10.0  # a client that reads nothing that long is closed (its send buffer full)
+# requests whose client waits for the answer (a transcript, audio): failed, they are told and
+# the connection closes, as clients that wait for that answer alone (Home Assistant's) end then
+AWAITED = ("audio-stop", "synthesize")
 LINGER_SECONDS = 1.0  # a closed client's input is read and dropped this long (no reset)
 
 
@@ -82,16 +86,21 @@ class WyomingSession:
             while (event := await read_event(self.reader)) is not None:
                 try:
                     await self.handle(event)
+                    continue
                 except BadEvent as e:
-                    await self.send(Error(text=str(e), code="bad-request"))
+                    error = Error(text=str(e), code="bad-request")
                 except Busy as e:
-                    await self.send(Error(text=f"busy: {e}; try again soon", code="busy"))
+                    error = Error(text=f"busy: {e}; try again soon", code="busy")
                 except ConnectionError:
                     raise  # the client left or does not read
                 except Exception as e:  # a fault of ours: told, logged, and the server goes on
                     traceback.print_exc()
                     failed = f"the server failed on this {event.type} ({type(e).__name__}: {e})"
-                    await self.send(Error(text=failed, code="internal"))
+                    error = Error(text=failed, code="internal")
+                if event.type in AWAITED:  # the client waits for its answer: told, then closed
+                    await self._refuse(error.text, error.code)
+                    return
+                await self.send(error)
         except BadFraming as e:
             await self._refuse(f"{e}: closing", "bad-framing")
         except (ConnectionError, asyncio.IncompleteReadError):
