@@ -5,6 +5,8 @@ temperature 0; bad messages get an Error and the server goes on."""
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from moshi_app import RATE, make_speech
+from speech_server import speak as speak_text
 from speech_server import speech_server
 
 from moshi_mlx import load_checkpoint
@@ -99,14 +102,80 @@ def test_kyutai_tts_client_gets_speaks_audio(server, checkpoints, tmp_path):
 
 def speak(checkpoint: Path, tmp_path: Path) -> np.ndarray:
     """`moshi-mlx speak TEXT` at temperature 0 with the voice `tiny`, float samples."""
-    want_file = tmp_path / "speak.wav"
-    r = subprocess.run(
-        ["moshi-mlx", "speak", TEXT, str(want_file), "--checkpoint", str(checkpoint),
-         "--voice", "tiny", "--temperature", "0", "--float", "-q"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return sf.read(str(want_file), dtype="float32")[0]
+    return speak_text(checkpoint, tmp_path / "speak.wav", TEXT)
+
+
+def test_post_tts_gives_speaks_whole_audio(server, checkpoints, tmp_path):
+    import urllib.request
+
+    body = json.dumps({"text": TEXT, "voice": "tiny"}).encode()
+    request = urllib.request.Request(
+        server + "/api/tts", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as r:
+        assert r.headers["Content-Type"] == "audio/wav"
+        got, rate = sf.read(io.BytesIO(r.read()), dtype="int16")
+    assert rate == 24000
+    want = speak_text(checkpoints[1], tmp_path / "speak16.wav", TEXT, float32=False)
+    assert len(want) > 24000 and np.abs(want).max() > 300
+    np.testing.assert_array_equal(got, want)  # speak's own 16-bit file, sample for sample
+    for bad, words in [({"text": ""}, "text"), ({"text": "hi", "voice": "nobody"}, "nobody")]:
+        request = urllib.request.Request(
+            server + "/api/tts", json.dumps(bad).encode(), {"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=60)
+        assert e.value.code == 400 and words in e.value.read().decode()
+
+
+def voice_message(checkpoint: Path, name: str) -> bytes:
+    """A `Voice {embeddings, shape}` message holding the checkpoint's voice `name`."""
+    import mlx.core as mx
+
+    (path,) = (checkpoint / "voices").glob(f"{name}.*.safetensors")
+    emb = np.array(mx.load(str(path))["speaker_wavs"].astype(mx.float32))
+    return msgpack.packb(
+        {"type": "Voice", "embeddings": emb.reshape(-1).tolist(), "shape": list(emb.shape)}
+    )
+
+
+async def _tts_stream(url: str, messages: list[bytes]) -> tuple[np.ndarray, list[dict]]:
+    """Send `messages`, read to the close: the Audio samples and the other messages."""
+    import aiohttp
+
+    pcm, others = [], []
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        for m in messages:
+            await ws.send_bytes(m)
+        while (msg := await ws.receive(timeout=120)).type == aiohttp.WSMsgType.BINARY:
+            m = msgpack.unpackb(msg.data)
+            if m["type"] == "Audio":
+                pcm.append(np.asarray(m["pcm"], np.float32))
+            else:
+                others.append(m)
+    return (np.concatenate(pcm) if pcm else np.zeros(0, np.float32)), others
+
+
+def test_tts_voice_given_as_embeddings_equals_the_named_voice(server, checkpoints):
+    import asyncio
+
+    url = server.replace("http", "ws") + "/api/tts_streaming"
+    words = [msgpack.packb({"type": "Text", "text": w}) for w in TEXT.split()]
+    eos = [msgpack.packb({"type": "Eos"})]
+    by_name, _ = asyncio.run(_tts_stream(url + "?voice=tiny2", words + eos))
+    given = [voice_message(checkpoints[1], "tiny2")]
+    by_embeddings, told = asyncio.run(_tts_stream(url + "?voice=tiny", given + words + eos))
+    assert len(by_name) > 24000 and np.abs(by_name).max() > 0.01
+    np.testing.assert_array_equal(by_embeddings, by_name)
+    assert [m["type"] for m in told] == ["Ready"] + ["Text"] * len(TEXT.split())
+    other, _ = asyncio.run(_tts_stream(url + "?voice=tiny", words + eos))
+    assert len(other) != len(by_name) or not np.array_equal(other, by_name)
+    # a wrong shape for this model, and a shape that does not fit the floats sent
+    for floats, shape, error in [(6, [1, 3, 2], "a voice is (1, "), (3, [1, 2], "shape")]:
+        bad = msgpack.packb({"type": "Voice", "embeddings": [0.1] * floats, "shape": shape})
+        pcm, told = asyncio.run(_tts_stream(url, [bad] + words + eos))
+        assert len(pcm) == 0 and told[-1]["type"] == "Error", told
+        assert error in told[-1]["message"], told
 
 
 async def _ws_exchange(url: str, messages: list[bytes]) -> list[dict]:

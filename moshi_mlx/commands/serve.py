@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from mimi_mlx.io.cli_support import UsageError
@@ -35,6 +36,13 @@ def register(command) -> None:
     )
     net.add_argument(
         "--port", type=_port, default=8998, help="port to listen on (default 8998; 0: any free)"
+    )
+    net.add_argument(
+        "--wyoming-port",
+        type=_port,
+        metavar="N",
+        help="also serve --stt and --tts to Home Assistant over its Wyoming protocol on port N "
+        "(the Wyoming integration: this machine's address and N)",
     )
     net.add_argument(
         "--ssl",
@@ -99,6 +107,10 @@ def _serve(args: argparse.Namespace) -> None:
         raise UsageError("--api-key is empty")
     if args.record is not None:
         _check_record_dir(args.record)
+    if args.wyoming_port is not None and not (args.stt or args.tts):
+        raise UsageError(
+            "--wyoming-port serves speech to text and text to speech: add --stt and/or --tts"
+        )
     stt_source = _speech_source(args.stt, "stt", "--stt") if args.stt else None
     tts_source = _speech_source(args.tts, "tts", "--tts") if args.tts else None
     args = prompting.with_session(args)
@@ -116,6 +128,13 @@ def _serve(args: argparse.Namespace) -> None:
         max_lag_frames=max(1, round(args.max_lag / 80)),
     )
     sock = bind(serve_options)  # a port in use fails now, not after the load
+    wyoming = None
+    if args.wyoming_port is not None:
+        try:
+            wyoming = bind(replace(serve_options, port=args.wyoming_port))
+        except OSError as e:
+            sock.close()
+            raise OSError(str(e).replace("--port", "--wyoming-port")) from None
     thread = ModelThread()
     thread.start()
     services = Services(thread, serve_options)
@@ -138,12 +157,14 @@ def _serve(args: argparse.Namespace) -> None:
             services.tts = TtsService(tts, _served_name(args.tts), thread)
 
     try:
-        asyncio.run(serve(services, sock, load, _describe))
+        asyncio.run(serve(services, sock, load, _describe, wyoming))
     except BaseException:
         thread.stop(wait=False)  # (a load interrupted: not waited for)
         raise
     finally:
         sock.close()
+        if wyoming is not None:
+            wyoming.close()
     thread.stop()
     # MLX gave the model thread a stream of its own, whose worker its static destructors cannot
     # join ("terminate called without an active exception", exit 134): everything is saved and

@@ -30,6 +30,7 @@ class KnownModel:
             negative of classifier-free guidance, and the default guidance coefficient.
         end_of_stream: offline runs feed Kyutai's end-of-stream frame and wait for end-of-text.
         voices: preset voice names (PersonaPlex's `voices.tgz`).
+        languages: the languages it speaks or hears (ISO 639-1; Wyoming's info lists them).
         about: one line for `--help`.
     """
 
@@ -46,6 +47,7 @@ class KnownModel:
     cfg_coef: float = 1.0
     end_of_stream: bool = False
     voices: tuple[str, ...] = field(default=())
+    languages: tuple[str, ...] = ()
 
     @property
     def repo(self) -> str:
@@ -117,6 +119,7 @@ MODELS: dict[str, KnownModel] = {
             "bf16",
             "Kyutai's speech-to-text 1B, English and French",
             sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+            languages=("en", "fr"),
         ),
         KnownModel(
             "stt-2.6b-en",
@@ -125,6 +128,7 @@ MODELS: dict[str, KnownModel] = {
             "bf16",
             "Kyutai's speech-to-text 2.6B, English",
             sampling=Sampling(text_temperature=0.0, text_top_k=50, audio_temperature=0.0),
+            languages=("en",),
         ),
         KnownModel(
             "tts-1.6b-en_fr",
@@ -133,6 +137,7 @@ MODELS: dict[str, KnownModel] = {
             "bf16",
             "Kyutai's text-to-speech 1.6B, English and French",
             sampling=Sampling(text_temperature=0.6, audio_temperature=0.6),
+            languages=("en", "fr"),
         ),
     )
 }

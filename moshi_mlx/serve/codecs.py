@@ -1,4 +1,5 @@
-"""Audio on the wire: Ogg Opus (Kyutai's protocols, through sphn) or raw int16 PCM, 24 kHz mono.
+"""Audio on the wire: Ogg Opus (Kyutai's protocols, through sphn) or raw int16 PCM, 24 kHz mono;
+raw PCM of any rate, width and channels in (Wyoming's clients).
 
 A decoder turns the bytes of one message into float32 samples (any number, possibly none yet:
 an Ogg page can be incomplete); an encoder turns samples into the bytes to send (possibly none
@@ -11,8 +12,10 @@ import numpy as np
 import sphn
 
 from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+from mimi_mlx.io.audio import Resampler
 
 PCM16_SCALE = 32768.0
+PCM_SCALES = {1: 128.0, 2: PCM16_SCALE, 3: 8388608.0, 4: 2147483648.0}  # as soundfile reads WAV
 
 
 class AudioFormatError(ValueError):
@@ -58,6 +61,54 @@ class Pcm16Encoder:
     def encode(self, pcm: np.ndarray) -> bytes:
         pcm = np.clip(np.asarray(pcm, np.float32), -1.0, 1.0 - 1.0 / PCM16_SCALE)
         return np.round(pcm * PCM16_SCALE).astype("<i2").tobytes()
+
+
+class PcmIn:
+    """Little-endian PCM of `width` bytes (8-bit unsigned), `channels` interleaved, at `rate`,
+    made 24 kHz mono float32 as it comes, as `iter_audio` reads a WAV file of that format
+    (soundfile's scaling, channels averaged, soxr's `Resampler`)."""
+
+    def __init__(self, rate: int, width: int, channels: int):
+        if not isinstance(width, int) or width not in PCM_SCALES:
+            raise AudioFormatError(f"audio width {width}: send 1, 2, 3 or 4 bytes per sample")
+        ints = all(isinstance(x, int) for x in (rate, channels))
+        if not (ints and 1000 <= rate <= 384000 and 1 <= channels <= 16):
+            raise AudioFormatError(f"audio of {rate} Hz, {channels} channels: not a format we take")
+        self.format = (rate, width, channels)
+        self._resampler = Resampler(rate, SAMPLE_RATE)
+        self._rest = b""  # bytes of an incomplete sample
+        self._blocks: list[np.ndarray] = []
+        self.samples = 0  # at 24 kHz
+
+    def push(self, data: bytes) -> None:
+        self._add(self._decode(data), last=False)
+
+    def finish(self) -> np.ndarray:
+        """The whole audio (n,) at 24 kHz."""
+        self._add(np.zeros(0, np.float32), last=True)
+        return np.concatenate(self._blocks) if self._blocks else np.zeros(0, np.float32)
+
+    def _add(self, mono: np.ndarray, last: bool) -> None:
+        block = self._resampler.resample_chunk(mono, last=last)
+        self.samples += len(block)
+        if len(block):
+            self._blocks.append(block)
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        _, width, channels = self.format
+        data = self._rest + data
+        whole = len(data) // (width * channels) * width * channels
+        data, self._rest = data[:whole], data[whole:]
+        raw = np.frombuffer(data, np.uint8)
+        if width == 1:
+            ints = raw.astype(np.int32) - 128
+        elif width == 3:
+            b = raw.reshape(-1, 3).astype(np.int32)
+            ints = (b[:, 0] << 8 | b[:, 1] << 16 | b[:, 2] << 24) >> 8
+        else:
+            ints = np.frombuffer(data, f"<i{width}")
+        pcm = (ints.astype(np.float32) / np.float32(PCM_SCALES[width])).reshape(-1, channels)
+        return pcm.mean(axis=1, dtype=np.float32) if channels > 1 else pcm[:, 0]
 
 
 CODECS = {"opus": (OpusDecoder, OpusEncoder), "pcm16": (Pcm16Decoder, Pcm16Encoder)}

@@ -101,6 +101,7 @@ async def serve(
     sock: socket.socket,
     load: Callable[[], Awaitable[None]],
     describe: Callable[[Services, str], list[str]],
+    wyoming: socket.socket | None = None,
 ) -> None:
     """Load the models (`load`), serve on `sock` until Ctrl-C or SIGTERM, then end cleanly.
 
@@ -109,6 +110,7 @@ async def serve(
         sock: the bound socket (`bind`).
         load: fills `services` (on its model thread).
         describe: the lines that say what is served, given the base URL.
+        wyoming: a bound socket for Home Assistant's Wyoming protocol (`wyoming_server`).
     """
     options = services.options
     context = ssl_context(options.ssl) if options.ssl is not None else None
@@ -118,8 +120,13 @@ async def serve(
     await load()
     runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None)
     await runner.setup()
+    wyoming_server = None
     try:
         await web.SockSite(runner, sock, ssl_context=context, shutdown_timeout=1.0).start()
+        if wyoming is not None:
+            from . import wyoming_server as protocol
+
+            wyoming_server = await protocol.start(services, wyoming)
         for s in signals:
             loop.add_signal_handler(s, _first_signal, stop, loop, signals)
         where = urls(options, sock.getsockname()[1])
@@ -128,12 +135,28 @@ async def serve(
         print(f"serving on {' and '.join(where)} (Ctrl-C to stop)", file=sys.stderr)
         for line in describe(services, where[0]):
             print(f"  {line}", file=sys.stderr)
+        if wyoming is not None:
+            port = wyoming.getsockname()[1]
+            tcp = [u.replace(options.scheme, "tcp", 1).rstrip("/") for u in urls(options, port)]
+            print(
+                f"  wyoming: {' and '.join(tcp)} (Home Assistant: add the Wyoming Protocol "
+                f"integration with this machine's address and port {port})",
+                file=sys.stderr,
+            )
+            if options.public:
+                print(
+                    "  warning: the Wyoming protocol has no API key: anyone on the network can "
+                    "use the speech models on that port",
+                    file=sys.stderr,
+                )
         sys.stderr.flush()
         await stop.wait()
         await shutdown(services)
     finally:
         for s in signals:
             loop.remove_signal_handler(s)
+        if wyoming_server is not None:
+            wyoming_server.close()
         await runner.cleanup()
 
 

@@ -22,10 +22,36 @@ from .worker import ModelThread
 
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # speak's
 FRAMES_PER_CALL = 2  # frames generated per call to the model thread (the rest runs meanwhile)
+MAX_TEXT = 100_000  # characters of one request (or of a stream's text at once)
 
 
 class QueryError(ValueError):
     """A request parameter we cannot use (told to the client as a 4xx)."""
+
+
+class TextIn:
+    """A client's text as it arrives, spoken as it comes (`TtsService.follow`): its reader
+    pushes words, ends, or fails (a bad message: the speech stops with that error).
+    `idle_seconds`: how long the speech may wait for more text (None: as long as it takes)."""
+
+    def __init__(self, idle_seconds: float | None = None):
+        self.idle_seconds = idle_seconds
+        self.texts: list[str] = []
+        self.ended = False
+        self.error: str | None = None
+        self.wake = asyncio.Event()  # something came
+
+    def push(self, text: str) -> None:
+        self.texts.append(text)
+        self.wake.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self.wake.set()
+
+    def fail(self, message: str) -> None:
+        self.error = message
+        self.wake.set()
 
 
 class TtsService:
@@ -164,3 +190,26 @@ class TtsService:
             return out
 
         return await self.thread.call(run)
+
+    async def follow(self, stream: SpeechStream, text: TextIn) -> AsyncIterator:
+        """`stream`'s audio as `text` comes, (pcm (n,), words) per frame, until the text has
+        ended and is spoken (hold `slot()` around it).
+
+        Raises:
+            QueryError: `text` failed, too much text came at once, or none for too long.
+        """
+        while not stream.done:
+            if text.error:
+                raise QueryError(text.error)
+            texts, text.texts = text.texts, []
+            if sum(len(t) for t in texts) > MAX_TEXT:
+                raise QueryError(f"more than {MAX_TEXT} characters at once")
+            text.wake.clear()
+            done = await self.advance(stream, texts, text.ended)
+            for item in done:
+                yield item
+            if not done and not stream.done and not text.ended:
+                try:  # the text so far is spoken: wait for more
+                    await asyncio.wait_for(text.wake.wait(), text.idle_seconds)
+                except asyncio.TimeoutError:
+                    raise QueryError(f"no text came for {text.idle_seconds:g} s: ended") from None

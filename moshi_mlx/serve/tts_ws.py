@@ -26,12 +26,11 @@ from mimi_mlx.constants import FRAME_SECONDS, SAMPLE_RATE
 from .codecs import OpusEncoder
 from .services import SERVICES, Services
 from .stt_service import RETRY_AFTER, Busy
-from .tts_service import QueryError
+from .tts_service import MAX_TEXT, QueryError, TextIn
 
 TTS_PATH = "/api/tts"
 FORMATS = ("PcmMessagePack", "OggOpusMessagePack", "OggOpus", "Pcm")
 MAX_MESSAGE = 1 << 20
-MAX_TEXT = 100_000  # characters of one request
 
 
 def add_routes(app: web.Application, services: Services) -> None:
@@ -95,52 +94,48 @@ async def handle_tts_streaming(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-class _Inbox:
+class _Inbox(TextIn):
     """What the client sent, read while the speech is generated."""
 
     def __init__(self):
-        self.texts: list[str] = []
+        super().__init__()
         self.voice: np.ndarray | None = None
-        self.ended = False
-        self.error: str | None = None
-        self.wake = asyncio.Event()
 
     async def read(self, ws: web.WebSocketResponse) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                self.texts.append(msg.data)
+                self.push(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 self.handle(msg.data)
             else:
                 break
-            self.wake.set()
             if self.ended or self.error:
                 break
-        self.ended = True
-        self.wake.set()
+        self.end()
 
     def handle(self, data: bytes) -> None:
         if data == b"\0":
-            self.ended = True
+            self.end()
             return
         try:
             message = msgpack.unpackb(data, raw=False)
         except (ValueError, msgpack.UnpackException) as e:
-            self.error = f"not a msgpack message ({e})"
+            self.fail(f"not a msgpack message ({e})")
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "Text" and isinstance(message.get("text"), str):
-            self.texts.append(message["text"])
+            self.push(message["text"])
         elif kind == "Eos":
-            self.ended = True
+            self.end()
         elif kind == "Voice":
             try:
                 emb = np.asarray(message["embeddings"], np.float32)
                 self.voice = emb.reshape([int(s) for s in message["shape"]])
+                self.wake.set()
             except (KeyError, TypeError, ValueError) as e:
-                self.error = f"Voice needs `embeddings` (floats) and their `shape` ({e})"
+                self.fail(f"Voice needs `embeddings` (floats) and their `shape` ({e})")
         else:
-            self.error = "messages are msgpack maps: Text {text}, Voice {embeddings, shape}, Eos"
+            self.fail("messages are msgpack maps: Text {text}, Voice {embeddings, shape}, Eos")
 
 
 async def _stream(ws, tts, out: AudioOut, settings, voice_name) -> None:
@@ -157,19 +152,9 @@ async def _stream(ws, tts, out: AudioOut, settings, voice_name) -> None:
         else:
             voice = await tts.voice(voice_name)
         stream = await tts.open_stream(voice, settings)
-        while not stream.done:
-            if inbox.error:
-                raise QueryError(inbox.error)
-            texts, inbox.texts = inbox.texts, []
-            if sum(len(t) for t in texts) > MAX_TEXT:
-                raise QueryError(f"more than {MAX_TEXT} characters at once")
-            inbox.wake.clear()
-            done = await tts.advance(stream, texts, inbox.ended)
-            for pcm, words in done:
-                for message in out.words(words) + (out.audio(pcm) if pcm.size else []):
-                    await ws.send_bytes(message)
-            if not done and not stream.done and not inbox.ended:
-                await inbox.wake.wait()  # the text so far is spoken: wait for more
+        async for pcm, words in tts.follow(stream, inbox):
+            for message in out.words(words) + (out.audio(pcm) if pcm.size else []):
+                await ws.send_bytes(message)
         for message in out.words([], final=True):
             await ws.send_bytes(message)
     finally:
