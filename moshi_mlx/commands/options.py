@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from mimi_mlx.io.cli_support import one_line, positive_int, quiet_hub_logs, seed
 
-from ..model.known import DEFAULT_MODEL, MODELS, KnownModel, known_model, model_for_repo
+from ..model.known import (
+    DEFAULT_MODEL,
+    MODELS,
+    KnownModel,
+    known_model,
+    model_for_repo,
+    with_lm_gen_config,
+)
 
 DEFAULT_REPO = MODELS[DEFAULT_MODEL].repo
 DIALOGUE_KINDS = ("dialogue", "translation")  # what `chat` and `run` drive
@@ -323,6 +331,10 @@ def pipeline(args: argparse.Namespace, source: str, live: bool = False):
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)
     profile = prompting.profile_of(known, ckpt.lm)
+    # the checkpoint's own `lm_gen_config` (as Kyutai's server and hibiki_zero pass to LMGen)
+    gen = ckpt.lm.cfg.extra.get("lm_gen_config")
+    if gen:
+        profile = replace(profile, sampling=with_lm_gen_config(profile.sampling, gen))
     guidance = prompting.guidance_of(args, profile, ckpt.lm)
     prompt = prompting.build_prompt(args, profile, ckpt, source)
     result = Pipeline(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mimi_mlx.io.cli_support import UsageError
 
+from ..model.hibiki_zero import is_hibiki_zero
 from ..model.known import MODELS, TRAINED, KnownModel
 
 PRESET_SUFFIX = ".safetensors"
@@ -72,6 +73,11 @@ def check_prompts(args: argparse.Namespace, known: KnownModel | None) -> None:
     """Refuse prompts a known model cannot take (before loading anything)."""
     if known is None:
         return
+    if known.conditions is None and args.cfg_coef not in (None, 1.0):
+        raise UsageError(
+            f"{known.name} takes no --cfg-coef: it has no conditioner, so no classifier-free "
+            "guidance (--model hibiki and hibiki-2b have one)"
+        )
     for option, value, accepts in (
         ("--prompt", args.prompt, known.text_prompt),
         ("--voice-prompt", args.voice_prompt, known.voice_prompt),
@@ -110,6 +116,8 @@ def profile_of(known: KnownModel | None, lm) -> KnownModel:
     """The known model whose defaults apply: `known`, or the closest by structure."""
     if known is not None:
         return known
+    if is_hibiki_zero(lm.cfg):
+        return MODELS["hibiki-zero"]
     if lm.cfg.num_generated < lm.cfg.dep_q:
         return MODELS["personaplex"]
     if lm.condition_names:

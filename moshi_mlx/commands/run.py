@@ -17,6 +17,7 @@ examples:
                                     # replay a recorded chat bit for bit
   moshi-mlx run in.flac out.wav --temperature 0     # greedy: the same output every time
   moshi-mlx run french.wav english.wav --model hibiki   # translate a recording
+  moshi-mlx run es.wav en.wav --model hibiki-zero --temperature 0   # fr, es, pt, de -> en
   moshi-mlx run in.wav out.wav --checkpoint tiny/   # a tiny random checkpoint (it makes noise)
 
 Exit status: 0 on success, 1 on a failure, 2 on a usage error, 130 on Ctrl-C, 143 on SIGTERM."""
@@ -72,7 +73,11 @@ def _run(args: argparse.Namespace) -> None:
     end = None
     if pipeline.profile.end_of_stream and pipeline.tokenizer is not None:
         # translate to the end of what was said
-        end = EndOfStream(pipeline.tokenizer.eos_id, round(args.max_tail * 12.5))
+        end = EndOfStream(
+            pipeline.tokenizer.eos_id,
+            round(args.max_tail * 12.5),
+            warmup_silence=pipeline.profile.warmup_silence,
+        )
     with options.resident(pipeline):
         result = run_file(
             pipeline,
@@ -93,7 +98,7 @@ def _run(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     print(
-        f"wrote {args.output} ({result.steps * 0.08 if end else result.audio_seconds:.1f} s), "
+        f"wrote {args.output} ({result.written_seconds:.1f} s), "
         f"{text_path} and {json_path}: "
         f"{result.steps} steps in {result.elapsed:.1f} s (real-time factor "
         f"{result.real_time_factor:.2f}, seed {pipeline.seed})",

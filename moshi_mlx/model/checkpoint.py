@@ -178,6 +178,15 @@ def load_model(
     return _load_lm(resolve(checkpoint, revision), config, dtype, str(checkpoint), lora)
 
 
+def hear_end_of_text_as_padding(model: Lm) -> None:
+    """What Kyutai's PyTorch loader does to a Hibiki (`CheckpointInfo.get_moshi`, model type
+    "hibiki"): the end-of-text token (2) gets the padding token's (3) input embedding, so a
+    translation that says it too early goes on as if it had said padding."""
+    weight = model.text_emb.weight
+    model.text_emb.weight = mx.concatenate([weight[:2], weight[3:4], weight[3:]], axis=0)
+    mx.eval(model.text_emb.weight)
+
+
 def lora_for(files: CheckpointFiles, lora: str | Path | None) -> Lora | None:
     """The adapter to fuse: `lora` (a file), else the one the checkpoint's config.json names."""
     if lora is not None:
@@ -189,6 +198,8 @@ def _load_lm(files: CheckpointFiles, config: LmConfig | None, dtype, name: str, 
     model = Lm(config or config_from(files), dtype=dtype or lm_compute_dtype())
     source = str(files.weights[0]) if len(files.weights) == 1 else files.root
     model.checkpoint_format = load_weights(model, read_tensors(files.weights), source)
+    if model.checkpoint_format == "pytorch" and (files.config or {}).get("model_type") == "hibiki":
+        hear_end_of_text_as_padding(model)
     adapter = lora_for(files, lora)
     if adapter is not None:
         fuse_lora(model, adapter)

@@ -1,0 +1,188 @@
+"""Hibiki-Zero's file mode against the `hibiki_zero` package's own loop, and its known-model row.
+
+A tiny random Hibiki-Zero in the real repo's layout (`make_tiny_checkpoint.py --kind
+hibiki-zero`: Kyutai's PyTorch tensor names, Mimi bundled) is put in a local hub cache as
+`kyutai/hibiki-zero-3b-pytorch-bf16`, greedy through its config's `lm_gen_config`; the package's
+`run.py: generate` translates two files in one batch (`hibiki_zero_reference.py`, in a process
+of its own), and `moshi-mlx run` each file: the same text tokens up to the end-of-text, the
+same audio within float tolerance, the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hub_cache import add_repo
+
+from moshi_mlx.cli import main
+from moshi_mlx.commands import options, prompting
+from moshi_mlx.model.known import MODELS, model_for_repo
+
+REPO = "kyutai/hibiki-zero-3b-pytorch-bf16"
+GEN_SECONDS = 4.0  # the package's --gen-duration: it steps 50 frames, whatever it says
+INPUTS = {"long": 1.5, "short": 0.9}  # seconds
+
+
+def _signal(seconds: float, seed: int) -> np.ndarray:
+    """A deterministic test signal: a tremolo tone, or a tone in noise."""
+    t = np.arange(int(24000 * seconds)) / 24000
+    if seed == 0:
+        return (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal(len(t))
+    return (0.2 * np.sin(2 * np.pi * 330 * t) + 0.05 * noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def zero(tmp_path_factory) -> dict:
+    """The tiny checkpoint (greedy), the inputs, and what the package's loop made of them."""
+    from moshi_mlx.testing.tiny import make_tiny_checkpoint
+
+    tmp = tmp_path_factory.mktemp("zero")
+    folder = make_tiny_checkpoint(tmp / "ckpt", seed=0, kind="hibiki-zero")
+    config = json.loads((folder / "config.json").read_text())
+    config["lm_gen_config"] = {"temp": 0.0, "temp_text": 0.0}  # greedy, in both loops
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    add_repo(tmp / "hub", REPO, {p.name: p for p in folder.iterdir()})
+    wavs = {}
+    for i, (name, seconds) in enumerate(INPUTS.items()):
+        wavs[name] = tmp / f"{name}.wav"
+        sf.write(wavs[name], _signal(seconds, i), 24000, subtype="FLOAT")
+    out = tmp / "kyutai"
+    script = Path(__file__).with_name("hibiki_zero_reference.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp / "hub"), str(out), str(GEN_SECONDS)]
+        + [str(w) for w in wavs.values()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    decoded = np.load(out / "outputs.npz")
+    refs = {}
+    for i, name in enumerate(wavs):
+        refs[name] = {
+            "text_tokens": decoded["text"][i].tolist(),
+            "audio": sf.read(out / f"{i}_{name}_mono.wav", dtype="float32")[0],
+            "text": (out / f"{i}_{name}.txt").read_text(),
+        }
+    return {"folder": folder, "wavs": wavs, "kyutai": refs}
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    status = main(["run", *map(str, args)])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_file_mode_matches_hibiki_zero_generate(capsys, zero, tmp_path):
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(
+        str(zero["folder"] / "tokenizer_spm_48k_multi6_2.model")
+    )
+    for name, wav in zero["wavs"].items():
+        ref = zero["kyutai"][name]
+        eos = ref["text_tokens"].index(sp.eos_id())  # where their output is cut
+        out = tmp_path / f"{name}.wav"
+        status, _, err = run(capsys, wav, out, "--checkpoint", zero["folder"], "--max-tail", 3)
+        assert status == 0, err
+        assert "stopped at the model's end of text" in err
+        ours = json.loads(out.with_suffix(".json").read_text())
+        assert ours["model"] == "hibiki-zero" and ours["sampling"]["text_temperature"] == 0.0
+        assert ours["tokens"] == ref["text_tokens"][:eos]
+        audio = sf.read(out, dtype="float32")[0]
+        assert audio.shape == ref["audio"].shape == (eos * 1920,)
+        # (their file is 16-bit PCM: one step is 3e-5)
+        np.testing.assert_allclose(audio, ref["audio"], atol=2e-4)
+        assert ref["text"] == sp.decode([t for t in ours["tokens"] if t > sp.pad_id()])
+    # the short input's translation ends after it: the end-of-input frame and the tail ran
+    short = zero["kyutai"]["short"]["text_tokens"].index(sp.eos_id())
+    assert short > 1 + round(INPUTS["short"] * 12.5) + 2
+
+
+def test_without_end_of_text_it_stops_at_max_tail(capsys, zero, tmp_path):
+    out = tmp_path / "cut.wav"
+    wav = zero["wavs"]["short"]
+    status, _, err = run(capsys, wav, out, "--checkpoint", zero["folder"], "--max-tail", 0.5)
+    assert status == 0 and "stopped at --max-tail 0.5 s" in err, err
+    ours = json.loads(out.with_suffix(".json").read_text())
+    frames = -(-sf.info(wav).frames // 1920)
+    # one warmup frame, the input, the end-of-input frame, 6 frames of tail
+    assert ours["steps"] == 1 + frames + 1 + 6
+    assert sf.info(out).frames == (ours["steps"] - 2) * 1920  # (the warmup's silence dropped)
+    kyutai = zero["kyutai"]["short"]["text_tokens"]
+    assert ours["tokens"] == kyutai[: ours["steps"]]
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    options.add_model_options(parser)
+    prompting.add_prompt_options(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_hibiki_zero_is_a_known_model(capsys, zero):
+    from moshi_mlx.model.checkpoint import load_model
+
+    row = MODELS["hibiki-zero"]
+    assert row.repo == REPO and row.kind == "translation" and row.conditions is None
+    assert model_for_repo(REPO) is row
+    assert options.source_of(_args("--model", "hibiki-zero")) == REPO
+    assert options.known_of(_args("--hf-repo", REPO)) is row
+    # a folder: recognised from its config (no row named)
+    lm = load_model(zero["folder"])
+    assert lm.checkpoint_format == "pytorch"
+    assert prompting.profile_of(None, lm) is row
+    assert main(["models"]) == 0
+    assert REPO in capsys.readouterr().out
+
+
+def test_guidance_is_refused_by_name(capsys, zero, tmp_path):
+    wav = zero["wavs"]["short"]
+    for args in (("--model", "hibiki-zero"), ("--checkpoint", zero["folder"])):
+        status, _, err = run(capsys, wav, tmp_path / "x.wav", *args, "--cfg-coef", "3")
+        assert status in (1, 2) and err.count("\n") == 1 and "--cfg-coef" in err, err
+        assert "Traceback" not in err
+    assert "hibiki-zero takes no --cfg-coef" in run(
+        capsys, wav, tmp_path / "x.wav", "--model", "hibiki-zero", "--cfg-coef", "3"
+    )[2]
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_tiny_script_writes_the_real_layout(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_tiny_checkpoint.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "z"), "--kind", "hibiki-zero"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (tmp_path / "z").iterdir())
+    assert names == sorted(
+        [
+            "config.json",
+            "mimi-pytorch-e351c8d8@125.safetensors",
+            "mimi_config.json",
+            "model.safetensors",
+            "tokenizer_spm_48k_multi6_2.model",
+        ]
+    )
+    from moshi_mlx.model.checkpoint import tensor_names
+
+    names = tensor_names(tmp_path / "z" / "model.safetensors")
+    assert "transformer.layers.0.self_attn.in_proj_weight" in names and "emb.31.weight" in names
+    assert "depformer.layers.0.gating.8.linear_in.weight" in names  # 9 weight sets
+    shutil.rmtree(tmp_path / "z")
