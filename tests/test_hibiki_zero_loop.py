@@ -154,9 +154,10 @@ def test_guidance_is_refused_by_name(capsys, zero, tmp_path):
         status, _, err = run(capsys, wav, tmp_path / "x.wav", *args, "--cfg-coef", "3")
         assert status in (1, 2) and err.count("\n") == 1 and "--cfg-coef" in err, err
         assert "Traceback" not in err
-    assert "hibiki-zero takes no --cfg-coef" in run(
-        capsys, wav, tmp_path / "x.wav", "--model", "hibiki-zero", "--cfg-coef", "3"
-    )[2]
+    assert (
+        "hibiki-zero takes no --cfg-coef"
+        in run(capsys, wav, tmp_path / "x.wav", "--model", "hibiki-zero", "--cfg-coef", "3")[2]
+    )
     assert not (tmp_path / "x.wav").exists()
 
 
