@@ -187,3 +187,54 @@ def test_tiny_script_writes_the_real_layout(tmp_path):
     assert "transformer.layers.0.self_attn.in_proj_weight" in names and "emb.31.weight" in names
     assert "depformer.layers.0.gating.8.linear_in.weight" in names  # 9 weight sets
     shutil.rmtree(tmp_path / "z")
+
+
+def test_serve_chats_with_hibiki_zero(zero, tmp_path):
+    """`moshi-mlx serve --checkpoint` Hibiki-Zero, a client as Kyutai's: the live per-frame
+    pipeline answers, and what it said is what the pipeline says on what it heard."""
+    import asyncio
+    import time
+
+    import aiohttp
+    from test_serve_chat import _free_port, _talk
+
+    from moshi_mlx.jobs.pipeline import Pipeline, Sampling
+    from moshi_mlx.model.checkpoint import load_checkpoint
+
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "moshi_mlx", "serve", "--checkpoint", str(zero["folder"]),
+           "--port", str(port), "--seed", "7", "--record", str(tmp_path / "rec"),
+           "--api-key", "secret"]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving on" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        base = f"127.0.0.1:{port}"
+
+        async def info() -> dict:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://{base}/api/info?auth_id=secret") as r:
+                    return (await r.json())["chat"]
+
+        served = asyncio.run(info())
+        assert served["kind"] == "translation" and served["sampling"]["text_temperature"] == 0
+        pcm = sf.read(zero["wavs"]["long"], dtype="float32")[0]
+        text, audio = asyncio.run(_talk(base, np.concatenate([pcm, np.zeros(24000, "f4")])))
+        assert audio.size > 24000
+        session = next((tmp_path / "rec").iterdir())
+        while not (session / "session.json").is_file() and time.monotonic() < deadline + 20:
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0, log.read_text()
+    recorded = json.loads((session / "transcript.json").read_text())
+    ckpt = load_checkpoint(zero["folder"])
+    pipeline = Pipeline(ckpt.lm, ckpt.mimi, ckpt.tokenizer, Sampling(0.0, 25, 0.0, 250, seed=7))
+    heard = sf.read(session / "user.wav", dtype="float32")[0]
+    tokens = [pipeline.step(heard[i : i + 1920]).token for i in range(0, len(heard), 1920)]
+    assert tokens == recorded["tokens"] and text.strip() == recorded["text"].strip()
