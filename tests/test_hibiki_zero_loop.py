@@ -41,9 +41,51 @@ def _signal(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * np.sin(2 * np.pi * 330 * t) + 0.05 * noise).astype(np.float32)
 
 
+def _frames(wav: Path) -> int:
+    return -(-sf.info(wav).frames // 1920)
+
+
+def _probe(folder: Path, wav: Path, steps: int) -> list[int]:
+    """Our greedy text tokens of the file mode, never stopping at an end of text."""
+    from moshi_mlx.jobs.offline import EndOfStream, run_file
+    from moshi_mlx.jobs.pipeline import Pipeline, Sampling
+    from moshi_mlx.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(folder)
+    pipeline = Pipeline(ckpt.lm, ckpt.mimi, None, Sampling(0.0, 25, 0.0, 250, seed=0))
+    end = EndOfStream(-1, steps - _frames(wav) - 2, warmup_silence=True)
+    return run_file(pipeline, wav, wav.with_name("probe.wav"), end_of_stream=end).transcript.tokens
+
+
+def _say_end_of_text(folder: Path, tokens: list[int], after: int) -> int:
+    """Relabel the text tokens so that the model says end-of-text (2) where it first says a
+    token it had not said before, after step `after`: text tokens t and 2 swap their rows in
+    the text head and both text embeddings (nothing before that step changes). Returns the
+    step."""
+    import mlx.core as mx
+
+    s = next(
+        i
+        for i in range(after + 1, len(tokens))
+        if tokens[i] > 3 and tokens[i] not in tokens[:i] and 2 not in tokens[: i + 1]
+    )
+    t = tokens[s]
+    path = folder / "model.safetensors"
+    weights = mx.load(str(path))
+    order = list(range(weights["text_linear.weight"].shape[0]))
+    order[2], order[t] = t, 2
+    for name in ("text_linear.weight", "text_emb.weight", "depformer_text_emb.weight"):
+        rows = list(range(weights[name].shape[0]))
+        rows[: len(order)] = order
+        weights[name] = weights[name][mx.array(rows)]
+    mx.save_safetensors(str(path), weights, metadata={"format": "pt"})
+    return s
+
+
 @pytest.fixture(scope="module")
 def zero(tmp_path_factory) -> dict:
-    """The tiny checkpoint (greedy), the inputs, and what the package's loop made of them."""
+    """The tiny checkpoint (greedy; it says end-of-text a few steps after the short input),
+    the inputs, and what the package's loop made of them."""
     from moshi_mlx.testing.tiny import make_tiny_checkpoint
 
     tmp = tmp_path_factory.mktemp("zero")
@@ -51,11 +93,14 @@ def zero(tmp_path_factory) -> dict:
     config = json.loads((folder / "config.json").read_text())
     config["lm_gen_config"] = {"temp": 0.0, "temp_text": 0.0}  # greedy, in both loops
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    add_repo(tmp / "hub", REPO, {p.name: p for p in folder.iterdir()})
     wavs = {}
     for i, (name, seconds) in enumerate(INPUTS.items()):
         wavs[name] = tmp / f"{name}.wav"
         sf.write(wavs[name], _signal(seconds, i), 24000, subtype="FLOAT")
+    # after the warmup frame, the input and the end-of-input frame, and a few more steps
+    after = 1 + _frames(wavs["short"]) + 3
+    eos_step = _say_end_of_text(folder, _probe(folder, wavs["short"], 50), after)
+    add_repo(tmp / "hub", REPO, {p.name: p for p in folder.iterdir() if p.is_file()})
     out = tmp / "kyutai"
     script = Path(__file__).with_name("hibiki_zero_reference.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -76,7 +121,7 @@ def zero(tmp_path_factory) -> dict:
             "audio": sf.read(out / f"{i}_{name}_mono.wav", dtype="float32")[0],
             "text": (out / f"{i}_{name}.txt").read_text(),
         }
-    return {"folder": folder, "wavs": wavs, "kyutai": refs}
+    return {"folder": folder, "wavs": wavs, "kyutai": refs, "eos_step": eos_step}
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -86,40 +131,53 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_file_mode_matches_hibiki_zero_generate(capsys, zero, tmp_path):
+    """Each file as the package's batch: the same text tokens, audio and text; where its
+    output has no end-of-text (cut by the package at the last word), the same steps as ours
+    up to --max-tail."""
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(
         str(zero["folder"] / "tokenizer_spm_48k_multi6_2.model")
     )
+    ended = []
     for name, wav in zero["wavs"].items():
         ref = zero["kyutai"][name]
-        eos = ref["text_tokens"].index(sp.eos_id())  # where their output is cut
+        said = sp.eos_id() in ref["text_tokens"]
         out = tmp_path / f"{name}.wav"
-        status, _, err = run(capsys, wav, out, "--checkpoint", zero["folder"], "--max-tail", 3)
+        tail = 3 if said else (len(ref["text_tokens"]) - 2 - _frames(wav)) * 0.08
+        status, _, err = run(capsys, wav, out, "--checkpoint", zero["folder"], "--max-tail", tail)
         assert status == 0, err
-        assert "stopped at the model's end of text" in err
         ours = json.loads(out.with_suffix(".json").read_text())
         assert ours["model"] == "hibiki-zero" and ours["sampling"]["text_temperature"] == 0.0
-        assert ours["tokens"] == ref["text_tokens"][:eos]
         audio = sf.read(out, dtype="float32")[0]
-        assert audio.shape == ref["audio"].shape == (eos * 1920,)
+        if said:  # where their output is cut
+            ended.append(name)
+            eos = ref["text_tokens"].index(sp.eos_id())
+            assert "stopped at the model's end of text" in err
+            assert ours["tokens"] == ref["text_tokens"][:eos]
+            assert audio.shape == ref["audio"].shape == (eos * 1920,)
+            assert ref["text"] == sp.decode([t for t in ours["tokens"] if t > sp.pad_id()])
+        else:
+            assert "stopped at --max-tail" in err
+            assert ours["tokens"] == ref["text_tokens"]
+            audio = audio[: len(ref["audio"])]
         # (their file is 16-bit PCM: one step is 3e-5)
-        np.testing.assert_allclose(audio, ref["audio"], atol=2e-4)
-        assert ref["text"] == sp.decode([t for t in ours["tokens"] if t > sp.pad_id()])
+        np.testing.assert_allclose(audio, ref["audio"][: len(audio)], atol=2e-4)
     # the short input's translation ends after it: the end-of-input frame and the tail ran
-    short = zero["kyutai"]["short"]["text_tokens"].index(sp.eos_id())
-    assert short > 1 + round(INPUTS["short"] * 12.5) + 2
+    assert "short" in ended
+    assert zero["kyutai"]["short"]["text_tokens"].index(sp.eos_id()) == zero["eos_step"]
 
 
 def test_without_end_of_text_it_stops_at_max_tail(capsys, zero, tmp_path):
     out = tmp_path / "cut.wav"
     wav = zero["wavs"]["short"]
-    status, _, err = run(capsys, wav, out, "--checkpoint", zero["folder"], "--max-tail", 0.5)
-    assert status == 0 and "stopped at --max-tail 0.5 s" in err, err
+    status, _, err = run(capsys, wav, out, "--checkpoint", zero["folder"], "--max-tail", 0.16)
+    assert status == 0 and "stopped at --max-tail 0.16 s" in err, err
     ours = json.loads(out.with_suffix(".json").read_text())
-    frames = -(-sf.info(wav).frames // 1920)
-    # one warmup frame, the input, the end-of-input frame, 6 frames of tail
-    assert ours["steps"] == 1 + frames + 1 + 6
+    frames = _frames(wav)
+    # one warmup frame, the input, the end-of-input frame, 2 frames of tail (its end of text
+    # would come 2 steps later)
+    assert ours["steps"] == 1 + frames + 1 + 2 == zero["eos_step"] - 2
     assert sf.info(out).frames == (ours["steps"] - 2) * 1920  # (the warmup's silence dropped)
     kyutai = zero["kyutai"]["short"]["text_tokens"]
     assert ours["tokens"] == kyutai[: ours["steps"]]
@@ -225,7 +283,7 @@ def test_serve_chats_with_hibiki_zero(zero, tmp_path):
         assert served["kind"] == "translation" and served["sampling"]["text_temperature"] == 0
         pcm = sf.read(zero["wavs"]["long"], dtype="float32")[0]
         text, audio = asyncio.run(_talk(base, np.concatenate([pcm, np.zeros(24000, "f4")])))
-        assert audio.size > 24000
+        assert audio.size >= 5 * 1920  # (under load the lag rule skips frames)
         session = next((tmp_path / "rec").iterdir())
         while not (session / "session.json").is_file() and time.monotonic() < deadline + 20:
             time.sleep(0.1)
@@ -238,3 +296,29 @@ def test_serve_chats_with_hibiki_zero(zero, tmp_path):
     heard = sf.read(session / "user.wav", dtype="float32")[0]
     tokens = [pipeline.step(heard[i : i + 1920]).token for i in range(0, len(heard), 1920)]
     assert tokens == recorded["tokens"] and text.strip() == recorded["text"].strip()
+
+
+@pytest.mark.parametrize("recipe", ["q8", "q4"])
+def test_quantized_hibiki_zero(capsys, zero, tmp_path, recipe):
+    """`moshi-mlx-quantize` of Kyutai's PyTorch layout, with its report: every layer quantized,
+    the end-of-text embedding as the float model loads it, still Hibiki-Zero (its file mode)."""
+    import mlx.core as mx
+
+    from moshi_mlx.model.checkpoint import load_model
+    from quantize.cli import main as quantize
+
+    out = tmp_path / recipe
+    assert quantize([str(zero["folder"]), str(out), "--recipe", recipe, "--report", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "audio mean" in printed.out and "stay in float" not in printed.err, printed.err
+    report = json.loads((out / "quantization_report.json").read_text())
+    (result,) = report["results"]
+    assert result["name"] == recipe and len(result["streams"]) == 1 + 16
+    top1 = np.mean([s["top1"] for k, s in result["streams"].items() if k.startswith("audio")])
+    assert top1 > (0.9 if recipe == "q8" else 0.5)
+    lm = load_model(out)
+    assert lm.checkpoint_format == "mlx" and prompting.profile_of(None, lm).name == "hibiki-zero"
+    emb = np.array(lm.text_emb(mx.array([2, 3])).astype(mx.float32))
+    np.testing.assert_array_equal(emb[0], emb[1])  # (Kyutai's loader: 2 is heard as padding)
+    status, _, err = run(capsys, zero["wavs"]["short"], tmp_path / "q.wav", "--checkpoint", out)
+    assert status == 0 and ("end of text" in err or "--max-tail" in err), err

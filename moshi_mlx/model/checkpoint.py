@@ -178,13 +178,16 @@ def load_model(
     return _load_lm(resolve(checkpoint, revision), config, dtype, str(checkpoint), lora)
 
 
-def hear_end_of_text_as_padding(model: Lm) -> None:
-    """What Kyutai's PyTorch loader does to a Hibiki (`CheckpointInfo.get_moshi`, model type
-    "hibiki"): the end-of-text token (2) gets the padding token's (3) input embedding, so a
-    translation that says it too early goes on as if it had said padding."""
-    weight = model.text_emb.weight
-    model.text_emb.weight = mx.concatenate([weight[:2], weight[3:4], weight[3:]], axis=0)
-    mx.eval(model.text_emb.weight)
+def hears_end_of_text_as_padding(config: dict | None, fmt: str) -> bool:
+    """Whether Kyutai's PyTorch loader (`CheckpointInfo.get_moshi`) would give this Hibiki's
+    end-of-text token (2) the padding token's (3) input embedding: a translation that says it
+    too early goes on as if it had said padding (PyTorch files of model type "hibiki")."""
+    return fmt == "pytorch" and (config or {}).get("model_type") == "hibiki"
+
+
+def end_of_text_as_padding(text_emb: mx.array) -> mx.array:
+    """The text embedding table (rows: tokens) with row 2 replaced by row 3."""
+    return mx.concatenate([text_emb[:2], text_emb[3:4], text_emb[3:]], axis=0)
 
 
 def lora_for(files: CheckpointFiles, lora: str | Path | None) -> Lora | None:
@@ -198,8 +201,9 @@ def _load_lm(files: CheckpointFiles, config: LmConfig | None, dtype, name: str, 
     model = Lm(config or config_from(files), dtype=dtype or lm_compute_dtype())
     source = str(files.weights[0]) if len(files.weights) == 1 else files.root
     model.checkpoint_format = load_weights(model, read_tensors(files.weights), source)
-    if model.checkpoint_format == "pytorch" and (files.config or {}).get("model_type") == "hibiki":
-        hear_end_of_text_as_padding(model)
+    if hears_end_of_text_as_padding(files.config, model.checkpoint_format):
+        model.text_emb.weight = end_of_text_as_padding(model.text_emb.weight)
+        mx.eval(model.text_emb.weight)
     adapter = lora_for(files, lora)
     if adapter is not None:
         fuse_lora(model, adapter)

@@ -41,7 +41,7 @@ TINY_HIBIKI_ZERO = {
     "depformer_dim": 64,
     "depformer_num_heads": 2,
     "depformer_num_layers": 2,
-    "depformer_dim_feedforward": 128,
+    "depformer_dim_feedforward": 192,  # gated hidden width 128: quantizable in groups of 64
     "depformer_context": 16,
     "depformer_causal": True,
 }
