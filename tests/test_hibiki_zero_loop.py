@@ -322,3 +322,15 @@ def test_quantized_hibiki_zero(capsys, zero, tmp_path, recipe):
     np.testing.assert_array_equal(emb[0], emb[1])  # (Kyutai's loader: 2 is heard as padding)
     status, _, err = run(capsys, zero["wavs"]["short"], tmp_path / "q.wav", "--checkpoint", out)
     assert status == 0 and ("end of text" in err or "--max-tail" in err), err
+
+
+def test_bench_estimates_the_real_size():
+    """`scripts/bench.py lm --model hibiki-zero --estimate`: 3.3 G parameters, about 6.7 GB in
+    bfloat16; q4 with its KV cache fits a 16 GB Mac."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_lm import _hibiki_zero, estimate
+
+    rows = {r["mode"]: r for r in estimate(_hibiki_zero())}
+    assert 6.0 < rows["bf16"]["weights_gb"] < 7.0 and 1.8 < rows["q4"]["weights_gb"] < 2.3
+    assert rows["q4"]["kv_gb"] == pytest.approx(2 * 28 * 3000 * 8 * 128 * 2 / 1e9)
+    assert rows["q4"]["fits"] and rows["bf16"]["fits"] and not rows["fp32"]["fits"]
