@@ -334,3 +334,31 @@ def test_bench_estimates_the_real_size():
     assert 6.0 < rows["bf16"]["weights_gb"] < 7.0 and 1.8 < rows["q4"]["weights_gb"] < 2.3
     assert rows["q4"]["kv_gb"] == pytest.approx(2 * 28 * 3000 * 8 * 128 * 2 / 1e9)
     assert rows["q4"]["fits"] and rows["bf16"]["fits"] and not rows["fp32"]["fits"]
+
+
+def test_a_batch_of_files(capsys, zero, tmp_path):
+    """`run A B OUT/`: each file as alone (the package's batch gave the same)."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(
+        str(zero["folder"] / "tokenizer_spm_48k_multi6_2.model")
+    )
+    wavs = list(zero["wavs"].values())
+    out = tmp_path / "out"
+    status, _, err = run(capsys, *wavs, out, "--checkpoint", zero["folder"], "--max-tail", 3)
+    assert status == 0, err
+    assert err.count("wrote ") == 2
+    for name, wav in zero["wavs"].items():
+        ours = json.loads((out / f"{wav.stem}.json").read_text())["tokens"]
+        ref = zero["kyutai"][name]["text_tokens"]
+        if sp.eos_id() in ref:
+            assert ours == ref[: ref.index(sp.eos_id())]
+        else:
+            n = min(len(ours), len(ref))
+            assert ours[:n] == ref[:n]
+    # two inputs of one name would write one output: refused before anything is loaded
+    other = tmp_path / "again" / wavs[0].name
+    other.parent.mkdir()
+    shutil.copy(wavs[0], other)
+    status, _, err = run(capsys, wavs[0], other, tmp_path / "o2", "--model", "hibiki-zero")
+    assert status == 2 and "both write" in err and err.count("\n") == 1, err
