@@ -21,11 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hub_cache import add_repo
+from hub_cache import add_repo, hub_env
+from pulse_audio import pulse
 
 from moshi_mlx.cli import main
 from moshi_mlx.commands import options, prompting
 from moshi_mlx.model.known import MODELS, model_for_repo
+
+__all__ = ["pulse"]  # a fixture used here
 
 REPO = "kyutai/hibiki-zero-3b-pytorch-bf16"
 GEN_SECONDS = 4.0  # the package's --gen-duration: it steps 50 frames, whatever it says
@@ -121,7 +124,13 @@ def zero(tmp_path_factory) -> dict:
             "audio": sf.read(out / f"{i}_{name}_mono.wav", dtype="float32")[0],
             "text": (out / f"{i}_{name}.txt").read_text(),
         }
-    return {"folder": folder, "wavs": wavs, "kyutai": refs, "eos_step": eos_step}
+    return {
+        "folder": folder,
+        "wavs": wavs,
+        "kyutai": refs,
+        "eos_step": eos_step,
+        "hub": tmp / "hub",
+    }
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -362,3 +371,34 @@ def test_a_batch_of_files(capsys, zero, tmp_path):
     shutil.copy(wavs[0], other)
     status, _, err = run(capsys, wavs[0], other, tmp_path / "o2", "--model", "hibiki-zero")
     assert status == 2 and "both write" in err and err.count("\n") == 1, err
+
+
+def test_model_name_resolves_to_the_hub_repo(zero, tmp_path):
+    """`--model hibiki-zero` with the repo in the hub cache (offline): the same translation."""
+    out = tmp_path / "hub.wav"
+    wav = zero["wavs"]["short"]
+    done = subprocess.run(
+        [sys.executable, "-m", "moshi_mlx", "run", str(wav), str(out), "--model", "hibiki-zero",
+         "--max-tail", "3", "-q"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **hub_env(zero["hub"])},
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ours = json.loads(out.with_suffix(".json").read_text())
+    assert ours["checkpoint"] == REPO and ours["model"] == "hibiki-zero"
+    ref = zero["kyutai"]["short"]["text_tokens"]
+    assert ours["tokens"] == ref[: zero["eos_step"]]
+
+
+def test_live_hibiki_zero_chat(pulse, zero, tmp_path):
+    """`chat --checkpoint` Hibiki-Zero on (virtual) audio devices: the live pipeline runs it."""
+    from test_chat_live import _chat
+
+    wav = zero["wavs"]["long"]
+    args = ["--checkpoint", zero["folder"], "--seed", 2, "--stats", "--max-lag", 1000]
+    live = _chat(pulse, tmp_path / "rec", wav, args, tmp_path / "speaker.raw")
+    assert live.returncode == 0, live.stderr
+    assert live.summary["model"] == "hibiki-zero" and "cfg_coef" not in live.summary
+    assert live.summary["steps"] > 10
