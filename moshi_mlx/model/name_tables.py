@@ -32,7 +32,7 @@ def alpha(x: mx.array) -> mx.array:
 
 
 @dataclass(frozen=True)
-class chunk:  # noqa: N801 (a transform, named as the others)
+class chunk:  # (lower case: a transform, named as the others)
     """Rows `i` of `n` equal row blocks: Kyutai stacks per-step projections as (n * out, in)."""
 
     n: int
