@@ -11,5 +11,11 @@ from .weights import kyutai_state
 
 
 def save_mimi_kyutai(mimi: Mimi, path: str | Path) -> None:
-    """Write `mimi` in Kyutai's PyTorch layout (their released tensor names and shapes, float32)."""
-    mx.save_safetensors(str(path), kyutai_state(mimi))
+    """Write `mimi` in Kyutai's PyTorch layout (their released tensor names and shapes, float32),
+    with the codebooks' `_initialized` flags their files carry (Kyutai's `get_mimi` loads
+    strictly: without them it refuses the file; ours ignores them)."""
+    state = kyutai_state(mimi)
+    suffix = "._codebook.embedding_sum"
+    for name in [n for n in state if n.endswith(suffix)]:
+        state[name[: -len(suffix)] + "._codebook._initialized"] = mx.ones((1,), mx.float32)
+    mx.save_safetensors(str(path), state)

@@ -15,7 +15,14 @@ from mlx.utils import tree_flatten
 
 from mimi_mlx.io.hub import CheckpointError
 from mimi_mlx.io.safetensors import read_safetensors
-from moshi_mlx.model.checkpoint import CheckpointFiles, config_from, lora_for, resolve
+from moshi_mlx.model.checkpoint import (
+    CheckpointFiles,
+    config_from,
+    end_of_text_as_padding,
+    hears_end_of_text_as_padding,
+    lora_for,
+    resolve,
+)
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import Lm
 from moshi_mlx.model.lora import linear_layers, lora_deltas
@@ -111,6 +118,10 @@ class SourceCheckpoint:
         """Our parameter `ours`, lazily computed from the source tensors (nothing is read yet)."""
         sources, transform = self.rows[ours]
         x = transform(*(self._tensor(s) for s in sources))
+        if ours == "text_emb.weight" and hears_end_of_text_as_padding(
+            self.files.config, self.format
+        ):  # (what loading the source does: the quantized model keeps it)
+            x = end_of_text_as_padding(x)
         if ours in self._deltas:  # W + scaling * B @ A
             x = (x.astype(mx.float32) + self._deltas[ours]).astype(x.dtype)
         return x

@@ -2,6 +2,13 @@
 
     python scripts/bench_lm.py                      # the full 7B config, every precision that fits
     python scripts/bench_lm.py --layers 2 --modes q4,q8 --steps 5
+    python scripts/bench_lm.py --model hibiki-zero --estimate   # memory from the shapes only
+    python scripts/bench_lm.py --model hibiki-zero --layers 4 --modes q4   # speed (fewer layers)
+
+`--estimate` runs nothing: the weights of each precision (the parameters' shapes after MLX's
+`nn.quantize`, as Kyutai's files hold them), the temporal transformer's KV cache over its whole
+context (grouped-query heads counted as such), the depth decoder's and Mimi's, against a 16 GB
+Mac (Metal's recommended working set there is about 2/3 of it: 10.7 GB).
 
 Random weights in Kyutai's MLX layout are written once per (config, precision) to `--workdir`
 (built one tensor at a time: the full-precision 7B never sits in memory), then each precision is
@@ -27,7 +34,16 @@ BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "q8": 1.0 + 4 / 64, "q4": 0.5 + 4 /
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--model",
+        choices=tuple(CONFIGS),
+        default="moshi",
+        help="the architecture: moshi (Kyutai's 7B) or hibiki-zero (3B, 28 layers)",
+    )
     parser.add_argument("--layers", type=int, default=None, help="temporal layers (7B: 32)")
+    parser.add_argument(
+        "--estimate", action="store_true", help="memory from the shapes only (nothing runs)"
+    )
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated precisions")
     parser.add_argument("--steps", type=int, default=5, help="timed streaming steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -43,10 +59,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def _config(layers: int | None):
+def _hibiki_zero():
+    from moshi_mlx import LmConfig
+    from moshi_mlx.model.hibiki_zero import HIBIKI_ZERO_3B
+
+    return LmConfig.from_dict(HIBIKI_ZERO_3B)
+
+
+def _moshi():
     from moshi_mlx import LmConfig
 
-    cfg = LmConfig()  # Kyutai's 7B Moshiko
+    return LmConfig()  # Kyutai's 7B Moshiko
+
+
+CONFIGS = {"moshi": _moshi, "hibiki-zero": _hibiki_zero}
+
+
+def _config(layers: int | None, model: str = "moshi"):
+    cfg = CONFIGS[model]()
     if layers is not None:
         cfg.num_layers = layers
     return cfg
@@ -65,7 +95,7 @@ def _checkpoint(cfg, mode: str, workdir: Path) -> Path:
     from moshi_mlx.testing.tiny import save_random_lm
 
     precision = "q8" if mode == "q8" else "q4" if mode == "q4" else "bf16"
-    folder = workdir / f"moshi-{cfg.num_layers}l-{precision}"
+    folder = workdir / f"{_name(cfg)}-{cfg.num_layers}l-{precision}"
     bits = {"q8": 8, "q4": 4}.get(precision)
     if not (folder / "config.json").is_file():
         weights = save_random_lm(cfg, folder, seed=0, quantize_bits=bits)
@@ -77,6 +107,7 @@ def _checkpoint(cfg, mode: str, workdir: Path) -> Path:
 def _write_in_subprocess(args: argparse.Namespace, mode: str) -> Path:
     """Write the random checkpoint from a child process, so this one stays small."""
     cmd = [sys.executable, __file__, "--write", mode, "--workdir", str(args.workdir)]
+    cmd += ["--model", args.model]
     if args.layers is not None:
         cmd += ["--layers", str(args.layers)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -147,21 +178,96 @@ def _available_gb() -> float:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by `args` (see `configure_parser`); returns an exit status."""
     if args.write:
-        print(_checkpoint(_config(args.layers), args.write, Path(args.workdir)))
+        print(_checkpoint(_config(args.layers, args.model), args.write, Path(args.workdir)))
     elif args.worker:
         _worker(args)
+    elif args.estimate:
+        estimate(_config(args.layers, args.model))
     else:
         measure(args)
     return 0
 
 
+def _name(cfg) -> str:
+    from moshi_mlx.model.hibiki_zero import is_hibiki_zero
+
+    return "hibiki-zero" if is_hibiki_zero(cfg) else "moshi"
+
+
+MAC_16GB_WORKING_SET = 16e9 * 2 / 3  # Metal's recommended working set on a 16 GB Mac
+
+
+def weights_gb(cfg, mode: str) -> float:
+    """The language model's weights in `mode`, from the parameters' shapes (nothing computed):
+    q8 / q4 as MLX's `nn.quantize` packs them (group 64 / 32, bf16 scales and biases)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from moshi_mlx import Lm
+    from moshi_mlx.testing.tiny import QUANTIZATION
+
+    lm = Lm(cfg)  # lazy random weights
+    bits = {"q8": 8, "q4": 4}.get(mode)
+    if bits is not None:
+        nn.quantize(lm, group_size=QUANTIZATION[bits], bits=bits)
+    size = {"fp32": 4, "bf16": 2, "q8": 2, "q4": 2}[mode]  # float tensors: scales, norms
+    total = 0
+    for _, v in tree_flatten(lm.parameters()):
+        total += v.nbytes if v.dtype == mx.uint32 else v.size * size
+    return total / 1e9
+
+
+def _mimi_params() -> int:
+    from mlx.utils import tree_flatten
+
+    from mimi_mlx.config import MimiConfig
+    from mimi_mlx.model import Mimi
+
+    return sum(v.size for _, v in tree_flatten(Mimi(MimiConfig()).parameters()))  # lazy
+
+
+def estimate(cfg) -> list[dict]:
+    """Memory at the real size from the shapes: weights per precision + caches + Mimi."""
+    from moshi_mlx.system.memory import kv_cache_bytes
+
+    params = _num_params(cfg)
+    t = cfg.transformer_config()
+    print(
+        f"{_name(cfg)}: {cfg.num_layers} temporal layers (dim {cfg.dim}, {t.num_heads} heads, "
+        f"{t.num_heads // t.kv_repeat} key/value heads), {params / 1e9:.2f} G parameters, "
+        f"context {t.context}"
+    )
+    mimi_gb = _mimi_params() * 4 / 1e9  # Mimi computes in float32
+    rows = []
+    for mode in MODES:
+        act = 4 if mode == "fp32" else 2  # the apps on Metal: bfloat16 activations
+        kv = kv_cache_bytes(cfg, act) / 1e9
+        d = cfg.depformer_config(0)
+        dep_kv = 2 * d.num_layers * cfg.dep_q * d.num_heads * d.head_dim * act / 1e9
+        w = weights_gb(cfg, mode)
+        total = w + kv + dep_kv + mimi_gb
+        fits = total * 1.15 < MAC_16GB_WORKING_SET / 1e9  # (memory.MARGIN: activations)
+        rows.append({"mode": mode, "weights_gb": w, "kv_gb": kv, "total_gb": total, "fits": fits})
+        print(
+            f"{mode:>5}: weights {w:5.2f} GB + KV cache {kv:4.2f} GB ({t.context} steps, "
+            f"{'float32' if act == 4 else 'bfloat16'}) + depth decoder {dep_kv * 1e3:.1f} MB "
+            f"+ Mimi {mimi_gb:.2f} GB = {total:5.2f} GB: "
+            + ("fits" if fits else "does not fit")
+            + f" a 16 GB Mac ({MAC_16GB_WORKING_SET / 1e9:.1f} GB for Metal, with 15% slack)"
+        )
+    return rows
+
+
 def measure(args: argparse.Namespace) -> list[dict]:
     """Measure each requested precision in its own process; print and return the rows."""
-    cfg = _config(args.layers)
+    from moshi_mlx.system.memory import kv_cache_bytes
+
+    cfg = _config(args.layers, args.model)
     params = _num_params(cfg)
     workdir = Path(args.workdir)
-    print(f"Moshi LM: {cfg.num_layers} temporal layers, {params / 1e9:.2f} G parameters")
-    kv_gb = 2 * cfg.num_layers * cfg.context * cfg.dim * 4 / 1e9
+    print(f"{_name(cfg)} LM: {cfg.num_layers} temporal layers, {params / 1e9:.2f} G parameters")
+    kv_gb = kv_cache_bytes(cfg, 4) / 1e9
     print(
         f"(the ring KV cache grows with the session up to {cfg.context} steps: +{kv_gb:.1f} GB "
         "in float32 at full context, not included below)"

@@ -4,6 +4,7 @@
     python scripts/make_tiny_checkpoint.py /tmp/tiny-stt --kind stt   # Kyutai STT's layout
     python scripts/make_tiny_checkpoint.py /tmp/tiny-personaplex --kind personaplex
     python scripts/make_tiny_checkpoint.py /tmp/tiny-hibiki --kind hibiki
+    python scripts/make_tiny_checkpoint.py /tmp/tiny-zero --kind hibiki-zero   # PyTorch layout
     python scripts/make_tiny_checkpoint.py /tmp/tiny-tts --kind tts   # + voices/tiny, voices/tiny2
     python scripts/make_tiny_checkpoint.py /tmp/tiny-llm --kind llm   # mlx-lm's format (Qwen2)
     python scripts/make_tiny_checkpoint.py /tmp/tiny-ft --kind lora   # a LoRA fine-tune of Moshi
@@ -45,7 +46,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="moshi (kyutai/moshiko-mlx-*), stt (kyutai/stt-1b-en_fr-mlx, with the "
         "voice-activity heads), tts (kyutai/tts-1.6b-en_fr, with two voices tiny and tiny2), "
         "personaplex (16 depth steps, voice presets in voices/), hibiki (conditioned "
-        "translation model), llm (a text chat model in mlx-lm's format, for `assistant`) or "
+        "translation model), hibiki-zero (kyutai/hibiki-zero-3b-pytorch-bf16's layout), llm (a "
+        "text chat model in mlx-lm's format, for `assistant`) or "
         "lora (moshi with --lora)",
     )
     parser.add_argument(

@@ -13,6 +13,7 @@ if ! python3 -m pip install -q --retries 0 --timeout 20 "$TORCH" \
 fi
 python3 -m pip install -q -e ".[test]"
 python3 -m pip install -q --no-deps moshi==0.2.13  # Kyutai's reference; its pins pull CUDA torch
+python3 -m pip install -q --no-deps hibiki-zero==0.0.4  # Kyutai's Hibiki-Zero loop (reference)
 ruff check .
 ruff format --check .
 # MLX's Linux CPU wheel bundles the reference BLAS (about 5 GFLOP/s on one core). Where Debian's

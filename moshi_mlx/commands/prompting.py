@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from mimi_mlx.io.cli_support import UsageError
 
 from ..jobs.known import MODELS, TRAINED, KnownModel
+from ..model.hibiki_zero import is_hibiki_zero
 
 if TYPE_CHECKING:
     from ..model.checkpoint import Checkpoint
@@ -89,7 +90,12 @@ def check_prompts(args: argparse.Namespace, known: KnownModel | None) -> None:
 
 
 def refuse_untaken_prompts(args: argparse.Namespace, known: KnownModel) -> None:
-    """UsageError for a --prompt or --voice-prompt `known` cannot take."""
+    """UsageError for a --prompt, --voice-prompt or --cfg-coef `known` cannot take."""
+    if known.conditions is None and args.cfg_coef not in (None, 1.0):
+        raise UsageError(
+            f"{known.name} takes no --cfg-coef: it has no conditioner, so no classifier-free "
+            "guidance (--model hibiki and hibiki-2b have one)"
+        )
     for option, value, accepts in (
         ("--prompt", args.prompt, known.text_prompt),
         ("--voice-prompt", args.voice_prompt, known.voice_prompt),
@@ -126,6 +132,8 @@ def profile_of(known: KnownModel | None, lm) -> KnownModel:
     """The known model whose defaults apply: `known`, or the closest by structure."""
     if known is not None:
         return known
+    if is_hibiki_zero(lm.cfg):
+        return MODELS["hibiki-zero"]
     if lm.cfg.num_generated < lm.cfg.dep_q:
         return MODELS["personaplex"]
     if lm.condition_names:

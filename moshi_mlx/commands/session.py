@@ -8,10 +8,10 @@ once) -> the profile -> the pipeline; nothing is read back from the command line
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..jobs.known import COMMAND_OF_KIND, KnownModel
+from ..jobs.known import COMMAND_OF_KIND, KnownModel, with_lm_gen_config
 from ..jobs.pipeline import Pipeline
 from ..model.checkpoint import Checkpoint
 from . import options, prompting
@@ -51,6 +51,10 @@ def dialogue_session(args: argparse.Namespace, source: str, live: bool = False) 
     if ckpt.tokenizer is None:
         print("warning: the checkpoint has no text tokenizer: no transcript", file=sys.stderr)
     profile = prompting.profile_of(known, ckpt.lm)
+    # the checkpoint's own `lm_gen_config` (as Kyutai's server and hibiki_zero pass to LMGen)
+    gen = ckpt.lm.cfg.extra.get("lm_gen_config")
+    if gen:
+        profile = replace(profile, sampling=with_lm_gen_config(profile.sampling, gen))
     if known is None:  # recognised by structure: what that model takes
         prompting.refuse_untaken_prompts(args, profile)
     guidance = prompting.guidance_of(args, profile, ckpt.lm)

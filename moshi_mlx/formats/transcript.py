@@ -54,6 +54,11 @@ class Transcript:
             entry["wall"] = round(wall, 3)
         self.pieces.append(entry)
 
+    def cut(self, steps: int) -> None:
+        """Keep the first `steps` tokens only (Hibiki-Zero's text ends before its end-of-text)."""
+        del self.tokens[steps:]
+        self.pieces = [p for p in self.pieces if p["step"] < steps]
+
     @property
     def text(self) -> str:
         return "".join(p["text"] for p in self.pieces).strip()

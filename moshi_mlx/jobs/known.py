@@ -16,6 +16,25 @@ TRAINED = "trained"  # the model was trained with it (PersonaPlex)
 PREFILL = "prefill"  # accepted as teacher-forced context; the model was not trained for it
 
 
+# Kyutai's `lm_gen_config` keys (the `LMGen` arguments of a repo's config.json) -> ours
+LM_GEN_KEYS = {
+    "temp": "audio_temperature",
+    "temp_text": "text_temperature",
+    "top_k": "audio_top_k",
+    "top_k_text": "text_top_k",
+}
+
+
+def with_lm_gen_config(sampling: Sampling, lm_gen_config: dict | None) -> Sampling:
+    """`sampling` with a checkpoint's `lm_gen_config` applied (Kyutai's loops pass it to
+    `LMGen`; `use_sampling: false` is greedy)."""
+    gen = lm_gen_config or {}
+    values = {ours: gen[k] for k, ours in LM_GEN_KEYS.items() if k in gen}
+    if gen.get("use_sampling") is False:
+        values.update(text_temperature=0.0, audio_temperature=0.0)
+    return replace(sampling, **values)
+
+
 @dataclass(frozen=True)
 class KnownModel:
     """One row of the table.
@@ -29,6 +48,9 @@ class KnownModel:
         conditions, cfg_conditions, cfg_coef: conditioned models (Hibiki): the condition, the
             negative of classifier-free guidance, and the default guidance coefficient.
         end_of_stream: offline runs feed Kyutai's end-of-stream frame and wait for end-of-text.
+        warmup_silence: offline runs follow Kyutai's `hibiki_zero` `generate` instead of
+            `run_inference`: `max_delay` frames of encoded silence first, the end-of-input frame
+            in place of the frame after the input, the output cut at the first end-of-text.
         voices: preset voice names (PersonaPlex's `voices.tgz`).
         languages: the languages it speaks or hears (ISO 639-1; Wyoming's info lists them).
         about: one line for `--help`.
@@ -46,6 +68,7 @@ class KnownModel:
     cfg_conditions: dict | None = None
     cfg_coef: float = 1.0
     end_of_stream: bool = False
+    warmup_silence: bool = False
     voices: tuple[str, ...] = field(default=())
     languages: tuple[str, ...] = ()
 
@@ -72,6 +95,21 @@ def _hibiki(name: str, repo: str, model: str) -> KnownModel:
         cfg_conditions={"description": "very_bad"},
         cfg_coef=3.0,
         end_of_stream=True,
+    )
+
+
+def _hibiki_zero() -> KnownModel:
+    """Hibiki-Zero: no conditioner (no guidance); the sampling of `hibiki_zero` 0.0.4, which
+    builds `LMGen(lm, cfg_coef=1, **lm_gen_config)`: LMGen's defaults (0.7 / 25 text, 0.8 / 250
+    audio) unless the repo's config.json says otherwise (its `lm_gen_config` wins here too)."""
+    return KnownModel(
+        "hibiki-zero",
+        "translation",
+        {"bf16": "kyutai/hibiki-zero-3b-pytorch-bf16"},
+        "bf16",
+        "Kyutai's Hibiki-Zero 3B: French, Spanish, Portuguese, German in, English out",
+        end_of_stream=True,
+        warmup_silence=True,
     )
 
 
@@ -112,6 +150,7 @@ MODELS: dict[str, KnownModel] = {
         ),
         _hibiki("hibiki", "kyutai/hibiki-1b-mlx-bf16", "Kyutai's Hibiki 1B"),
         _hibiki("hibiki-2b", "kyutai/hibiki-2b-mlx-bf16", "Kyutai's Hibiki 2B"),
+        _hibiki_zero(),
         KnownModel(
             "stt-1b-en_fr",
             "stt",

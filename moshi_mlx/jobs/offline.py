@@ -10,7 +10,8 @@ session reports, its recorded `user.wav` reproduces that session's text and audi
 Translation models (Hibiki) keep talking after the input ends: with `end_of_stream`, the end of
 the input is marked as in Kyutai's `run_inference` (one frame of end-of-stream codes, all equal
 to the card), then silence is fed until the model says its end-of-text token, at most
-`max_tail_steps` steps; the output then runs past the input's length.
+`max_tail_steps` steps; the output then runs past the input's length. Hibiki-Zero follows
+Kyutai's `hibiki_zero` loop instead (`EndOfStream.warmup_silence`, `_run_zero`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ LOOKAHEAD = 1  # frames submitted ahead of the one being collected
 
 @dataclass(frozen=True)
 class EndOfStream:
-    """Feed Kyutai's end-of-stream frame after the input, then silence until `eos_token`."""
+    """Feed Kyutai's end-of-stream frame after the input, then silence until `eos_token`.
+
+    `warmup_silence`: Kyutai's `hibiki_zero` loop (`run.py: generate`, `inference.py:
+    encode_inputs`) instead of `run_inference`'s; see `_run_zero`.
+    """
 
     eos_token: int
     max_tail_steps: int = 750  # 60 s
+    warmup_silence: bool = False
 
 
 @dataclass
@@ -48,6 +54,7 @@ class OfflineResult:
     audio_seconds: float
     elapsed: float
     ended: str | None = None  # with end_of_stream: "end-of-text", or "max-tail" (cut short)
+    written_seconds: float = 0.0  # the output audio's length
 
     @property
     def real_time_factor(self) -> float:
@@ -90,8 +97,9 @@ def run_file(
     """
     source = audio_info(src)
     total = source.resampled_length(SAMPLE_RATE)
+    zero = end_of_stream is not None and end_of_stream.warmup_silence
     transcript = Transcript(
-        pipeline.audio_lag,
+        0 if zero else pipeline.audio_lag,  # (hibiki_zero's output starts at time 0)
         {**(info or {}), "seed": pipeline.seed, "sampling": pipeline.sampling.to_dict()},
     )
     pipeline.reset()
@@ -117,26 +125,36 @@ def run_file(
                 tokens.append(result.token)
                 transcript.add(result)
                 audio = result.audio if tail else result.audio[: total - out.frames]
-                out.write(audio)
+                if result.has_audio or not zero:  # (hibiki_zero drops its warmup's silence)
+                    out.write(audio)
                 bar.update(min(len(audio), max(0, total - out.frames + len(audio))) / SAMPLE_RATE)
                 return result
 
-            for pcm in iter_audio(src, SAMPLE_RATE, FRAME_SIZE):
+            if zero:
+                ended, fed = _run_zero(pipeline, src, take, tokens, end_of_stream)
+                transcript.cut(len(tokens))
+            for pcm in () if zero else iter_audio(src, SAMPLE_RATE, FRAME_SIZE):
                 fed += len(pcm)
                 pipeline.submit(np.pad(pcm, (0, FRAME_SIZE - len(pcm))))
                 if pipeline.pending > LOOKAHEAD:
                     take()
-            while pipeline.pending:
+            while pipeline.pending and not zero:
                 take()
-            if tail:
+            if tail and not zero:
                 ended = _finish_stream(pipeline, take, tokens, end_of_stream)
+            written = out.frames / SAMPLE_RATE
     finally:
         bar.close()
         pipeline.reset()  # leave no session state behind, on errors too
     text_path, json_path = transcript_paths(dst)
     transcript.save(text_path, json_path)
     return OfflineResult(
-        transcript, len(transcript.tokens), fed / SAMPLE_RATE, time.perf_counter() - start, ended
+        transcript,
+        len(transcript.tokens),
+        fed / SAMPLE_RATE,
+        time.perf_counter() - start,
+        ended,
+        written,
     )
 
 
@@ -161,3 +179,57 @@ def _finish_stream(pipeline: Pipeline, take, tokens: list[int], end: EndOfStream
         pipeline.submit(silence)
         take()
     return "max-tail"
+
+
+def _run_zero(pipeline: Pipeline, src, take, tokens: list[int], end: EndOfStream):
+    """Kyutai's `hibiki_zero` file loop, frame by frame; returns (why it stopped, samples fed).
+
+    Theirs (`encode_inputs`, `generate`, `decode_outputs`): `max_delay` frames of silence are
+    Mimi-encoded apart from the input (a stream of their own) and stepped first; the input is
+    encoded padded with silence, and the frame right after it (index ceil(seconds * 12.5))
+    is replaced by the end-of-input frame, code `card` on every codebook (Mimi still encoded
+    it); the output of step i is time i, cut at the first end-of-text token (its text and
+    audio before it). Here: the same frames (their first one is not fed: see below), stopping
+    once the audio of the time before the end-of-text is out (`audio_lag` steps after it), or
+    `max_tail_steps` after the input. The text of our step i is their output i.
+    """
+    lag = pipeline.audio_lag
+    silence = np.zeros(FRAME_SIZE, np.float32)
+    warmup = [pipeline.encode(silence) for _ in range(lag)]
+    pipeline.restart_encoder()
+    # Kyutai's `LMGen` hears frame k at step k and replaces the first by start tokens; our
+    # generator hears it at step k + 1 (`jobs/generate.py`): their first frame is not fed
+    for codes in warmup[1:]:
+        pipeline.submit_codes(codes)
+    fed = 0
+    seen = 0  # tokens searched for the end of text so far
+    said: list[int] = []
+
+    def done() -> bool:
+        nonlocal seen
+        if not said:
+            said.extend(s for s in range(seen, len(tokens)) if tokens[s] == end.eos_token)
+            seen = len(tokens)
+        return bool(said) and len(tokens) >= said[0] + lag
+
+    def frames():
+        nonlocal fed
+        for pcm in iter_audio(src, SAMPLE_RATE, FRAME_SIZE):
+            fed += len(pcm)
+            yield np.pad(pcm, (0, FRAME_SIZE - len(pcm))), None
+        yield silence, pipeline.end_of_stream_codes()
+        for _ in range(end.max_tail_steps):
+            yield silence, None
+
+    for pcm, codes in frames():
+        if done():
+            break
+        pipeline.submit(pcm, codes)
+        while pipeline.pending > LOOKAHEAD and not done():
+            take()
+    while pipeline.pending and not done():
+        take()
+    if not done():
+        return "max-tail", fed
+    del tokens[said[0] :]  # what hibiki_zero keeps: the text before its end
+    return "end-of-text", fed

@@ -159,20 +159,33 @@ class Pipeline:
             prefill_prompt(self.generator, self.prompt)
         self._prompted = True
 
-    def submit(self, pcm: np.ndarray) -> None:
+    def submit(self, pcm: np.ndarray, codes=None) -> None:
         """Start the work of the next user frame without waiting for it.
 
         Args:
             pcm: (FRAME_SIZE,) float samples at 24 kHz, the user's next 80 ms.
+            codes: (1, n_user) codes the model hears instead of the frame's (Mimi's encoder
+                still takes the frame: Kyutai's `hibiki_zero` puts its end-of-input frame in
+                place of an encoded one).
         """
         self._check_thread()
         if not self._prompted:
             self.prefill_prompt()
+        user = self.encode(pcm)
+        self.submit_codes(user if codes is None else codes)
+
+    def encode(self, pcm: np.ndarray) -> mx.array:
+        """Mimi's codes (1, n_user) of the user's next frame (lazy); the model does not step."""
+        self._check_thread()
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         if pcm.shape[0] != FRAME_SIZE:
             raise ValueError(f"a frame is {FRAME_SIZE} samples, got {pcm.shape[0]}")
-        user = self.mimi.encode_step(mx.array(pcm)[None, None], self.num_codebooks)
-        self.submit_codes(user)
+        return self.mimi.encode_step(mx.array(pcm)[None, None], self.num_codebooks)
+
+    def restart_encoder(self) -> None:
+        """Mimi's encoder starts a new stream (the model's and the decoder's go on)."""
+        self._check_thread()
+        self.mimi.reset_encoder()
 
     def submit_codes(self, user_codes) -> None:
         """`submit` of the user's Mimi codes (1, n_user) instead of audio (Mimi's encoder is

@@ -190,6 +190,18 @@ def weights_layout(checkpoint: str | Path, revision: str | None = None) -> str:
     return detect_format(normalize_names(read_tensors(files.weights)))  # lazy: nothing read
 
 
+def hears_end_of_text_as_padding(config: dict | None, fmt: str) -> bool:
+    """Whether Kyutai's PyTorch loader (`CheckpointInfo.get_moshi`) would give this Hibiki's
+    end-of-text token (2) the padding token's (3) input embedding: a translation that says it
+    too early goes on as if it had said padding (PyTorch files of model type "hibiki")."""
+    return fmt == "pytorch" and (config or {}).get("model_type") == "hibiki"
+
+
+def end_of_text_as_padding(text_emb: mx.array) -> mx.array:
+    """The text embedding table (rows: tokens) with row 2 replaced by row 3."""
+    return mx.concatenate([text_emb[:2], text_emb[3:4], text_emb[3:]], axis=0)
+
+
 def lora_for(
     files: CheckpointFiles,
     lora: str | Path | None,
@@ -223,6 +235,9 @@ def _load_lm(
     model = Lm(config or config_from(files), dtype=dtype or lm_compute_dtype())
     source = str(files.weights[0]) if len(files.weights) == 1 else files.root
     layout = load_weights(model, read_tensors(files.weights), source)
+    if hears_end_of_text_as_padding(files.config, layout):
+        model.text_emb.weight = end_of_text_as_padding(model.text_emb.weight)
+        mx.eval(model.text_emb.weight)
     if adapter is not None:
         if fuse is None:  # float weights take it in; quantized ones keep it beside them
             fuse = not any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())

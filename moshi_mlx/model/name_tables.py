@@ -8,6 +8,7 @@ and loads through these tables.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -30,14 +31,16 @@ def alpha(x: mx.array) -> mx.array:
     return x.reshape(-1)
 
 
-def chunk(n: int, i: int) -> Callable[[mx.array], mx.array]:
+@dataclass(frozen=True)
+class chunk:  # (lower case: a transform, named as the others)
     """Rows `i` of `n` equal row blocks: Kyutai stacks per-step projections as (n * out, in)."""
 
-    def take(x: mx.array) -> mx.array:
-        rows = x.shape[0] // n
-        return x[i * rows : (i + 1) * rows]
+    n: int
+    i: int
 
-    return take
+    def __call__(self, x: mx.array) -> mx.array:
+        rows = x.shape[0] // self.n
+        return x[self.i * rows : (self.i + 1) * rows]
 
 
 def index(i: int) -> Callable[[mx.array], mx.array]:

@@ -23,7 +23,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from ..model.known import MODELS
+from ..jobs.known import MODELS
 from .services import Services
 
 MAX_HEADER = 64 << 10  # bytes of an event's JSON line

@@ -124,7 +124,7 @@ TINY_KINDS = {
     "personaplex": TINY_PERSONAPLEX,
     "hibiki": TINY_HIBIKI,
 }
-KINDS = (*TINY_KINDS, "tts")
+KINDS = (*TINY_KINDS, "tts", "hibiki-zero")
 
 
 # Kyutai's TTS architecture (kyutai/tts-1.6b-en_fr: every codebook generated, a demuxed second
@@ -228,8 +228,13 @@ def write_tiny_tokenizer(folder: Path, name: str) -> None:
 
 def write_tiny_mimi(folder: Path, seed: int) -> None:
     """A tiny random Mimi in Kyutai's layout, with its `mimi_config.json`."""
+    write_tiny_mimi_as(folder, KYUTAI_FILE, seed)
+
+
+def write_tiny_mimi_as(folder: Path, name: str, seed: int) -> None:
+    """`write_tiny_mimi` under the file name `name`."""
     mimi = _random_mimi(seed)
-    save_mimi_kyutai(mimi, folder / KYUTAI_FILE)
+    save_mimi_kyutai(mimi, folder / name)
     (folder / "mimi_config.json").write_text(json.dumps(mimi.cfg.to_dict(), indent=2))
 
 
@@ -276,12 +281,22 @@ def make_tiny_checkpoint(
             (`kyutai/stt-1b-en_fr-mlx`'s, with the voice-activity heads), "tts"
             (`kyutai/tts-1.6b-en_fr`'s, with two voices; `make_tiny_tts_checkpoint`),
             "personaplex" (16 depth steps; its voice presets are written by
-            `scripts/make_tiny_checkpoint.py`) or "hibiki" (conditioned, acoustic delay 2).
+            `scripts/make_tiny_checkpoint.py`), "hibiki" (conditioned, acoustic delay 2) or
+            "hibiki-zero" (Kyutai's PyTorch layout; `tiny_hibiki_zero`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "tts":
         return make_tiny_tts_checkpoint(folder, seed, quantize_bits)
+    if kind == "hibiki-zero":
+        if quantize_bits is not None:
+            raise ValueError(
+                "the hibiki-zero kind is Kyutai's PyTorch bf16 layout: quantize it with "
+                "`moshi-mlx-quantize FOLDER OUT --recipe q4`"
+            )
+        from .tiny_hibiki_zero import make_tiny_hibiki_zero
+
+        return make_tiny_hibiki_zero(folder, seed)
     folder = Path(folder)
     lm = TINY_KINDS[kind]
     files = (
