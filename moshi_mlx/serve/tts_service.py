@@ -9,6 +9,7 @@ request at temperature 0 gives `speak`'s audio sample for sample.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -40,12 +41,24 @@ class TextIn:
         self.ended = False
         self.error: str | None = None
         self.wake = asyncio.Event()  # something came
+        self._partial = ""  # the last word of `push_delta`'s text, maybe not complete yet
 
     def push(self, text: str) -> None:
+        """Add whole words."""
         self.texts.append(text)
         self.wake.set()
 
+    def push_delta(self, text: str) -> None:
+        """Add a piece of running text that may cut words anywhere (an LLM's deltas, Wyoming's
+        chunks): the words are pushed once a space ends them."""
+        *words, self._partial = re.split(r"\s+", self._partial + text)
+        if any(words):
+            self.push(" ".join(w for w in words if w))
+
     def end(self) -> None:
+        if self._partial:
+            self.push(self._partial)
+            self._partial = ""
         self.ended = True
         self.wake.set()
 

@@ -175,7 +175,7 @@ class WyomingSession:
         elif isinstance(request, SynthesizeChunk):
             if self.text is None or not isinstance(request.text, str):
                 raise BadEvent("synthesize-chunk: text, between synthesize-start and -stop")
-            self.text.push(request.text)
+            self.text.push_delta(request.text)
         elif isinstance(request, SynthesizeStop):
             await self._stop_stream()
 
