@@ -103,7 +103,7 @@ def _write_float(layers: int, folder: Path) -> None:
             weights.append((name, mx.random.normal(p.shape) * fan_in**-0.5))
     mimi.update(tree_unflatten(weights))
     from mimi_mlx.constants import KYUTAI_FILE
-    from moshi_mlx.testing.tiny import write_tiny_tokenizer
+    from moshi_mlx.testing.tiny_parts import write_tiny_tokenizer
 
     save_mimi_kyutai(mimi, folder / KYUTAI_FILE)
     write_tiny_tokenizer(folder, R.TTS_TOKENIZER)

@@ -535,7 +535,7 @@ def save_tts_folder(model, cfg: dict, folder: Path) -> Path:
     import mlx.core as mx
 
     from mimi_mlx.constants import KYUTAI_FILE
-    from moshi_mlx.testing.tiny import write_tiny_mimi, write_tiny_tokenizer
+    from moshi_mlx.testing.tiny_parts import write_tiny_mimi, write_tiny_tokenizer
 
     save_pytorch(model, cfg, folder)
     write_tiny_mimi(folder, seed=3)

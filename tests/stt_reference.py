@@ -75,7 +75,7 @@ def save_stt_repo(
     lm, cfg: dict, mimi, mimi_cfg: dict, folder: Path, keys: dict = STT_KEYS, dtype=torch.float32
 ) -> Path:
     """Kyutai's STT PyTorch repo: config.json, model.safetensors, Mimi, a SentencePiece model."""
-    from moshi_mlx.testing.tiny import _train_tokenizer
+    from moshi_mlx.testing.tiny_parts import _train_tokenizer
 
     R.save_pytorch(lm, cfg, folder, dtype=dtype)
     from safetensors.torch import save_file

@@ -36,7 +36,7 @@ from moshi_mlx.model.checkpoint import config_from, resolve
 from moshi_mlx.model.config import LmConfig
 from moshi_mlx.model.lm import delay_codes
 from moshi_mlx.model.tokenizer import TextTokenizer
-from moshi_mlx.testing.tiny import _train_tokenizer
+from moshi_mlx.testing.tiny_parts import _train_tokenizer
 from quantize.convert_voices import convert_voices
 
 

@@ -104,7 +104,7 @@ def kyutai_mimi_config(cfg) -> dict:
 
 def make_tiny_hibiki_zero(folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny Hibiki-Zero folder and return its path."""
-    from .tiny import tiny_mimi_config, write_tiny_mimi_as, write_tiny_tokenizer
+    from .tiny_parts import tiny_mimi_config, write_tiny_mimi_as, write_tiny_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
