@@ -133,15 +133,16 @@ def run_file(
             if zero:
                 ended, fed = _run_zero(pipeline, src, take, tokens, end_of_stream)
                 transcript.cut(len(tokens))
-            for pcm in () if zero else iter_audio(src, SAMPLE_RATE, FRAME_SIZE):
-                fed += len(pcm)
-                pipeline.submit(np.pad(pcm, (0, FRAME_SIZE - len(pcm))))
-                if pipeline.pending > LOOKAHEAD:
+            else:
+                for pcm in iter_audio(src, SAMPLE_RATE, FRAME_SIZE):
+                    fed += len(pcm)
+                    pipeline.submit(np.pad(pcm, (0, FRAME_SIZE - len(pcm))))
+                    if pipeline.pending > LOOKAHEAD:
+                        take()
+                while pipeline.pending:
                     take()
-            while pipeline.pending and not zero:
-                take()
-            if tail and not zero:
-                ended = _finish_stream(pipeline, take, tokens, end_of_stream)
+                if tail:
+                    ended = _finish_stream(pipeline, take, tokens, end_of_stream)
             written = out.frames / SAMPLE_RATE
     finally:
         bar.close()
