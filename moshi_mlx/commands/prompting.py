@@ -85,17 +85,17 @@ def check_prompts(args: argparse.Namespace, known: KnownModel | None) -> None:
     loading anything)."""
     if known is not None:
         refuse_untaken_prompts(args, known)
+        if known.conditions is None and args.cfg_coef not in (None, 1.0):
+            raise UsageError(
+                f"{known.name} takes no --cfg-coef: it has no conditioner, so no classifier-free "
+                "guidance (--model hibiki and hibiki-2b have one)"
+            )
     if args.voice_prompt is not None:
         _check_voice_file(args.voice_prompt)
 
 
 def refuse_untaken_prompts(args: argparse.Namespace, known: KnownModel) -> None:
-    """UsageError for a --prompt, --voice-prompt or --cfg-coef `known` cannot take."""
-    if known.conditions is None and args.cfg_coef not in (None, 1.0):
-        raise UsageError(
-            f"{known.name} takes no --cfg-coef: it has no conditioner, so no classifier-free "
-            "guidance (--model hibiki and hibiki-2b have one)"
-        )
+    """UsageError for a --prompt or --voice-prompt `known` cannot take."""
     for option, value, accepts in (
         ("--prompt", args.prompt, known.text_prompt),
         ("--voice-prompt", args.voice_prompt, known.voice_prompt),
