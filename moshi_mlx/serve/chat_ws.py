@@ -43,6 +43,7 @@ MAX_DROPPED = 125  # audio messages dropped in a row (about 10 s) before the cli
 HEARTBEAT = 5.0  # seconds between pings: a vanished client (no close) is noticed
 AHEAD = 2  # frames submitted before the oldest is collected (as `chat`)
 STATS_INTERVAL = 1.0  # seconds between two statistics messages
+FLUSH_TIMEOUT = 2.0  # seconds a closing session gets to send what Moshi already said
 
 
 def add_routes(app: web.Application, services: Services) -> None:
@@ -178,6 +179,7 @@ class ChatSession:
         if self.recorder is not None:
             summary["recording"] = finish_recording(self.recorder, self.transcript, summary)
         if not self.ws.closed:
+            await self._flush()
             await refuse(self.ws, self.reason) if self.reason else await self.ws.close()
         where = f"; recorded in {self.recorder.folder}" if self.recorder is not None else ""
         why = f" ({self.reason})" if self.reason else ""
@@ -275,6 +277,18 @@ class ChatSession:
             if message[:1] == AUDIO:
                 self.audio_waiting -= 1
             await self.ws.send_bytes(message)
+
+    async def _flush(self) -> None:
+        """Send what waits in the outbox (the text and audio the recording holds), briefly."""
+
+        async def send_all() -> None:
+            while self.outbox:
+                await self.ws.send_bytes(self.outbox.popleft())
+
+        try:
+            await asyncio.wait_for(send_all(), FLUSH_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass  # a client that does not read, or is gone
 
     def _summary(self) -> dict:
         pipeline = self.pipeline
