@@ -206,25 +206,37 @@ class ChatSession:
                 raise AudioFormatError(f"bad message: {one_line(self.ws.exception())}")
 
     async def _step(self) -> None:
+        """Frames through the pipeline, one call to the model thread per frame: the next frame
+        is submitted with the oldest one's collect, so Python builds a frame's graph while the
+        previous one computes whenever frames wait (up to `AHEAD` in flight)."""
         thread, pipeline, frames = self.services.thread, self.pipeline, self.frames
-        submit_times: deque[float] = deque()
+        uncounted = 0.0  # seconds of submits not yet in a step's time
         while True:
             if frames.waiting and pipeline.pending < AHEAD:
                 frame = frames.pop()
-                t = time.perf_counter()
-                await thread.call(pipeline.submit, frame)
-                submit_times.append(time.perf_counter() - t)
                 if self.recorder is not None:
                     self.recorder.user.write(frame)
                     self.recorder.mic.write(frame)  # (the client cancelled its echo)
+                collect = pipeline.pending + 1 >= AHEAD or not frames.waiting
+                call = (self._submit_collect, frame) if collect else (pipeline.submit, frame)
             elif pipeline.pending:
-                t = time.perf_counter()
-                result = await thread.call(pipeline.collect)
-                self.times.add(time.perf_counter() - t + submit_times.popleft())
-                self._emit(result)
+                call = (pipeline.collect,)
             else:
                 self._input.clear()
                 await self._input.wait()
+                continue
+            t = time.perf_counter()
+            result = await thread.call(*call)
+            uncounted += time.perf_counter() - t
+            if result is not None:
+                self.times.add(uncounted)
+                uncounted = 0.0
+                self._emit(result)
+
+    def _submit_collect(self, frame) -> FrameResult:
+        """On the model thread: submit `frame`, then collect the oldest frame in flight."""
+        self.pipeline.submit(frame)
+        return self.pipeline.collect()
 
     def _emit(self, result: FrameResult) -> None:
         now = time.perf_counter()
