@@ -33,14 +33,13 @@ from ..live.recording import Recorder, finish_recording
 from ..live.summary import StepTimes
 from .chat_service import ChatSettings, QueryError, settings_from_query
 from .codecs import CODECS, AudioFormatError, InputFrames
-from .services import SERVICES, Services
+from .services import SERVICES, Services, Unavailable, accept
 
 CHAT_PATH = "/api/chat"
 HANDSHAKE, AUDIO, TEXT, METADATA, ERROR = b"\x00", b"\x01", b"\x02", b"\x04", b"\x05"
 MAX_MESSAGE = 1 << 20  # bytes of one client message (pcm16: about 20 s of audio)
 OUTBOX = 32  # audio messages waiting for a slow client (about 2.5 s) before they are dropped
 MAX_DROPPED = 125  # audio messages dropped in a row (about 10 s) before the client is closed
-HEARTBEAT = 5.0  # seconds between pings: a vanished client (no close) is noticed
 AHEAD = 2  # frames submitted before the oldest is collected (as `chat`)
 STATS_INTERVAL = 1.0  # seconds between two statistics messages
 FLUSH_TIMEOUT = 2.0  # seconds a closing session gets to send what Moshi already said
@@ -50,24 +49,15 @@ def add_routes(app: web.Application, services: Services) -> None:
     app.router.add_get(CHAT_PATH, handle_chat)
 
 
-class Refused(Exception):
-    """The session cannot start (told to the client, then closed)."""
-
-
 async def handle_chat(request: web.Request) -> web.WebSocketResponse:
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=HEARTBEAT)
-    await ws.prepare(request)
-    chat = services.chat
+    ws = await accept(request, MAX_MESSAGE)
     try:
-        if chat is None:
-            raise Refused("no speech-to-speech model is served here (serve one with --model)")
-        if services.closing:
-            raise Refused("the server is shutting down")
+        chat = services.serving("chat")
         settings = settings_from_query(request.query, chat.defaults)
         if not chat.acquire():
-            raise Refused("busy: another chat session is running; try again later")
-    except (Refused, QueryError) as e:
+            raise Unavailable("busy: another chat session is running; try again later")
+    except (Unavailable, QueryError) as e:
         await refuse(ws, str(e))
         return ws
     session = ChatSession(ws, services, settings, request.remote or "?")
