@@ -330,7 +330,7 @@ def _bench_stt(base: str, named: str, path: Path, args: argparse.Namespace) -> N
     ckpt = load_checkpoint(_resolved("stt", named))
     pcm, _ = sf.read(str(path), dtype="float32")
     seconds = len(pcm) / 24000
-    tail = int((SttSettings.of(ckpt.lm).audio_delay_seconds + 1.0) * 24000)
+    tail = int(SttSettings.of(ckpt.lm).audio_delay_seconds * 24000) + 2 * 1920  # (2 frames more)
     counts = [int(c) for c in args.streams.split(",") if c]
     transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [path], batch_size=1)  # warm-up
     asyncio.run(_stt_streams(base, pcm, 1, tail))

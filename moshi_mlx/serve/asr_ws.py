@@ -48,9 +48,11 @@ def read_audio(message: dict, opus: OpusDecoder) -> np.ndarray | None:
     kind = message.get("type")
     if kind == "Audio":
         pcm = message.get("pcm")
-        if not isinstance(pcm, list | tuple) or not all(isinstance(x, int | float) for x in pcm):
+        # (NumPy reads the list at C speed: a string, None or a nested list gives another kind)
+        samples = np.asarray(pcm) if isinstance(pcm, list | tuple) else None
+        if samples is None or samples.ndim != 1 or samples.dtype.kind not in "biuf":
             raise BadMessage("Audio needs `pcm`: a list of float samples at 24 kHz")
-        return np.asarray(pcm, np.float32)
+        return samples.astype(np.float32)
     if kind == "OggOpus":
         data = message.get("data")
         if not isinstance(data, bytes):
