@@ -9,6 +9,7 @@ python scripts/bench.py aec         # echo cancellers: ERLE, double talk, CPU on
 python scripts/bench.py stt         # Kyutai STT 1B: real-time factor, batch of 8, vs PyTorch
 python scripts/bench.py tts         # TTS: time to first audio, real-time factor, vs PyTorch
 python scripts/bench.py assistant   # end of speech -> first audio: turn, LLM, TTS
+python scripts/bench.py serve       # the server: cost per chat frame, TTS first audio, STT streams
 
 Every job prints the MLX device (and the LM jobs their dtypes), and runs unchanged on Metal,
 CUDA and the CPU.
@@ -33,6 +34,7 @@ COMMANDS = {
     "stt": ("bench_stt", "Kyutai STT 1B: real-time factor and memory, ours vs Kyutai's PyTorch"),
     "tts": ("bench_tts", "Kyutai's TTS: time to first audio, real-time factor, memory, vs PyTorch"),
     "assistant": ("bench_assistant", "end of the user's speech to the assistant's first audio"),
+    "serve": ("bench_serve", "moshi-mlx serve against the in-process jobs: chat, TTS, STT"),
 }
 
 

@@ -201,6 +201,9 @@ async def _ws_exchange(url: str, messages: list[bytes]) -> list[dict]:
         (b"\xc1\xc1garbage", "msgpack"),
         (msgpack.packb([1, 2, 3]), "map"),
         (msgpack.packb({"type": "Audio", "pcm": "no"}), "pcm"),
+        (msgpack.packb({"type": "Audio", "pcm": [0.5, "x"]}), "pcm"),
+        (msgpack.packb({"type": "Audio", "pcm": [0.5, None]}), "pcm"),
+        (msgpack.packb({"type": "Audio", "pcm": [[0.5, 0.5]]}), "pcm"),
         (msgpack.packb({"type": "OggOpus", "data": b"not opus at all" * 10}), "Opus"),
         (msgpack.packb({"type": "Nope"}), "unknown"),
     ],
@@ -214,6 +217,20 @@ def test_bad_asr_messages_get_an_error_and_the_server_goes_on(server, message, w
     assert errors and words.lower() in errors[0]["message"].lower(), got
     ok = asyncio.run(_ws_exchange(url, [msgpack.packb({"type": "Audio", "pcm": [0.0] * 19200})]))
     assert [m["type"] for m in ok][:2] == ["Ready", "Step"]
+
+
+def test_the_chat_route_says_no_chat_model_is_served(server):
+    import asyncio
+
+    import aiohttp
+
+    async def ask() -> bytes:
+        url = server.replace("http", "ws") + "/api/chat"
+        async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+            return (await ws.receive(timeout=10)).data
+
+    message = asyncio.run(ask())
+    assert message == b"\x05no speech-to-speech model is served here (serve one with --model)"
 
 
 def test_bad_tts_requests(server):

@@ -23,13 +23,12 @@ from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 
 from ..jobs.stt import VAD_CLASS, SttStep
 from .codecs import AudioFormatError, OpusDecoder
-from .services import SERVICES, Services
+from .services import SERVICES, Services, Unavailable, accept
 from .stt_service import Busy, LiveStream
 
 ASR_PATH = "/api/asr-streaming"
 MAX_MESSAGE = 4 << 20  # bytes of one message (an Audio message of about 8 s)
 MAX_WAITING_SECONDS = 60.0  # audio a stream may send before its round starts
-HEARTBEAT = 5.0
 
 
 def add_routes(app: web.Application, services: Services) -> None:
@@ -49,9 +48,11 @@ def read_audio(message: dict, opus: OpusDecoder) -> np.ndarray | None:
     kind = message.get("type")
     if kind == "Audio":
         pcm = message.get("pcm")
-        if not isinstance(pcm, list | tuple) or not all(isinstance(x, int | float) for x in pcm):
+        # (NumPy reads the list at C speed: a string, None or a nested list gives another kind)
+        samples = np.asarray(pcm) if isinstance(pcm, list | tuple) else None
+        if samples is None or samples.ndim != 1 or samples.dtype.kind not in "biuf":
             raise BadMessage("Audio needs `pcm`: a list of float samples at 24 kHz")
-        return np.asarray(pcm, np.float32)
+        return samples.astype(np.float32)
     if kind == "OggOpus":
         data = message.get("data")
         if not isinstance(data, bytes):
@@ -128,16 +129,11 @@ class AsrSession:
 
 async def handle_asr(request: web.Request) -> web.WebSocketResponse:
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=HEARTBEAT)
-    await ws.prepare(request)
-    stt = services.stt
+    ws = await accept(request, MAX_MESSAGE)
     try:
-        if stt is None:
-            raise Busy("no speech-to-text model is served here (serve one with --stt)")
-        if services.closing:
-            raise Busy("the server is shutting down")
+        stt = services.serving("stt")
         stream = stt.open_stream()
-    except Busy as e:
+    except (Unavailable, Busy) as e:
         await ws.send_bytes(pack("Error", message=str(e)))
         await ws.close()
         return ws

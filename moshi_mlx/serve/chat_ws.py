@@ -33,40 +33,31 @@ from ..live.recording import Recorder, finish_recording
 from ..live.summary import StepTimes
 from .chat_service import ChatSettings, QueryError, settings_from_query
 from .codecs import CODECS, AudioFormatError, InputFrames
-from .services import SERVICES, Services
+from .services import SERVICES, Services, Unavailable, accept
 
 CHAT_PATH = "/api/chat"
 HANDSHAKE, AUDIO, TEXT, METADATA, ERROR = b"\x00", b"\x01", b"\x02", b"\x04", b"\x05"
 MAX_MESSAGE = 1 << 20  # bytes of one client message (pcm16: about 20 s of audio)
 OUTBOX = 32  # audio messages waiting for a slow client (about 2.5 s) before they are dropped
 MAX_DROPPED = 125  # audio messages dropped in a row (about 10 s) before the client is closed
-HEARTBEAT = 5.0  # seconds between pings: a vanished client (no close) is noticed
 AHEAD = 2  # frames submitted before the oldest is collected (as `chat`)
 STATS_INTERVAL = 1.0  # seconds between two statistics messages
+FLUSH_TIMEOUT = 2.0  # seconds a closing session gets to send what Moshi already said
 
 
 def add_routes(app: web.Application, services: Services) -> None:
     app.router.add_get(CHAT_PATH, handle_chat)
 
 
-class Refused(Exception):
-    """The session cannot start (told to the client, then closed)."""
-
-
 async def handle_chat(request: web.Request) -> web.WebSocketResponse:
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=HEARTBEAT)
-    await ws.prepare(request)
-    chat = services.chat
+    ws = await accept(request, MAX_MESSAGE)
     try:
-        if chat is None:
-            raise Refused("no speech-to-speech model is served here (serve one with --model)")
-        if services.closing:
-            raise Refused("the server is shutting down")
+        chat = services.serving("chat")
         settings = settings_from_query(request.query, chat.defaults)
         if not chat.acquire():
-            raise Refused("busy: another chat session is running; try again later")
-    except (Refused, QueryError) as e:
+            raise Unavailable("busy: another chat session is running; try again later")
+    except (Unavailable, QueryError) as e:
         await refuse(ws, str(e))
         return ws
     session = ChatSession(ws, services, settings, request.remote or "?")
@@ -182,6 +173,7 @@ class ChatSession:
         if self.recorder is not None:
             summary["recording"] = finish_recording(self.recorder, self.transcript, summary)
         if not self.ws.closed:
+            await self._flush()
             await refuse(self.ws, self.reason) if self.reason else await self.ws.close()
         where = f"; recorded in {self.recorder.folder}" if self.recorder is not None else ""
         why = f" ({self.reason})" if self.reason else ""
@@ -208,25 +200,37 @@ class ChatSession:
                 raise AudioFormatError(f"bad message: {one_line(self.ws.exception())}")
 
     async def _step(self) -> None:
+        """Frames through the pipeline, one call to the model thread per frame: the next frame
+        is submitted with the oldest one's collect, so Python builds a frame's graph while the
+        previous one computes whenever frames wait (up to `AHEAD` in flight)."""
         thread, pipeline, frames = self.services.thread, self.pipeline, self.frames
-        submit_times: deque[float] = deque()
+        uncounted = 0.0  # seconds of submits not yet in a step's time
         while True:
             if frames.waiting and pipeline.pending < AHEAD:
                 frame = frames.pop()
-                t = time.perf_counter()
-                await thread.call(pipeline.submit, frame)
-                submit_times.append(time.perf_counter() - t)
                 if self.recorder is not None:
                     self.recorder.user.write(frame)
                     self.recorder.mic.write(frame)  # (the client cancelled its echo)
+                collect = pipeline.pending + 1 >= AHEAD or not frames.waiting
+                call = (self._submit_collect, frame) if collect else (pipeline.submit, frame)
             elif pipeline.pending:
-                t = time.perf_counter()
-                result = await thread.call(pipeline.collect)
-                self.times.add(time.perf_counter() - t + submit_times.popleft())
-                self._emit(result)
+                call = (pipeline.collect,)
             else:
                 self._input.clear()
                 await self._input.wait()
+                continue
+            t = time.perf_counter()
+            result = await thread.call(*call)
+            uncounted += time.perf_counter() - t
+            if result is not None:
+                self.times.add(uncounted)
+                uncounted = 0.0
+                self._emit(result)
+
+    def _submit_collect(self, frame) -> FrameResult:
+        """On the model thread: submit `frame`, then collect the oldest frame in flight."""
+        self.pipeline.submit(frame)
+        return self.pipeline.collect()
 
     def _emit(self, result: FrameResult) -> None:
         now = time.perf_counter()
@@ -279,6 +283,18 @@ class ChatSession:
             if message[:1] == AUDIO:
                 self.audio_waiting -= 1
             await self.ws.send_bytes(message)
+
+    async def _flush(self) -> None:
+        """Send what waits in the outbox (the text and audio the recording holds), briefly."""
+
+        async def send_all() -> None:
+            while self.outbox:
+                await self.ws.send_bytes(self.outbox.popleft())
+
+        try:
+            await asyncio.wait_for(send_all(), FLUSH_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass  # a client that does not read, or is gone
 
     def _summary(self) -> dict:
         pipeline = self.pipeline

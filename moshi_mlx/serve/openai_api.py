@@ -20,7 +20,7 @@ from mimi_mlx.io.audio import AudioError
 
 from ..formats.subtitles import cues, render
 from .codecs import Pcm16Encoder
-from .services import SERVICES, Services
+from .services import SERVICES, Services, not_served
 from .stt_service import RETRY_AFTER, Busy
 from .tts_service import QueryError
 from .tts_ws import wav_bytes
@@ -51,7 +51,7 @@ async def models(request: web.Request) -> web.Response:
 async def transcriptions(request: web.Request) -> web.Response:
     stt = request.app[SERVICES].stt
     if stt is None:
-        return error(404, "no speech-to-text model is served here (serve one with --stt)")
+        return error(404, not_served("stt"))
     fields, audio = {}, None
     try:
         reader = await request.multipart()
@@ -101,7 +101,7 @@ async def transcriptions(request: web.Request) -> web.Response:
 async def speech(request: web.Request) -> web.StreamResponse:
     tts = request.app[SERVICES].tts
     if tts is None:
-        return error(404, "no text-to-speech model is served here (serve one with --tts)")
+        return error(404, not_served("tts"))
     try:
         body = await request.json()
         if not isinstance(body, dict) or not isinstance(body.get("input"), str):

@@ -19,9 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import build_app
-from .services import ServeOptions, Services
+from .services import SHUTDOWN_MESSAGE, ServeOptions, Services
 
-SHUTDOWN_MESSAGE = "the server is shutting down"
 CLOSE_TIMEOUT = 10.0  # seconds the open sessions get to end
 
 

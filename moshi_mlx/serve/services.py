@@ -16,6 +16,32 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8998
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+SHUTDOWN_MESSAGE = "the server is shutting down"
+HEARTBEAT = 5.0  # seconds between a WebSocket's pings: a vanished client (no close) is noticed
+# each kind of service: what it serves, the option that serves it
+KINDS = {
+    "chat": ("speech-to-speech", "--model"),
+    "stt": ("speech-to-text", "--stt"),
+    "tts": ("text-to-speech", "--tts"),
+}
+
+
+class Unavailable(Exception):
+    """A route's model cannot take a new session: not served, or the server is shutting down
+    (the message says which, for the client)."""
+
+
+def not_served(kind: str) -> str:
+    """What a client of a route whose model is not served is told."""
+    what, option = KINDS[kind]
+    return f"no {what} model is served here (serve one with {option})"
+
+
+async def accept(request: web.Request, max_message: int) -> web.WebSocketResponse:
+    """A route's WebSocket, open (messages over `max_message` bytes close it; pinged)."""
+    ws = web.WebSocketResponse(max_msg_size=max_message, heartbeat=HEARTBEAT)
+    await ws.prepare(request)
+    return ws
 
 
 @dataclass
@@ -66,6 +92,19 @@ class Services:
     tts: object | None = None  # TtsService
     closing: bool = False  # shutting down: new sessions are refused
     sessions: set = field(default_factory=set)  # open sessions: `await s.close(message)`
+
+    def serving(self, kind: str):
+        """The service of `kind` ("chat", "stt", "tts") for a new session.
+
+        Raises:
+            Unavailable: it is not served, or the server is shutting down.
+        """
+        service = getattr(self, kind)
+        if service is None:
+            raise Unavailable(not_served(kind))
+        if self.closing:
+            raise Unavailable(SHUTDOWN_MESSAGE)
+        return service
 
     def info(self) -> dict:
         """`GET /api/info`: what is served, for the page."""

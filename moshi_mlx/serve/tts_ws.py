@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 from mimi_mlx.constants import FRAME_SECONDS, SAMPLE_RATE
 
 from .codecs import OpusEncoder
-from .services import SERVICES, Services
+from .services import SERVICES, Services, Unavailable, accept, not_served
 from .stt_service import RETRY_AFTER, Busy
 from .tts_service import MAX_TEXT, QueryError, TextIn
 
@@ -76,18 +76,15 @@ class AudioOut:
 
 async def handle_tts_streaming(request: web.Request) -> web.WebSocketResponse:
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=5.0)
-    await ws.prepare(request)
-    tts = services.tts
+    ws = await accept(request, MAX_MESSAGE)
     try:
-        if tts is None:
-            raise QueryError("no text-to-speech model is served here (serve one with --tts)")
+        tts = services.serving("tts")
         out = AudioOut(request.query.get("format", "PcmMessagePack"))
         settings = tts.settings(request.query)
         async with tts.slot():
             await ws.send_bytes(pack("Ready"))
             await _stream(ws, tts, out, settings, request.query.get("voice"))
-    except (QueryError, Busy) as e:
+    except (Unavailable, QueryError, Busy) as e:
         if not ws.closed:
             await ws.send_bytes(pack("Error", message=str(e)))
     await ws.close()
@@ -165,7 +162,7 @@ async def handle_tts(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     tts = services.tts
     if tts is None:
-        raise web.HTTPNotFound(text="no text-to-speech model is served here (--tts)")
+        raise web.HTTPNotFound(text=not_served("tts"))
     try:
         body = await request.json()
         text = body.get("text") if isinstance(body, dict) else None
