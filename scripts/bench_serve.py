@@ -259,7 +259,7 @@ async def _chat_socket(base: str, frames: list[np.ndarray]) -> tuple[list[float]
 # -- tts: time to first audio --------------------------------------------------------------------
 def _bench_tts(base: str, named: str, args: argparse.Namespace) -> None:
     from moshi_mlx import load_checkpoint
-    from moshi_mlx.jobs.tts import TextToSpeech, TTSSettings, load_voice
+    from moshi_mlx.jobs.tts import TextToSpeech, TtsSettings, load_voice
     from moshi_mlx.jobs.tts_stream import SpeechStream
     from moshi_mlx.serve.tts_service import DEFAULT_VOICE
 
@@ -271,7 +271,7 @@ def _bench_tts(base: str, named: str, args: argparse.Namespace) -> None:
     )
     voice_name = names[0][: -len(tts.voice_suffix)] if names else DEFAULT_VOICE
     voice = load_voice(voice_name, tts)
-    settings = TTSSettings()
+    settings = TtsSettings()
     words = TEXT.split()
     local, remote = [], []
     for _ in range(WARMUP + args.rounds):

@@ -37,7 +37,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from moshi_mlx.jobs.tts import TTSSettings
+from moshi_mlx.jobs.tts import TtsSettings
 
 TEXT = "Hello there, this is a test of the speech over Wyoming."
 # (rate, bytes per sample, channels): Home Assistant's first, then what other satellites send
@@ -56,7 +56,7 @@ def checkpoints(tmp_path_factory):
 def port(checkpoints):
     stt, tts = checkpoints
     port = free_port()
-    with speech_server(stt, tts, TTSSettings(temperature=0.0), wyoming_port=port, max_queue=8):
+    with speech_server(stt, tts, TtsSettings(temperature=0.0), wyoming_port=port, max_queue=8):
         yield port
 
 
