@@ -16,9 +16,9 @@ import aiohttp
 import numpy as np
 import pytest
 import soundfile as sf
-from moshi_app import REPO, read
+from moshi_app import REPO, make_speech, read
 from speech_server import free_port
-from test_assistant import MAX_TOKENS, SYSTEM, assistant, models, question
+from test_assistant import MAX_TOKENS, SYSTEM, _tts_words, assistant, models, question
 
 __all__ = ["models", "question"]  # fixtures used here
 
@@ -130,3 +130,89 @@ def test_busy_and_bad_input_are_told_and_the_server_goes_on(server, question16):
     assert message == ERROR + b'text messages are JSON events: {"type": "end"}'
     events, pcm, error = asyncio.run(_talk(f"{url}?{QUERY}", read(question16)))
     assert error is None and events[-1]["type"] == "end" and len(pcm) > 0
+
+
+def test_barge_in_cancels_the_reply_and_the_history_keeps_what_was_played(
+    server, models, question16, tmp_path
+):
+    """Speaking over the answer: `interrupted`, the reply ends with the words sent up to what
+    the client played, and the next answer is mlx-lm's for a history holding only those."""
+    url, log = server
+    stop = read(make_speech(tmp_path / "stop.wav", "Stop, stop, please stop talking now."))
+    silence = np.zeros(1920, np.float32)
+
+    async def talk():
+        events, audio = [], 0
+        async with aiohttp.ClientSession() as http:
+            query = "format=pcm16&temperature=0&tts_temperature=0&max_tokens=60"
+            async with http.ws_connect(f"{url}?{query}") as ws:
+                assert (await ws.receive(timeout=60)).data == b"\x00"
+
+                async def say(pcm: np.ndarray) -> None:
+                    data = np.round(pcm * 32768).astype("<i2")
+                    for i in range(0, len(data), 1920):
+                        await ws.send_bytes(AUDIO + data[i : i + 1920].tobytes())
+                        await asyncio.sleep(0.08)
+
+                async def listen() -> None:
+                    nonlocal audio
+                    async for message in ws:
+                        if message.type == aiohttp.WSMsgType.TEXT:
+                            events.append(json.loads(message.data))
+                        elif message.data[:1] == AUDIO:
+                            audio += (len(message.data) - 1) // 2
+
+                listener = asyncio.ensure_future(listen())
+                await say(read(question16))
+                deadline = time.monotonic() + 60
+                while audio < 1.5 * 24000:  # the assistant has said a few words
+                    assert time.monotonic() < deadline, events
+                    await say(silence)
+                await say(stop)
+                while not _second_reply_started(events):
+                    assert time.monotonic() < deadline + 60, events
+                    await say(silence)
+                listener.cancel()
+        return events
+
+    events = asyncio.run(talk())
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["user", "reply"] and "interrupted" in kinds, kinds
+    cut = kinds.index("interrupted")
+    end = events[cut + 1]
+    assert end["type"] == "reply_end" and end["interrupted"]
+    written, spoken = _tts_words(end["reply"]), [w["word"] for w in end["spoken"]]
+    sent = [e["text"] for e in events[:cut] if e["type"] == "word"]
+    assert 0 < len(spoken) <= len(sent) < len(written) and sent == written[: len(sent)]
+    assert spoken == sent[: len(spoken)]
+    # the next turn: the user's words after the barge-in, answered with the spoken history
+    second_user = next(e for e in events[cut:] if e["type"] == "user")["text"]
+    first_user = events[0]["text"]
+    start = _last(events, "reply")
+    words = [e["text"] for e in events[start:] if e["type"] == "word"]
+    import mlx_lm
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = mlx_lm.load(str(models["llm"]))
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": first_user},
+        {"role": "assistant", "content": " ".join(spoken)},
+        {"role": "user", "content": second_user},
+    ]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    reply = mlx_lm.generate(model, tokenizer, prompt, max_tokens=60, sampler=make_sampler(0.0))
+    assert words == _tts_words(reply)[: len(words)], log.read_text()
+
+
+def _second_reply_started(events: list[dict]) -> bool:
+    """A second reply has begun: three of its words sent (or it ended)."""
+    starts = [i for i, e in enumerate(events) if e["type"] == "reply"]
+    if len(starts) < 2:
+        return False
+    after = [e["type"] for e in events[starts[1] :]]
+    return after.count("word") >= 3 or "reply_end" in after
+
+
+def _last(events: list[dict], kind: str) -> int:
+    return max(i for i, e in enumerate(events) if e["type"] == kind)
