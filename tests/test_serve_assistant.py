@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import pytest
 import soundfile as sf
-from moshi_app import REPO, make_speech, read
+from moshi_app import REPO, cli, make_speech, read
 from speech_server import free_port
 from test_assistant import MAX_TOKENS, SYSTEM, _tts_words, assistant, models, question
 
@@ -216,3 +216,12 @@ def _second_reply_started(events: list[dict]) -> bool:
 
 def _last(events: list[dict], kind: str) -> int:
     return max(i for i, e in enumerate(events) if e["type"] == kind)
+
+
+def test_serve_assistant_options_are_checked(models, tmp_path):
+    r = cli("serve", "--llm", models["llm"], "--port", 0)
+    assert r.returncode == 2 and "needs --stt and --tts" in r.stderr.strip().splitlines()[-1]
+    args = ["--stt", models["stt_mlx"], "--tts", models["tts"], "--llm", tmp_path / "missing"]
+    r = cli("serve", *args, "--port", 0)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("error: mlx-lm cannot load"), r.stderr
