@@ -311,3 +311,64 @@ def test_the_page_and_its_files_are_served(server):
     for name in ("app.js", "worklet.js", "style.css", "msgpack.js"):
         assert urllib.request.urlopen(server.url + "static/" + name).status == 200
     assert os.path.isfile(REPO / "moshi_mlx" / "serve" / "static" / "index.html")
+
+
+@pytest.fixture(scope="module")
+def question(folder: Path) -> Path:
+    """A question, then 8 s of silence (Chromium loops the file): time for the answer."""
+    raw = folder / "question.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), "What is the capital of France?"])
+    import soxr
+
+    audio, rate = sf.read(str(raw), dtype="float32")
+    audio = np.concatenate([soxr.resample(audio, rate, 48000), np.zeros(8 * 48000, np.float32)])
+    path = folder / "question48k.wav"
+    sf.write(str(path), audio, 48000, subtype="PCM_16")
+    return path
+
+
+def test_assistant_autostarts_hears_the_question_and_answers(folder, checkpoints, question):
+    """`serve --stt --tts --llm`: the page's Assistant tab hears the fake microphone's question,
+    shows it, and shows and plays the answer."""
+    from moshi_mlx.testing.tiny import strip_vad_heads
+    from moshi_mlx.testing.tiny_llm import make_tiny_llm
+
+    llm = make_tiny_llm(folder / "tiny_llm", seed=0)
+    # without the heads (the tiny ones end a turn at every word): a second of silence ends it
+    stt = strip_vad_heads(checkpoints["stt"], folder / "tiny_stt_mlx")
+    args = ["--stt", stt, "--tts", checkpoints["tts"], "--llm", llm]
+    server = Server([*map(str, args), "--max-tokens", "12"], folder / "assistant.log")
+    driver = chromium(question)
+    try:
+        driver.get(server.url + "?autostart=assistant")
+        wait_for(driver, "document.getElementById('panel-assistant').dataset.state === 'listening'")
+        assert not driver.find_element("id", "tab-assistant").get_attribute("hidden")
+        user = wait_for(
+            driver, "document.querySelector('#assistant-transcript .user .text')?.textContent"
+        )
+        said = wait_for(
+            driver,
+            "document.querySelector('#assistant-transcript .assistant .text')?.textContent",
+            timeout=60,
+        )
+        played = wait_for(
+            driver,
+            "window.moshiPage.assistant.stats.playedSeconds > 0.3 &&"
+            " window.moshiPage.assistant.stats.playedSeconds",
+        )
+        stats, shown = driver.execute_script(
+            "return [window.moshiPage.assistant.stats, [...document.querySelectorAll("
+            "'#assistant-transcript .assistant .text')].map((e) => e.textContent).join(' ')]"
+        )
+        screenshot(driver, folder / "assistant.png")
+        logs = console(driver)
+        driver.execute_script("window.moshiPage.assistant.stop()")
+        wait_for(driver, "document.getElementById('panel-assistant').dataset.state === 'ended'")
+    finally:
+        driver.quit()
+        server.stop()
+    assert user.strip() and said.strip() and played > 0.3
+    assert stats["received"] > 0.3 * 24000 and stats["words"] == len(shown.split())
+    assert_no_errors(logs)
+    log = (folder / "assistant.log").read_text()
+    assert "assistant 1: 127.0.0.1 connected (pcm16)" in log and "Traceback" not in log

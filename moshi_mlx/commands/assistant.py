@@ -16,6 +16,7 @@ DEFAULT_STT = "kyutai/stt-1b-en_fr-candle"  # the end-of-turn head; 1B parameter
 DEFAULT_TTS = "kyutai/tts-1.6b-en_fr"  # 1.6B, bf16
 DEFAULT_LLM = "mlx-community/Qwen2.5-3B-Instruct-4bit"  # 3B in 4 bits
 DEFAULT_TRIO_GB = 8  # the three together, about (2.4 + 3.6 + 1.8 GB): fits a 16 GB Mac
+DEFAULT_TTS_TEMPERATURE = 0.6
 DEFAULT_SYSTEM = (
     "You are a helpful voice assistant. Your answers are spoken aloud: keep them short, in "
     "plain sentences, without lists, markdown or emojis."
@@ -85,9 +86,10 @@ def register(command) -> None:
     llm.add_argument(
         "--tts-temperature",
         type=options.non_negative,
-        default=0.6,
+        default=DEFAULT_TTS_TEMPERATURE,
         metavar="T",
-        help="the TTS's temperature (default 0.6; 0: the same voice every time)",
+        help=f"the TTS's temperature (default {DEFAULT_TTS_TEMPERATURE}; 0: the same voice "
+        "every time)",
     )
     live = sub.add_argument_group("live (no IN)")
     live.add_argument("--list-devices", action="store_true", help="list the audio devices")

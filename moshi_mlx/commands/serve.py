@@ -27,6 +27,24 @@ def register(command) -> None:
     speech = serve.add_argument_group("speech to text and text to speech")
     speech.add_argument("--stt", metavar="NAME|DIR", help="also serve a speech-to-text model")
     speech.add_argument("--tts", metavar="NAME|DIR", help="also serve a text-to-speech model")
+    llm = serve.add_argument_group("the assistant (a text LLM spoken through --stt and --tts)")
+    llm.add_argument(
+        "--llm",
+        metavar="NAME|DIR",
+        help="serve `moshi-mlx assistant` with this mlx-lm model (/api/assistant, the page's "
+        "Assistant tab); with --llm-url, the server's model name",
+    )
+    llm.add_argument(
+        "--llm-url", metavar="URL", help="the assistant's LLM on an OpenAI-compatible server"
+    )
+    llm.add_argument("--system", metavar="TEXT", help="the assistant's system prompt")
+    llm.add_argument(
+        "--max-tokens",
+        type=options.positive_int,
+        default=200,
+        metavar="N",
+        help="an answer's length bound (default 200; a session's `max_tokens` overrides it)",
+    )
     net = serve.add_argument_group("network")
     net.add_argument(
         "--host",
@@ -95,7 +113,16 @@ def _port(text: str) -> int:
 def serves_chat(args: argparse.Namespace) -> bool:
     """A speech-to-speech model is served when one is named, or when nothing else is."""
     named = args.model or args.checkpoint or args.hf_repo or args.voice
-    return bool(named) or not (args.stt or args.tts)
+    return bool(named) or not (args.stt or args.tts or args.llm or args.llm_url)
+
+
+def serves_assistant(args: argparse.Namespace) -> bool:
+    """The assistant is served with --llm or --llm-url; it needs --stt and --tts."""
+    if not (args.llm or args.llm_url):
+        return False
+    if not (args.stt and args.tts):
+        raise UsageError("the assistant (--llm, --llm-url) needs --stt and --tts as well")
+    return True
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -114,6 +141,7 @@ def _serve(args: argparse.Namespace) -> None:
     stt_source = _speech_source(args.stt, "stt", "--stt") if args.stt else None
     tts_source = _speech_source(args.tts, "tts", "--tts") if args.tts else None
     args = prompting.with_session(args)
+    assistant = serves_assistant(args)
     source = options.source_of(args) if serves_chat(args) else None
     options.lora_of_args(args)  # a missing adapter fails now, not after the port is bound
     if args.lora is not None and source is None:
@@ -155,6 +183,8 @@ def _serve(args: argparse.Namespace) -> None:
 
             tts = await thread.call(lambda: TextToSpeech(options.load(tts_source)))
             services.tts = TtsService(tts, _served_name(args.tts), thread)
+        if assistant:
+            services.assistant = await thread.call(_load_assistant, args)
 
     try:
         asyncio.run(serve(services, sock, load, _describe, wyoming))
@@ -174,6 +204,22 @@ def _serve(args: argparse.Namespace) -> None:
     os._exit(0)
 
 
+def _load_assistant(args: argparse.Namespace):
+    """The assistant's text model and defaults (on the model thread)."""
+    from ..jobs.llm import LlmSettings, MlxTextModel, ServerTextModel
+    from ..jobs.tts import TTSSettings
+    from ..serve.assistant_service import AssistantService
+    from .assistant import DEFAULT_LLM, DEFAULT_SYSTEM, DEFAULT_TTS_TEMPERATURE
+
+    settings = LlmSettings(max_tokens=args.max_tokens)
+    if args.llm_url:
+        llm = ServerTextModel(args.llm_url, settings, args.llm)
+    else:
+        llm = MlxTextModel(args.llm or DEFAULT_LLM, settings)
+    system = DEFAULT_SYSTEM if args.system is None else args.system or None
+    return AssistantService(llm, system, settings, TTSSettings(temperature=DEFAULT_TTS_TEMPERATURE))
+
+
 def _describe(services, base: str) -> list[str]:
     """What the ready message lists, under the URL."""
     ws = base.replace("http", "ws", 1)
@@ -184,6 +230,11 @@ def _describe(services, base: str) -> list[str]:
         lines.append(
             f"chat ({services.chat.info()['model']}): {ws}api/chat, Kyutai's protocol "
             f"(python -m moshi.client --host {host.strip('[]')} --port {port}{https})"
+        )
+    if services.assistant is not None:
+        lines.append(
+            f"assistant ({services.assistant.llm.name}): {ws}api/assistant, "
+            f"the page: {base}?autostart=assistant"
         )
     return lines
 

@@ -11,6 +11,7 @@ closed, mlx-lm simply stops being stepped). Sampling is named as mlx-lm names it
 
 from __future__ import annotations
 
+import copy
 import json
 import urllib.error
 import urllib.request
@@ -52,6 +53,10 @@ class TextModel(Protocol):
         """The reply to `messages`, piece by piece."""
         ...
 
+    def with_settings(self, settings: LlmSettings) -> TextModel:
+        """The same model with other sampling settings."""
+        ...
+
 
 class MlxTextModel:
     """An mlx-lm model (hub id or folder), run in this process with its chat template.
@@ -74,6 +79,16 @@ class MlxTextModel:
         self.name, self.settings = source, settings
         if settings.seed is not None:
             mx.random.seed(settings.seed)
+
+    def with_settings(self, settings: LlmSettings) -> MlxTextModel:
+        """The same loaded model, writing with other settings (a server's session)."""
+        import mlx.core as mx
+
+        other = copy.copy(self)
+        other.settings = settings
+        if settings.seed is not None:
+            mx.random.seed(settings.seed)
+        return other
 
     def prompt(self, messages: list[dict]) -> list[int]:
         """The conversation through the model's chat template, ready for the reply."""
@@ -110,6 +125,12 @@ class ServerTextModel:
         self.model = model or SERVER_MODEL
         self.name = f"{self.model} at {url}"
         self.settings = settings
+
+    def with_settings(self, settings: LlmSettings) -> ServerTextModel:
+        """The same server, asked with other settings."""
+        other = copy.copy(self)
+        other.settings = settings
+        return other
 
     def _request(self, messages: list[dict]) -> urllib.request.Request:
         s = self.settings

@@ -31,7 +31,7 @@ from mimi_mlx.io.output_file import replace_on_success
 
 from ..jobs.assistant import Reply
 from ..jobs.turns import TurnTaker
-from .audio_io import AudioIO
+from .audio_io import AudioIO, InputFrame
 from .chat import NO_INPUT_TIMEOUT, POLL, SessionError
 from .devices import choose_device
 from .echo import power_db
@@ -39,7 +39,7 @@ from .recording import Recorder, check_record_dir
 from .signals import StopOnSignals
 
 VOICE_DB = -35.0  # frame power (dBFS) above which the microphone hears the user's voice
-AHEAD_FRAMES = 4  # speech frames generated ahead of the speaker at most
+AHEAD_FRAMES = 8  # speech frames generated ahead of the speaker at most (a barge-in drops them)
 PREFILL_FRAMES = 2  # the speaker's jitter buffer before playback starts
 CAPACITY_FRAMES = 250  # never trimmed in practice: the reply is paced by AHEAD_FRAMES
 MAX_LAG_FRAMES = 3  # microphone frames allowed to wait before the oldest are skipped
@@ -93,6 +93,7 @@ class _Session:
         self.started = time.perf_counter()
         self.heard = 0  # samples the STT heard
         self.skipped = 0
+        self.pending: list[tuple[InputFrame, bool]] = []  # frames read, not yet heard; voiced
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, duration: float | None) -> dict:
@@ -117,38 +118,60 @@ class _Session:
         while not stop.requested:
             if duration is not None and time.perf_counter() - self.started >= duration:
                 break
-            busy = self._listen()
-            busy = self._speak() or busy
+            if self._hungry():  # the speaker first: an underrun is heard, a lagging STT not
+                busy = self._speak()
+                busy = self._listen() or busy
+            else:
+                busy = self._listen()
+                busy = self._speak() or busy
             if not busy:
                 self._check()
                 time.sleep(POLL)
 
     def _check(self) -> None:
-        capture = self.audio.capture
+        capture = self.audio.microphone.capture
         elapsed = time.perf_counter() - self.started
         if capture.pace.count == 0 and elapsed > NO_INPUT_TIMEOUT:
             raise SessionError(f"no audio from the input device in {NO_INPUT_TIMEOUT:g} s")
 
+    def _hungry(self) -> bool:
+        """A reply is playing with less than the jitter buffer's prefill left to play."""
+        if self.reply is None or self.reply.done:
+            return False
+        ahead = self.reply_pushed - (self._played() - self.reply_played_from)
+        return ahead < PREFILL_FRAMES * FRAME_SIZE
+
     def _played(self) -> int:
         """Samples (24 kHz) the speaker has played since the session started."""
-        buffer = self.audio.buffer
+        buffer = self.audio.speaker.buffer
         return round((buffer.consumed - buffer.skipped) / self.ratio)
 
     # -- listening -------------------------------------------------------------------------------
+    def _take(self) -> None:
+        """Move the frames the microphone delivered into `pending`, checking each for the
+        user's voice at once (cheap): a barge-in does not wait for the STT to get there."""
+        self.audio.pull()  # (runs the echo canceller)
+        while (frame := self.audio.read_frame()) is not None:
+            voice = voiced(frame.heard)
+            if voice and self.reply is not None:
+                self._interrupt()
+            self.pending.append((frame, voice))
+        if len(self.pending) > MAX_LAG_FRAMES:  # the STT is behind: skip the oldest
+            voice = any(v for _, v in self.pending)
+            self.skipped += len(self.pending) - 1
+            self.pending = [(self.pending[-1][0], voice)]
+
     def _listen(self) -> bool:
-        if self.audio.frames_waiting() > MAX_LAG_FRAMES:
-            self.skipped += self.audio.drop_frames(keep=1)
-        frame = self.audio.read_frame()
-        if frame is None:
+        self._take()
+        if not self.pending:
             return False
+        heard, voice = self.pending.pop(0)
+        frame = heard.heard
         if self.recorder is not None:
             self.recorder.user.write(frame)
-            self.recorder.mic.write(self.audio.last_mic)
+            self.recorder.mic.write(heard.mic)
             self.recorder.add_played(self.audio.drain_played())
         self.heard += len(frame)
-        voice = voiced(frame)
-        if voice and self.reply is not None:
-            self._interrupt()
         steps = self.stream.step(frame)
         self.taker.hear(voice)
         for (step,) in steps:
@@ -169,6 +192,7 @@ class _Session:
         print("assistant:", end="", flush=True)
 
     def _speak(self) -> bool:
+        self._take()
         reply = self.reply
         if reply is None:
             return False
@@ -193,7 +217,7 @@ class _Session:
     def _interrupt(self) -> None:
         """Barge-in: silence now, the LLM cancelled, the played words kept."""
         reply = self.reply
-        self.audio.buffer.flush()
+        self.audio.speaker.buffer.flush()
         played = min(self.reply_pushed, self._played() - self.reply_played_from)
         reply.cancel(played)
         print(" [interrupted]", end="", flush=True)

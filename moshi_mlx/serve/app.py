@@ -20,7 +20,7 @@ from .services import SERVICES, Services
 
 STATIC = Path(__file__).resolve().parent / "static"
 # protocol modules, each with `add_routes(app, services)`; those not written yet are skipped
-PROTOCOLS = ("chat_ws", "asr_ws", "tts_ws", "openai_api")
+PROTOCOLS = ("chat_ws", "asr_ws", "tts_ws", "openai_api", "assistant_ws")
 KEY_HEADER = "kyutai-api-key"
 KEY_QUERY = "auth_id"
 CORS_HEADERS = "Authorization, Content-Type, kyutai-api-key"

@@ -142,3 +142,8 @@ class InputFrames:
         """The oldest whole frame (FRAME_SIZE,) (one must be waiting)."""
         frame, self._pending = self._pending[:FRAME_SIZE], self._pending[FRAME_SIZE:]
         return frame
+
+    def rest(self) -> np.ndarray:
+        """What is left (less than a frame once the whole ones were popped): the input ended."""
+        rest, self._pending = self._pending, self._pending[:0]
+        return rest

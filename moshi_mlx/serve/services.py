@@ -11,6 +11,7 @@ from aiohttp import web
 from .worker import ModelThread
 
 if TYPE_CHECKING:
+    from .assistant_service import AssistantService
     from .chat_service import ChatService
 
 DEFAULT_HOST = "127.0.0.1"
@@ -81,7 +82,8 @@ class Services:
     """The server's state, shared by every route (`app[SERVICES]`).
 
     `chat` serves speech to speech (Moshi, PersonaPlex, Hibiki), `stt` and `tts` speech to text
-    and text to speech; any may be None (not served). Each service keeps its loaded models
+    and text to speech, `assistant` a text LLM spoken through them; any may be None (not
+    served). Each service keeps its loaded models
     (used on `thread` only) and the queue or session slot of its kind.
     """
 
@@ -90,6 +92,7 @@ class Services:
     chat: ChatService | None = None
     stt: object | None = None  # SttService
     tts: object | None = None  # TtsService
+    assistant: AssistantService | None = None  # (with stt and tts)
     closing: bool = False  # shutting down: new sessions are refused
     sessions: set = field(default_factory=set)  # open sessions: `await s.close(message)`
 
@@ -112,6 +115,7 @@ class Services:
             "chat": self.chat.info() if self.chat is not None else None,
             "stt": self.stt.info() if self.stt is not None else None,
             "tts": self.tts.info() if self.tts is not None else None,
+            "assistant": self.assistant.info() if self.assistant is not None else None,
         }
 
 

@@ -15,6 +15,7 @@ through one `SttStream`, everything MLX on the model thread.
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,14 @@ class SttService:
         self._files: list[_FileJob] = []
         self._streams: list[LiveStream] = []  # waiting for the next round
         self._busy = False  # a batch of files or a round of streams runs
+        self._model = asyncio.Lock()  # the checkpoint's caches: one user at a time
+
+    @asynccontextmanager
+    async def hold(self):
+        """The checkpoint for one caller alone (the assistant's session): the batch or round
+        running ends first; files and streams wait meanwhile."""
+        async with self._model:
+            yield self.checkpoint
 
     def info(self) -> dict:
         return {"model": self.name, "vad": self.vad}
@@ -186,9 +195,10 @@ class SttService:
     async def _drain(self) -> None:
         try:
             while self._files or self._streams:
-                if self._files:
-                    await self._run_files()
-                else:
-                    await self._run_round()
+                async with self._model:
+                    if self._files:
+                        await self._run_files()
+                    else:
+                        await self._run_round()
         finally:
             self._busy = False

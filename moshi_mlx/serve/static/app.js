@@ -1,5 +1,6 @@
 // The page: what the server serves (`/api/info`), the tabs, the theme, `?autostart=`.
 
+import { Assistant } from "./assistant.js";
 import { Chat } from "./chat.js";
 import { Dictation } from "./dictation.js";
 import { Speech } from "./tts.js";
@@ -70,6 +71,10 @@ async function main() {
   if (info.tts) {
     page.tts = new Speech(info.tts);
     names.push("tts");
+  }
+  if (info.assistant) {
+    page.assistant = new Assistant(info.assistant);
+    names.push("assistant");
   }
   window.moshiPage = page; // (for kiosks and tests: each mode's `stats`)
   if (!names.length) {

@@ -94,6 +94,9 @@ export async function openPlayer({ target = 0.12, limit = 1.0, onStats, onDraine
     end() {
       node.port.postMessage({ type: "end" });
     },
+    flush() {
+      node.port.postMessage({ type: "reset" }); // drop what is buffered (a barge-in)
+    },
     close() {
       node.port.onmessage = null;
       node.disconnect();

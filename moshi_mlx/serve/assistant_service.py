@@ -1,0 +1,136 @@
+"""The assistant over the server: the text model, its one session slot, per-session settings.
+
+The assistant is `moshi-mlx assistant` on the server's own STT and TTS (`--stt`, `--tts`): a
+session holds both checkpoints for its whole life (their streaming caches are theirs), so
+transcriptions and speech requests wait meanwhile. One session at a time: a second client is
+told "busy" at once. A session's settings come from its WebSocket URL's query, with the
+command's names (`temperature`, `top_p`, `max_tokens`, `seed`, `tts_temperature`, `voice`,
+`system`), over the server's defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from ..jobs.llm import LlmSettings, TextModel
+from ..jobs.tts import TTSSettings
+from .chat_service import FORMATS, QueryError
+
+MAX_SYSTEM = 4000  # characters of a session's system prompt
+
+
+@dataclass(frozen=True)
+class AssistantSettings:
+    """One session's settings: the LLM's sampling, the TTS's, the voice, the system prompt."""
+
+    llm: LlmSettings
+    tts: TTSSettings
+    voice: str | None = None  # None: the TTS service's default
+    system: str | None = None
+    format: str = "opus"
+
+
+class AssistantService:
+    """The text model (mlx-lm in the process, or an OpenAI-compatible server) and the slot.
+
+    Args:
+        llm: the loaded text model.
+        system: the default system prompt (None: none).
+        llm_defaults, tts_defaults: a session's settings when its query gives none.
+    """
+
+    def __init__(
+        self,
+        llm: TextModel,
+        system: str | None,
+        llm_defaults: LlmSettings,
+        tts_defaults: TTSSettings,
+    ):
+        self.llm, self.system = llm, system
+        self.llm_defaults, self.tts_defaults = llm_defaults, tts_defaults
+        self._busy = False
+
+    def acquire(self) -> bool:
+        """Take the session slot (True), or False at once when a session holds it."""
+        if self._busy:
+            return False
+        self._busy = True
+        return True
+
+    def release(self) -> None:
+        self._busy = False
+
+    def info(self) -> dict:
+        return {"llm": self.llm.name, "system": self.system}
+
+    def settings(self, query: Mapping[str, str]) -> AssistantSettings:
+        """A session's settings from its query (QueryError names a bad parameter)."""
+        llm, tts = self.llm_defaults, self.tts_defaults
+        values = {}
+        for name, read in (
+            ("temperature", _non_negative),
+            ("top_p", _probability),
+            ("max_tokens", _positive_int),
+            ("seed", _seed),
+            ("tts_temperature", _non_negative),
+        ):
+            if query.get(name, "") != "":
+                values[name] = read(name, query[name])
+        seed = values.get("seed", llm.seed)
+        llm = replace(
+            llm,
+            temperature=values.get("temperature", llm.temperature),
+            top_p=values.get("top_p", llm.top_p),
+            max_tokens=values.get("max_tokens", llm.max_tokens),
+            seed=seed,
+        )
+        tts = replace(tts, temperature=values.get("tts_temperature", tts.temperature), seed=seed)
+        system = query.get("system", "")
+        if len(system) > MAX_SYSTEM:
+            raise QueryError(f"system must be at most {MAX_SYSTEM} characters")
+        fmt = query.get("format", "opus") or "opus"
+        if fmt not in FORMATS:
+            raise QueryError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return AssistantSettings(
+            llm, tts, query.get("voice") or None, system.strip() or self.system, fmt
+        )
+
+
+def _number(name: str, text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise QueryError(f"{name} must be a number, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise QueryError(f"{name} must be finite, got {text!r}")
+    return value
+
+
+def _non_negative(name: str, text: str) -> float:
+    value = _number(name, text, float)
+    if value < 0:
+        raise QueryError(f"{name} must be 0 or more, got {text}")
+    return value
+
+
+def _probability(name: str, text: str) -> float:
+    value = _number(name, text, float)
+    if not 0 < value <= 1:
+        raise QueryError(f"{name} must be in (0, 1], got {text}")
+    return value
+
+
+def _positive_int(name: str, text: str) -> int:
+    value = _number(name, text, int)
+    if value < 1:
+        raise QueryError(f"{name} must be 1 or more, got {text}")
+    return value
+
+
+def _seed(name: str, text: str) -> int:
+    value = _number(name, text, int)
+    if not 0 <= value < 2**32:
+        raise QueryError(f"{name} must be in 0..2**32-1, got {text}")
+    return value
