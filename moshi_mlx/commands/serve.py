@@ -207,7 +207,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _load_assistant(args: argparse.Namespace):
     """The assistant's text model and defaults (on the model thread)."""
     from ..jobs.llm import LlmSettings, MlxTextModel, ServerTextModel
-    from ..jobs.tts import TTSSettings
+    from ..jobs.tts import TtsSettings
     from ..serve.assistant_service import AssistantService
     from .assistant import DEFAULT_LLM, DEFAULT_SYSTEM, DEFAULT_TTS_TEMPERATURE
 
@@ -217,7 +217,7 @@ def _load_assistant(args: argparse.Namespace):
     else:
         llm = MlxTextModel(args.llm or DEFAULT_LLM, settings)
     system = DEFAULT_SYSTEM if args.system is None else args.system or None
-    return AssistantService(llm, system, settings, TTSSettings(temperature=DEFAULT_TTS_TEMPERATURE))
+    return AssistantService(llm, system, settings, TtsSettings(temperature=DEFAULT_TTS_TEMPERATURE))
 
 
 def _describe(services, base: str) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..jobs.llm import LlmSettings, TextModel
-from ..jobs.tts import TTSSettings
+from ..jobs.tts import TtsSettings
 from .chat_service import FORMATS, QueryError
 
 MAX_SYSTEM = 4000  # characters of a session's system prompt
@@ -26,7 +26,7 @@ class AssistantSettings:
     """One session's settings: the LLM's sampling, the TTS's, the voice, the system prompt."""
 
     llm: LlmSettings
-    tts: TTSSettings
+    tts: TtsSettings
     voice: str | None = None  # None: the TTS service's default
     system: str | None = None
     format: str = "opus"
@@ -46,7 +46,7 @@ class AssistantService:
         llm: TextModel,
         system: str | None,
         llm_defaults: LlmSettings,
-        tts_defaults: TTSSettings,
+        tts_defaults: TtsSettings,
     ):
         self.llm, self.system = llm, system
         self.llm_defaults, self.tts_defaults = llm_defaults, tts_defaults
