@@ -39,9 +39,9 @@ from ..jobs.turns import TurnTaker, UserTurn
 from ..live.assistant import voiced
 from .assistant_service import AssistantSettings
 from .chat_service import QueryError
-from .chat_ws import AUDIO, ERROR, HANDSHAKE, HEARTBEAT, MAX_MESSAGE, Refused, refuse
+from .chat_ws import AUDIO, ERROR, HANDSHAKE, MAX_MESSAGE, refuse
 from .codecs import CODECS, AudioFormatError, InputFrames
-from .services import SERVICES, Services
+from .services import SERVICES, Services, Unavailable, accept
 from .stt_service import Busy
 
 ASSISTANT_PATH = "/api/assistant"
@@ -55,21 +55,13 @@ def add_routes(app: web.Application, services: Services) -> None:
 
 async def handle_assistant(request: web.Request) -> web.WebSocketResponse:
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=HEARTBEAT)
-    await ws.prepare(request)
-    service = services.assistant
+    ws = await accept(request, MAX_MESSAGE)
     try:
-        if service is None:
-            raise Refused(
-                "no assistant is served here (serve one with --llm NAME or --llm-url URL, "
-                "with --stt and --tts)"
-            )
-        if services.closing:
-            raise Refused("the server is shutting down")
+        service = services.serving("assistant")
         settings = service.settings(request.query)
         if not service.acquire():
-            raise Refused("busy: another assistant session is running; try again later")
-    except (Refused, QueryError) as e:
+            raise Unavailable("busy: another assistant session is running; try again later")
+    except (Unavailable, QueryError) as e:
         await refuse(ws, str(e))
         return ws
     session = AssistantSession(ws, services, settings, request.remote or "?")

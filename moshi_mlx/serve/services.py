@@ -24,6 +24,7 @@ KINDS = {
     "chat": ("speech-to-speech", "--model"),
     "stt": ("speech-to-text", "--stt"),
     "tts": ("text-to-speech", "--tts"),
+    "assistant": ("assistant", "--llm NAME or --llm-url URL, with --stt and --tts"),
 }
 
 
@@ -97,7 +98,7 @@ class Services:
     sessions: set = field(default_factory=set)  # open sessions: `await s.close(message)`
 
     def serving(self, kind: str):
-        """The service of `kind` ("chat", "stt", "tts") for a new session.
+        """The service of `kind` ("chat", "stt", "tts", "assistant") for a new session.
 
         Raises:
             Unavailable: it is not served, or the server is shutting down.
