@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from mimi_mlx.io.cli_support import UsageError
+from mimi_mlx.io.cli_support import UsageError, fail, one_line
 
 from . import options, prompting
 
@@ -186,8 +186,12 @@ def _serve(args: argparse.Namespace) -> None:
         if assistant:
             services.assistant = await thread.call(_load_assistant, args)
 
+    status = 0
     try:
         asyncio.run(serve(services, sock, load, _describe, wyoming))
+    except (ValueError, OSError, RuntimeError) as e:  # a model that cannot be loaded
+        thread.stop(wait=False)
+        status = fail(one_line(e), 1)  # (as the CLI says it, without MLX's destructors)
     except BaseException:
         thread.stop(wait=False)  # (a load interrupted: not waited for)
         raise
@@ -195,13 +199,14 @@ def _serve(args: argparse.Namespace) -> None:
         sock.close()
         if wyoming is not None:
             wyoming.close()
-    thread.stop()
+    if status == 0:
+        thread.stop()
     # MLX gave the model thread a stream of its own, whose worker its static destructors cannot
-    # join ("terminate called without an active exception", exit 134): everything is saved and
-    # closed by now, so leave without them.
+    # join ("terminate called without an active exception", exit 134 or -6): everything is
+    # saved and closed by now, so leave without them.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def _load_assistant(args: argparse.Namespace):
