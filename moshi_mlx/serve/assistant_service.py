@@ -10,13 +10,14 @@ command's names (`temperature`, `top_p`, `max_tokens`, `seed`, `tts_temperature`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..jobs.llm import LlmSettings, TextModel
 from ..jobs.tts import TtsSettings
-from .chat_service import FORMATS, QueryError
+from .chat_service import FORMATS
+from .query import QueryError, non_negative, positive_int, probability
+from .query import seed as seed_value
 
 MAX_SYSTEM = 4000  # characters of a session's system prompt
 
@@ -70,11 +71,11 @@ class AssistantService:
         llm, tts = self.llm_defaults, self.tts_defaults
         values = {}
         for name, read in (
-            ("temperature", _non_negative),
-            ("top_p", _probability),
-            ("max_tokens", _positive_int),
-            ("seed", _seed),
-            ("tts_temperature", _non_negative),
+            ("temperature", non_negative),
+            ("top_p", probability),
+            ("max_tokens", positive_int),
+            ("seed", seed_value),
+            ("tts_temperature", non_negative),
         ):
             if query.get(name, "") != "":
                 values[name] = read(name, query[name])
@@ -96,41 +97,3 @@ class AssistantService:
         return AssistantSettings(
             llm, tts, query.get("voice") or None, system.strip() or self.system, fmt
         )
-
-
-def _number(name: str, text: str, kind):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise QueryError(f"{name} must be a number, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise QueryError(f"{name} must be finite, got {text!r}")
-    return value
-
-
-def _non_negative(name: str, text: str) -> float:
-    value = _number(name, text, float)
-    if value < 0:
-        raise QueryError(f"{name} must be 0 or more, got {text}")
-    return value
-
-
-def _probability(name: str, text: str) -> float:
-    value = _number(name, text, float)
-    if not 0 < value <= 1:
-        raise QueryError(f"{name} must be in (0, 1], got {text}")
-    return value
-
-
-def _positive_int(name: str, text: str) -> int:
-    value = _number(name, text, int)
-    if value < 1:
-        raise QueryError(f"{name} must be 1 or more, got {text}")
-    return value
-
-
-def _seed(name: str, text: str) -> int:
-    value = _number(name, text, int)
-    if not 0 <= value < 2**32:
-        raise QueryError(f"{name} must be in 0..2**32-1, got {text}")
-    return value

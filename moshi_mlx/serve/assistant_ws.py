@@ -38,10 +38,10 @@ from ..jobs.stt import SttStream
 from ..jobs.turns import TurnTaker, UserTurn
 from ..live.assistant import voiced
 from .assistant_service import AssistantSettings
-from .chat_service import QueryError
-from .chat_ws import AUDIO, ERROR, HANDSHAKE, MAX_MESSAGE, refuse
+from .chat_ws import AUDIO, ERROR, HANDSHAKE, refuse, run_session
 from .codecs import CODECS, AudioFormatError, InputFrames
-from .services import SERVICES, Services, Unavailable, accept
+from .query import QueryError
+from .services import Services
 from .stt_service import Busy
 
 ASSISTANT_PATH = "/api/assistant"
@@ -54,24 +54,9 @@ def add_routes(app: web.Application, services: Services) -> None:
 
 
 async def handle_assistant(request: web.Request) -> web.WebSocketResponse:
-    services = request.app[SERVICES]
-    ws = await accept(request, MAX_MESSAGE)
-    try:
-        service = services.serving("assistant")
-        settings = service.settings(request.query)
-        if not service.acquire():
-            raise Unavailable("busy: another assistant session is running; try again later")
-    except (Unavailable, QueryError) as e:
-        await refuse(ws, str(e))
-        return ws
-    session = AssistantSession(ws, services, settings, request.remote or "?")
-    services.sessions.add(session)
-    try:
-        await session.run()
-    finally:
-        services.sessions.discard(session)
-        service.release()
-    return ws
+    return await run_session(
+        request, "assistant", lambda service, query: service.settings(query), AssistantSession
+    )
 
 
 class AssistantSession:

@@ -9,7 +9,6 @@ defaults of the command line; everything MLX happens on the model thread (`build
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..jobs.pipeline import Pipeline
 from ..jobs.sampling import Sampling
+from .query import QueryError, non_negative, number, positive_int, probability
 
 if TYPE_CHECKING:
     from ..commands.session import DialogueSession
@@ -28,10 +28,6 @@ NEUTRAL = {"pad_mult": 0.0, "repetition_penalty": 1.0}
 IGNORED = ("repetition_penalty_context", "audio_seed", "email", "worker_auth_id", "auth_id")
 VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 VOICE_SUFFIXES = (".pt", ".safetensors")
-
-
-class QueryError(ValueError):
-    """A query parameter the server cannot honour (sent to the client as one line)."""
 
 
 @dataclass(frozen=True)
@@ -60,23 +56,23 @@ def settings_from_query(query: Mapping[str, str], defaults: Sampling) -> ChatSet
     servers do; values out of range raise QueryError naming the parameter)."""
     sampling = {}
     for name, key, read in (
-        ("text_temperature", "text_temperature", _temperature),
-        ("audio_temperature", "audio_temperature", _temperature),
-        ("text_topk", "text_top_k", _top_k),
-        ("audio_topk", "audio_top_k", _top_k),
-        ("top_p", "top_p", _top_p),
+        ("text_temperature", "text_temperature", non_negative),
+        ("audio_temperature", "audio_temperature", non_negative),
+        ("text_topk", "text_top_k", positive_int),
+        ("audio_topk", "audio_top_k", positive_int),
+        ("top_p", "top_p", probability),
     ):
         if query.get(name, "") != "":
             sampling[key] = read(name, query[name])
     seed_name = "seed" if "seed" in query else "text_seed"  # (the Rust server's name)
     if query.get(seed_name, "") != "":
-        seed = _number(seed_name, query[seed_name], int)
+        seed = number(seed_name, query[seed_name], int)
         if seed != -1:  # NVIDIA's client sends -1 for "any"
             if not 0 <= seed < SEED_LIMIT:
                 raise QueryError(f"{seed_name} must be in 0..2**63-1 (or -1), got {seed}")
             sampling["seed"] = seed
     for name, neutral in NEUTRAL.items():
-        if query.get(name, "") != "" and _number(name, query[name], float) != neutral:
+        if query.get(name, "") != "" and number(name, query[name], float) != neutral:
             raise QueryError(f"{name} is not implemented here (only {neutral:g})")
     if query.get("image_url"):
         raise QueryError("image_url is not implemented here (MoshiVis is not served)")
@@ -88,41 +84,10 @@ def settings_from_query(query: Mapping[str, str], defaults: Sampling) -> ChatSet
         sampling=replace(defaults, **sampling),
         prompt=query.get("text_prompt") or None,
         voice_prompt=_voice_name(query.get("voice_prompt") or None),
-        cfg_coef=_number("cfg_coef", cfg, float) if cfg != "" else None,
+        cfg_coef=number("cfg_coef", cfg, float) if cfg != "" else None,
         format=fmt,
         stats=fmt == "pcm16" or query.get("stats", "") in ("1", "true"),
     )
-
-
-def _number(name: str, text: str, kind):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise QueryError(f"{name} must be a number, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise QueryError(f"{name} must be finite, got {text!r}")
-    return value
-
-
-def _temperature(name: str, text: str) -> float:
-    value = _number(name, text, float)
-    if value < 0:
-        raise QueryError(f"{name} must be 0 or more, got {text}")
-    return value
-
-
-def _top_k(name: str, text: str) -> int:
-    value = _number(name, text, int)
-    if value < 1:
-        raise QueryError(f"{name} must be 1 or more, got {text}")
-    return value
-
-
-def _top_p(name: str, text: str) -> float:
-    value = _number(name, text, float)
-    if not 0 < value <= 1:
-        raise QueryError(f"{name} must be in (0, 1], got {text}")
-    return value
 
 
 def _voice_name(value: str | None) -> str | None:

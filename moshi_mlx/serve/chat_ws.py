@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
@@ -31,8 +32,9 @@ from ..formats.transcript import Transcript
 from ..jobs.pipeline import FrameResult
 from ..live.recording import Recorder, finish_recording
 from ..live.summary import StepTimes
-from .chat_service import ChatSettings, QueryError, settings_from_query
+from .chat_service import ChatSettings, settings_from_query
 from .codecs import CODECS, AudioFormatError, InputFrames
+from .query import QueryError
 from .services import SERVICES, Services, Unavailable, accept
 
 CHAT_PATH = "/api/chat"
@@ -50,23 +52,34 @@ def add_routes(app: web.Application, services: Services) -> None:
 
 
 async def handle_chat(request: web.Request) -> web.WebSocketResponse:
+    return await run_session(
+        request, "chat", lambda chat, query: settings_from_query(query, chat.defaults), ChatSession
+    )
+
+
+async def run_session(
+    request: web.Request, kind: str, settings_of: Callable, session_class: type
+) -> web.WebSocketResponse:
+    """One client of a route with a single session slot and the chat's framing (the chat, the
+    assistant): refused at once with the reason (not served, shutting down, a bad query, busy),
+    else `session_class(ws, services, settings, peer).run()` while it holds the slot."""
     services = request.app[SERVICES]
     ws = await accept(request, MAX_MESSAGE)
     try:
-        chat = services.serving("chat")
-        settings = settings_from_query(request.query, chat.defaults)
-        if not chat.acquire():
-            raise Unavailable("busy: another chat session is running; try again later")
+        service = services.serving(kind)
+        settings = settings_of(service, request.query)
+        if not service.acquire():
+            raise Unavailable(f"busy: another {kind} session is running; try again later")
     except (Unavailable, QueryError) as e:
         await refuse(ws, str(e))
         return ws
-    session = ChatSession(ws, services, settings, request.remote or "?")
+    session = session_class(ws, services, settings, request.remote or "?")
     services.sessions.add(session)
     try:
         await session.run()
     finally:
         services.sessions.discard(session)
-        chat.release()
+        service.release()
     return ws
 
 

@@ -20,9 +20,9 @@ from mimi_mlx.io.audio import AudioError
 
 from ..formats.subtitles import cues, render
 from .codecs import Pcm16Encoder
+from .query import QueryError
 from .services import SERVICES, Services, not_served
 from .stt_service import RETRY_AFTER, Busy
-from .tts_service import QueryError
 from .tts_ws import wav_bytes
 
 FORMATS = {"json", "text", "srt", "vtt", "verbose_json"}

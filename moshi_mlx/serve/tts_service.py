@@ -18,16 +18,13 @@ import numpy as np
 
 from ..jobs.tts import TextToSpeech, TTSFrame, TtsSettings, load_voice
 from ..jobs.tts_stream import SpeechStream
+from .query import QueryError
 from .stt_service import Busy
 from .worker import ModelThread
 
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # speak's
 FRAMES_PER_CALL = 2  # frames generated per call to the model thread (the rest runs meanwhile)
 MAX_TEXT = 100_000  # characters of one request (or of a stream's text at once)
-
-
-class QueryError(ValueError):
-    """A request parameter we cannot use (told to the client as a 4xx)."""
 
 
 class TextIn:

@@ -24,9 +24,10 @@ from aiohttp import WSMsgType, web
 from mimi_mlx.constants import FRAME_SECONDS, SAMPLE_RATE
 
 from .codecs import OpusEncoder
+from .query import QueryError
 from .services import SERVICES, Services, Unavailable, accept, not_served
 from .stt_service import RETRY_AFTER, Busy
-from .tts_service import MAX_TEXT, QueryError, TextIn
+from .tts_service import MAX_TEXT, TextIn
 
 TTS_PATH = "/api/tts"
 FORMATS = ("PcmMessagePack", "OggOpusMessagePack", "OggOpus", "Pcm")

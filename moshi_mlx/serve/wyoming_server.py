@@ -48,9 +48,10 @@ from mimi_mlx.constants import SAMPLE_RATE
 from mimi_mlx.io.audio import AudioError
 
 from .codecs import AudioFormatError, Pcm16Encoder, PcmIn
+from .query import QueryError
 from .services import Services
 from .stt_service import Busy
-from .tts_service import MAX_TEXT, QueryError, TextIn
+from .tts_service import MAX_TEXT, TextIn
 from .wyoming_events import MAX_HEADER, BadEvent, BadFraming, info, parse, read_event, voice_name
 
 MAX_AUDIO_SECONDS = 300.0  # audio one transcription may hold
