@@ -18,6 +18,7 @@ from ..jobs.tts import TtsSettings
 from .chat_service import FORMATS
 from .query import QueryError, non_negative, positive_int, probability
 from .query import seed as seed_value
+from .slot import SessionSlot
 
 MAX_SYSTEM = 4000  # characters of a session's system prompt
 
@@ -33,7 +34,7 @@ class AssistantSettings:
     format: str = "opus"
 
 
-class AssistantService:
+class AssistantService(SessionSlot):
     """The text model (mlx-lm in the process, or an OpenAI-compatible server) and the slot.
 
     Args:
@@ -51,17 +52,7 @@ class AssistantService:
     ):
         self.llm, self.system = llm, system
         self.llm_defaults, self.tts_defaults = llm_defaults, tts_defaults
-        self._busy = False
-
-    def acquire(self) -> bool:
-        """Take the session slot (True), or False at once when a session holds it."""
-        if self._busy:
-            return False
-        self._busy = True
-        return True
-
-    def release(self) -> None:
-        self._busy = False
+        super().__init__()
 
     def info(self) -> dict:
         return {"llm": self.llm.name, "system": self.system}

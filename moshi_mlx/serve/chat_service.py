@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..jobs.pipeline import Pipeline
 from ..jobs.sampling import Sampling
 from .query import QueryError, non_negative, number, positive_int, probability
+from .slot import SessionSlot
 
 if TYPE_CHECKING:
     from ..commands.session import DialogueSession
@@ -101,7 +102,7 @@ def _voice_name(value: str | None) -> str | None:
     return value
 
 
-class ChatService:
+class ChatService(SessionSlot):
     """The speech-to-speech model and its session slot.
 
     Args:
@@ -112,7 +113,7 @@ class ChatService:
     def __init__(self, args: argparse.Namespace, session: DialogueSession):
         self.args, self.session = args, session
         self.default, self.profile = session.pipeline, session.profile
-        self._busy = False
+        super().__init__()
 
     @classmethod
     def load(cls, args: argparse.Namespace, source: str) -> ChatService:
@@ -127,20 +128,6 @@ class ChatService:
     def defaults(self) -> Sampling:
         """The command line's sampling, without its seed when it drew a random one."""
         return replace(self.default.sampling, seed=self.args.seed)
-
-    @property
-    def busy(self) -> bool:
-        return self._busy
-
-    def acquire(self) -> bool:
-        """Take the session slot (True), or False at once when a session holds it."""
-        if self._busy:
-            return False
-        self._busy = True
-        return True
-
-    def release(self) -> None:
-        self._busy = False
 
     def build_pipeline(self, settings: ChatSettings) -> Pipeline:
         """A fresh session's pipeline with `settings` (on the model thread); the prompt is
