@@ -139,9 +139,9 @@ def test_run_announces_before_loading_and_wires_while_running(
     monkeypatch.setattr(mx, "set_wired_limit", lambda n: events.append("limit") or limits(n))
     from moshi_mlx.model import checkpoint
 
-    load = checkpoint.load_checkpoint
+    load = checkpoint.load_files
     monkeypatch.setattr(
-        checkpoint, "load_checkpoint", lambda *a, **k: events.append("load") or load(*a, **k)
+        checkpoint, "load_files", lambda *a, **k: events.append("load") or load(*a, **k)
     )
     out = tmp_path / "answer.wav"
     status = main(["run", str(speech_wav), str(out), "--checkpoint", str(tiny_checkpoint), "-q"])
