@@ -2,6 +2,7 @@
 audio, split into the end-of-turn decision, the LLM's first token and the TTS's first audio.
 
     python scripts/bench.py assistant                 # tiny random STT, TTS and LLM (any machine)
+    python scripts/bench.py assistant --widths real   # the default trio's widths, 2 layers each
     python scripts/bench.py assistant --stt kyutai/stt-1b-en_fr-candle \\
         --tts kyutai/tts-1.6b-en_fr --llm mlx-community/Qwen2.5-3B-Instruct-4bit \\
         --speech question.wav                         # the default trio, on a Mac
@@ -31,6 +32,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--voice", help="TTS voice (default: the tiny checkpoint's, or speak's)")
     parser.add_argument("--llm", help="mlx-lm model (default: tiny random Qwen2)")
     parser.add_argument("--speech", type=Path, help="the user's turn, a WAV (default: a tone)")
+    parser.add_argument(
+        "--widths",
+        choices=("tiny", "real"),
+        default="tiny",
+        help="random models: tiny, or the default trio's real widths (STT 1B, TTS 1.6B, "
+        "Qwen2.5-3B) with --layers layers each",
+    )
+    parser.add_argument("--layers", type=int, default=2, help="with --widths real (default 2)")
     parser.add_argument("--runs", type=int, default=3, help="turns measured (median reported)")
     parser.add_argument("--max-tokens", type=int, default=64, help="the reply's length bound")
     parser.add_argument(
@@ -56,6 +65,51 @@ def _tiny_models(workdir: Path) -> dict[str, Path]:
         make_tiny_tts_checkpoint(paths["tts"], seed=0)
         make_tiny_llm(paths["llm"])
     return paths
+
+
+# Qwen2.5-3B-Instruct's widths (the default LLM; its tokenizer stays the tiny one)
+QWEN_3B = {
+    "hidden_size": 2048, "intermediate_size": 11008, "num_attention_heads": 16,
+    "num_key_value_heads": 2, "max_position_embeddings": 32768,
+}  # fmt: skip
+
+
+def _real_widths(workdir: Path, layers: int) -> dict[str, Path]:
+    """Random models at the default trio's widths with `layers` layers each, written once into
+    `workdir`: the STT 1B (without its heads, as the `-mlx` repos: the silence rule), the TTS
+    1.6B, both with a real-size Mimi, and Qwen2.5-3B's widths; the text tokenizers are tiny
+    (the STT's text vocabulary is the tokenizer's)."""
+    import json
+    import shutil
+
+    import sentencepiece
+    from bench_stt import stt_config
+    from bench_tts import _write_float
+
+    from mimi_mlx.constants import KYUTAI_FILE
+    from moshi_mlx.model.config import LmConfig
+    from moshi_mlx.testing.tiny import STT_FILES, STT_KEYS, save_random_lm
+    from moshi_mlx.testing.tiny_llm import make_tiny_llm
+    from moshi_mlx.testing.tiny_parts import write_tiny_tokenizer
+
+    paths = {k: workdir / f"{k}-real-{layers}l" for k in ("stt", "tts", "llm")}
+    if not (paths["tts"] / "config.json").is_file():
+        _write_float(layers, paths["tts"])
+    if not (paths["stt"] / "config.json").is_file():
+        paths["stt"].mkdir(parents=True, exist_ok=True)
+        write_tiny_tokenizer(paths["stt"], STT_FILES["tokenizer_name"])
+        spm = sentencepiece.SentencePieceProcessor(
+            model_file=str(paths["stt"] / STT_FILES["tokenizer_name"])
+        )
+        cfg = {k: v for k, v in stt_config(layers).items() if not k.startswith("extra_heads")}
+        cfg["text_card"] = spm.get_piece_size()
+        weights = save_random_lm(LmConfig.from_dict(cfg), paths["stt"], seed=0)
+        shutil.copyfile(paths["tts"] / KYUTAI_FILE, paths["stt"] / STT_FILES["mimi_name"])
+        config = {**cfg, **STT_KEYS, **STT_FILES, "moshi_name": weights.name}
+        (paths["stt"] / "config.json").write_text(json.dumps(config))
+    if not (paths["llm"] / "config.json").is_file():
+        make_tiny_llm(paths["llm"], scale=0.02, widths={**QWEN_3B, "num_hidden_layers": layers})
+    return {**paths, "voice": paths["tts"] / "voices" / "bench.safetensors"}
 
 
 def _speech(path: Path | None) -> np.ndarray:
@@ -102,7 +156,12 @@ def run(args: argparse.Namespace) -> int:
     from moshi_mlx.jobs.stt import SttStream
     from moshi_mlx.jobs.tts import TextToSpeech, TtsSettings, load_voice
 
-    tiny = _tiny_models(Path(args.workdir)) if not (args.stt and args.tts and args.llm) else {}
+    tiny = {}
+    if not (args.stt and args.tts and args.llm):
+        workdir = Path(args.workdir)
+        tiny = (
+            _tiny_models(workdir) if args.widths == "tiny" else _real_widths(workdir, args.layers)
+        )
     stt_source, tts_source = args.stt or tiny["stt"], args.tts or tiny["tts"]
     llm_source = args.llm or str(tiny["llm"])
     print(f"STT {stt_source}\nTTS {tts_source}\nLLM {llm_source}", flush=True)
@@ -110,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     vad = bool(stt.lm.extra_heads)
     stream = SttStream(stt.lm, stt.mimi, stt.tokenizer, vad=vad)
     tts = TextToSpeech(load_checkpoint(tts_source))
-    voice = load_voice(args.voice or ("tiny" if not args.tts else DEFAULT_VOICE), tts)
+    default_voice = {"tiny": "tiny", "real": str(tiny.get("voice"))}[args.widths]
+    voice = load_voice(args.voice or (default_voice if not args.tts else DEFAULT_VOICE), tts)
     llm = MlxTextModel(llm_source, LlmSettings(temperature=0, max_tokens=args.max_tokens))
     assistant = Assistant(llm, tts, [voice], TtsSettings(temperature=0), "Answer briefly.")
     speech = _speech(args.speech)

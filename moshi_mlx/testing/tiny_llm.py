@@ -87,7 +87,9 @@ def write_tiny_llm_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def make_tiny_llm(folder: str | Path, seed: int = 0, scale: float = 0.3) -> Path:
+def make_tiny_llm(
+    folder: str | Path, seed: int = 0, scale: float = 0.3, widths: dict | None = None
+) -> Path:
     """Write a tiny random Qwen2 instruction model in mlx-lm's layout into `folder`.
 
     Args:
@@ -95,6 +97,8 @@ def make_tiny_llm(folder: str | Path, seed: int = 0, scale: float = 0.3) -> Path
         seed: seed of the random weights.
         scale: standard deviation of the weights (large enough that greedy decoding wanders
             over the vocabulary instead of repeating one token).
+        widths: Qwen2 config keys replacing the tiny ones (`hidden_size`, `num_hidden_layers`,
+            ...: a real model's widths for a benchmark; the tokenizer stays the tiny one).
 
     Returns:
         The folder.
@@ -109,6 +113,7 @@ def make_tiny_llm(folder: str | Path, seed: int = 0, scale: float = 0.3) -> Path
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     config = {
         **TINY_LLM,
+        **(widths or {}),
         "vocab_size": tokenizer.get_vocab_size(),
         "bos_token_id": None,
         "eos_token_id": tokenizer.token_to_id("<|im_end|>"),
