@@ -307,9 +307,9 @@ def test_the_page_and_its_files_are_served(server):
     info = json.load(urllib.request.urlopen(server.url + "api/info"))
     assert info["chat"]["kind"] == "dialogue"
     page = urllib.request.urlopen(server.url).read().decode()
-    assert 'src="static/app.js"' in page
+    assert 'src="app.js"' in page
     for name in ("app.js", "worklet.js", "style.css", "msgpack.js"):
-        assert urllib.request.urlopen(server.url + "static/" + name).status == 200
+        assert urllib.request.urlopen(server.url + name).status == 200
     assert os.path.isfile(REPO / "moshi_mlx" / "serve" / "static" / "index.html")
 
 

@@ -82,6 +82,13 @@ def register(command) -> None:
         metavar="ORIGIN",
         help="let the web pages of ORIGIN (https://host:port, or *) call the server (CORS)",
     )
+    net.add_argument(
+        "--static",
+        metavar="DIR",
+        help="serve the web client in DIR at / instead of our page (DIR/index.html and its "
+        "files, as Kyutai's server takes it: their built client, client/dist of "
+        "kyutai-labs/moshi); none: no page",
+    )
     session = serve.add_argument_group("sessions")
     session.add_argument(
         "--record",
@@ -134,6 +141,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise UsageError("--api-key is empty")
     if args.record is not None:
         _check_record_dir(args.record)
+    page = _page_folder(args.static)
     if args.wyoming_port is not None and not (args.stt or args.tts):
         raise UsageError(
             "--wyoming-port serves speech to text and text to speech: add --stt and/or --tts"
@@ -154,6 +162,7 @@ def _serve(args: argparse.Namespace) -> None:
         record=args.record,
         allow_origins=tuple(args.allow_origin),
         max_lag_frames=max(1, round(args.max_lag / 80)),
+        page=page,
     )
     sock = bind(serve_options)  # a port in use fails now, not after the load
     wyoming = None
@@ -228,7 +237,12 @@ def _load_assistant(args: argparse.Namespace):
 def _describe(services, base: str) -> list[str]:
     """What the ready message lists, under the URL."""
     ws = base.replace("http", "ws", 1)
-    lines = [f"page: {base}", f"what is served: {base}api/info"]
+    from ..serve.services import OUR_PAGE
+
+    page = services.options.page
+    lines = [f"what is served: {base}api/info"]
+    if page is not None:
+        lines.insert(0, f"page: {base}" + ("" if page == OUR_PAGE else f" (from {page})"))
     if services.chat is not None:
         host, port = base.split("://")[1].rstrip("/").rsplit(":", 1)
         https = " --https" if base.startswith("https") else ""
@@ -264,6 +278,26 @@ def _speech_source(text: str, kind: str, flag: str) -> str:
 def _served_name(text: str) -> str:
     """The id clients see: the known model's name, or the folder's or repo's last part."""
     return Path(text.rstrip("/")).name or text
+
+
+def _page_folder(static: str | None) -> Path | None:
+    """The web page's folder: ours (no --static), none (`--static none`, as Kyutai's server),
+    or DIR, which must hold an index.html."""
+    from ..serve.services import OUR_PAGE
+
+    if static is None:
+        return OUR_PAGE
+    if static == "none":
+        return None
+    folder = Path(static).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"--static {static}: no such folder (give a built web client's folder)")
+    if not (folder / "index.html").is_file():
+        raise UsageError(
+            f"--static {static}: no index.html there (give a built web client's folder, such as "
+            "Kyutai's client/dist after `npm run build`)"
+        )
+    return folder.resolve()
 
 
 def _check_record_dir(folder: Path) -> None:

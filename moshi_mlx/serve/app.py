@@ -5,7 +5,9 @@
   clients; the page passes it on from its own URL); 401 otherwise.
 - Requests from another web origin (a page elsewhere calling this server, WebSockets included)
   are refused unless `--allow-origin` names it (CORS headers are then sent).
-- Static files come from `static/` only, never from outside it (no symbolic links followed).
+- The web page is one folder (`ServeOptions.page`: ours, or another client's with `--static
+  DIR`, as Kyutai's server serves their built client): its index.html at `/`, its files below
+  `/`, after every API route; nothing from outside the folder (no `..`, no symbolic links).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from aiohttp import web
 
 from .services import SERVICES, Services
 
-STATIC = Path(__file__).resolve().parent / "static"
 # protocol modules, each with `add_routes(app, services)`; those not written yet are skipped
 PROTOCOLS = ("chat_ws", "asr_ws", "tts_ws", "openai_api", "assistant_ws")
 KEY_HEADER = "kyutai-api-key"
@@ -32,9 +33,6 @@ def build_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[_origins, _auth], client_max_size=MAX_UPLOAD)
     app[SERVICES] = services
     app.router.add_get("/api/info", _info)
-    app.router.add_get("/", _index)
-    if STATIC.is_dir():
-        app.router.add_static("/static", STATIC, follow_symlinks=False)
     for name in PROTOCOLS:
         try:
             module = importlib.import_module(f"{__package__}.{name}")
@@ -43,7 +41,18 @@ def build_app(services: Services) -> web.Application:
                 raise
             continue
         module.add_routes(app, services)
+    add_page(app, services.options.page)
     return app
+
+
+def add_page(app: web.Application, folder: Path | None) -> None:
+    """`folder`/index.html at `/`, the folder's files at their paths below `/` (added last: the
+    API routes come first); none when `folder` is None."""
+    if folder is None:
+        return
+    app.router.add_get("/", _index)
+    if folder.is_dir():
+        app.router.add_static("/", folder, follow_symlinks=False)
 
 
 async def _info(request: web.Request) -> web.Response:
@@ -51,9 +60,9 @@ async def _info(request: web.Request) -> web.Response:
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
-    index = STATIC / "index.html"
+    index = request.app[SERVICES].options.page / "index.html"
     if not index.is_file():
-        raise web.HTTPNotFound(text="this installation has no web page (serve/static/index.html)")
+        raise web.HTTPNotFound(text=f"no web page here ({index} is missing)")
     return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 

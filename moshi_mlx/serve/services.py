@@ -18,6 +18,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8998
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHUTDOWN_MESSAGE = "the server is shutting down"
+OUR_PAGE = Path(__file__).resolve().parent / "static"  # our web page: index.html and its files
 HEARTBEAT = 5.0  # seconds between a WebSocket's pings: a vanished client (no close) is noticed
 # each kind of service: what it serves, the option that serves it
 KINDS = {
@@ -58,6 +59,8 @@ class ServeOptions:
         allow_origins: web origins allowed to call the server from their pages (CORS); empty:
             only the server's own page.
         max_lag_frames: input frames a chat may have waiting before the oldest are skipped.
+        page: the web page's folder, served at `/` (its index.html) and below (its files):
+            ours, another web client's (`--static DIR`: Kyutai's built client), None: none.
     """
 
     host: str = DEFAULT_HOST
@@ -67,6 +70,7 @@ class ServeOptions:
     record: Path | None = None
     allow_origins: tuple[str, ...] = ()
     max_lag_frames: int = 3
+    page: Path | None = OUR_PAGE
 
     @property
     def scheme(self) -> str:
