@@ -30,10 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 CLIENT = REPO / "tests" / "fixtures" / "kyutai-web-client"
 WEB = CLIENT / "web"
 # their page's defaults (client/src/pages/Conversation/hooks/useModelParams.ts), sent as the query
-THEIR_SAMPLING = {"text_temperature": 0.7, "text_top_k": 25, "audio_temperature": 0.8,
-                  "audio_top_k": 250}  # fmt: skip
+THEIR_SAMPLING = {
+    "text_temperature": 0.7,
+    "text_top_k": 25,
+    "audio_temperature": 0.8,
+    "audio_top_k": 250,
+}
 PLAYED = """
-  const cell = [...document.querySelectorAll('td')].find(td => td.textContent.startsWith('Audio played'));
+  const cells = [...document.querySelectorAll('td')];
+  const cell = cells.find(td => td.textContent.startsWith('Audio played'));
   const [m, s] = cell ? cell.nextElementSibling.textContent.split(':') : ['0', '0'];
   return 60 * parseFloat(m) + parseFloat(s);
 """  # seconds their worklet played (their "Server Audio Stats" panel)
