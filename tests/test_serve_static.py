@@ -21,11 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 JAVASCRIPT = ("text/javascript", "application/javascript")  # (as the system's mime.types says)
 
 
-def fetch(page: Path | None, *paths: str) -> list[tuple[int, bytes, str]]:
-    """(status, body, content type) of GET `paths` on the app serving `page` (no models)."""
+def fetch(page: Path | None, *paths: str, key: str | None = None) -> list[tuple[int, bytes, str]]:
+    """(status, body, content type) of GET `paths` on the app serving `page` (no models), with
+    `--api-key key`."""
 
     async def main():
-        services = Services(thread=None, options=ServeOptions(page=page))
+        services = Services(thread=None, options=ServeOptions(page=page, api_key=key))
         async with TestClient(TestServer(build_app(services))) as client:
             answers = []
             for path in paths:
@@ -73,6 +74,18 @@ def test_our_page_by_default_and_none_with_static_none():
     assert app_js[0] == 200 and app_js[2] in JAVASCRIPT
     (index, info) = fetch(None, "/", "/api/info")
     assert index[0] == 404 and info[0] == 200
+
+
+def test_the_page_needs_no_key_the_api_does(web: Path):
+    # a browser loads the page's scripts without the key the page's URL carries (`auth_id`)
+    for page, files in (
+        (OUR_PAGE, ["/app.js", "/style.css", "/worklet.js"]),
+        (web, ["/assets/app.js"]),
+    ):
+        answers = fetch(page, "/?auth_id=k", *files, "/api/info", "/api/info?auth_id=k", key="k")
+        assert [status for status, _, _ in answers] == [200] * (len(files) + 1) + [401, 200]
+    ((status, body, _),) = fetch(web, "/assets/leak.txt", key="k")
+    assert status in (403, 404) and b"secret" not in body
 
 
 @pytest.mark.parametrize("case", ["missing", "no index"])

@@ -1,8 +1,9 @@
 """The aiohttp application: the routes of every protocol, the page, and what guards them.
 
-- `--api-key`: every request carries the key, as its clients send it: `Authorization: Bearer
-  KEY` (OpenAI's SDK), the `kyutai-api-key` header or the `auth_id` query parameter (Kyutai's
-  clients; the page passes it on from its own URL); 401 otherwise.
+- `--api-key`: every request to the API carries the key, as its clients send it:
+  `Authorization: Bearer KEY` (OpenAI's SDK), the `kyutai-api-key` header or the `auth_id` query
+  parameter (Kyutai's clients; the page passes it on from its own URL); 401 otherwise. The page's
+  own files need none (a browser loads a page's scripts without it; they give no model access).
 - Requests from another web origin (a page elsewhere calling this server, WebSockets included)
   are refused unless `--allow-origin` names it (CORS headers are then sent).
 - The web page is one folder (`ServeOptions.page`: ours, or another client's with `--static
@@ -22,6 +23,7 @@ from .services import SERVICES, Services
 
 # protocol modules, each with `add_routes(app, services)`; those not written yet are skipped
 PROTOCOLS = ("chat_ws", "asr_ws", "tts_ws", "openai_api", "assistant_ws")
+PAGE_ROUTES = ("page", "page-files")  # the names of the page's routes (served without the key)
 KEY_HEADER = "kyutai-api-key"
 KEY_QUERY = "auth_id"
 CORS_HEADERS = "Authorization, Content-Type, kyutai-api-key"
@@ -50,9 +52,9 @@ def add_page(app: web.Application, folder: Path | None) -> None:
     API routes come first); none when `folder` is None."""
     if folder is None:
         return
-    app.router.add_get("/", _index)
+    app.router.add_get("/", _index, name=PAGE_ROUTES[0])
     if folder.is_dir():
-        app.router.add_static("/", folder, follow_symlinks=False)
+        app.router.add_static("/", folder, follow_symlinks=False, name=PAGE_ROUTES[1])
 
 
 async def _info(request: web.Request) -> web.Response:
@@ -78,7 +80,7 @@ def authorized(request: web.Request, key: str) -> bool:
 @web.middleware
 async def _auth(request: web.Request, handler):
     key = request.app[SERVICES].options.api_key
-    if key is None or authorized(request, key):
+    if key is None or _is_page(request) or authorized(request, key):
         return await handler(request)
     message = (
         "a valid API key is needed: `Authorization: Bearer KEY`, the `kyutai-api-key` header "
@@ -88,6 +90,11 @@ async def _auth(request: web.Request, handler):
         error = {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}
         return web.json_response({"error": error}, status=401)
     return web.Response(status=401, text=message)
+
+
+def _is_page(request: web.Request) -> bool:
+    """A request for the page or one of its files."""
+    return request.method in ("GET", "HEAD") and request.match_info.route.name in PAGE_ROUTES
 
 
 def _same_origin(request: web.Request, origin: str) -> bool:
