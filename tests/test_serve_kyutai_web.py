@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import sphn
 from moshi_app import speech_wav, tiny_checkpoint
 from test_serve_page import Server, assert_no_errors, chromium, console, screenshot, wait_for
 
@@ -157,3 +158,44 @@ def test_kyutai_web_client_talks_with_serve(server, microphone, folder):
     said = re.sub(r"\s+", "", summary["text"])
     shown = re.sub(r"\s+", "", text)
     assert len(shown) > 5 and said.startswith(shown), (shown, said)
+
+
+def test_their_page_meets_a_busy_server(server, microphone, folder):
+    """Another client holds the chat: their page is told at once (our `b"\\x05"` and the close;
+    their page shows only the conversation's end) and nothing breaks on it."""
+    from websockets.sync.client import connect
+
+    ws_url = server.url.replace("http", "ws", 1) + "api/chat"
+    with connect(ws_url, open_timeout=60) as holder:
+        assert holder.recv(timeout=60) == b"\x00"
+        driver = chromium(microphone)
+        try:
+            driver.get(server.url)
+            driver.execute_script(f"{button('Connect')}.click()")
+            started = time.monotonic()
+            wait_for(driver, button("Start Over"), timeout=30)
+            assert time.monotonic() - started < 10
+            assert not driver.execute_script(f"return {button('Disconnect')}")
+            screenshot(driver, folder / "kyutai_web_client_busy.png")
+            logs = console(driver)
+        finally:
+            driver.quit()
+        # the first client's session goes on: its audio in, Moshi's audio out
+        writer = sphn.OpusStreamWriter(24000)
+        for _ in range(25):
+            holder.send(b"\x01" + writer.append_pcm(np.zeros(1920, np.float32)))
+        kinds = set()
+        while b"\x01" not in kinds:
+            kinds.add(holder.recv(timeout=30)[:1])
+    # Their page records each conversation (MediaRecorder, then webm-duration-fix on the webm):
+    # one that ends within a moment leaves a webm it cannot parse ("Unrepresentable length"),
+    # whatever ended it (checked by hand: a server that closes at once without a byte gives it
+    # too; a refusal closed 2 s later does not). Nothing else.
+    assert_no_errors(
+        [
+            e
+            for e in logs
+            if not e["message"].startswith(f"{server.url}undefined ")
+            and "Uncaught Error: Unrepresentable length: Infinity" not in e["message"]
+        ]
+    )
