@@ -70,7 +70,9 @@ def microphone(folder: Path, speech_wav: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(folder: Path, tiny_checkpoint: Path):
-    args = ["--checkpoint", tiny_checkpoint, "--static", WEB, "--record", folder / "record"]
+    # a lag limit the tiny model never reaches: every frame heard is in user.wav
+    args = ["--checkpoint", tiny_checkpoint, "--static", WEB, "--record", folder / "record",
+            "--max-lag", "5000"]  # fmt: skip
     server = Server([str(a) for a in args], folder / "server.log")
     yield server
     server.stop()
@@ -135,7 +137,7 @@ def test_kyutai_web_client_talks_with_serve(server, microphone, folder):
     assert_no_errors([e for e in closing if "already in CLOSING or CLOSED" not in e["message"]])
     messages = " ".join(str(e["message"]) for e in talking)
     assert "Handshake received" in messages  # (their client's own log line)
-    assert played > 5, f"their page played {played:.2f} s of Moshi's voice"
+    assert played > 3, f"their page played {played:.2f} s of Moshi's voice"
 
     # the server's recording of that session
     deadline = time.monotonic() + 20
@@ -147,7 +149,7 @@ def test_kyutai_web_client_talks_with_serve(server, microphone, folder):
     assert {k: sampling[k] for k in THEIR_SAMPLING} == THEIR_SAMPLING  # their query was taken
     # what it heard from their Opus encoder: the fake microphone's speech, not silence
     heard, rate = sf.read(str(session / "user.wav"), dtype="float32")
-    assert rate == 24000 and len(heard) > 6 * rate
+    assert rate == 24000 and len(heard) > 5 * rate
     rms = np.sqrt(np.mean(heard[: len(heard) // 1920 * 1920].reshape(-1, 1920) ** 2, axis=1))
     assert (rms > 0.01).sum() >= 10, f"the server heard silence (frame RMS {rms.max():.4f})"
     assert (rms < 0.003).sum() >= 10, "the server never heard the file's silence"
