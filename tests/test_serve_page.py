@@ -301,6 +301,22 @@ def test_dictation_and_speech_from_the_page(speech_server, browser, folder):
     assert_no_errors(console(browser))
 
 
+def test_the_page_with_an_api_key(folder, checkpoints, browser):
+    """`--api-key`: the page's files load without it, the page passes `auth_id` to the API."""
+    key = "sesame"
+    server = Server(
+        ["--checkpoint", str(checkpoints["moshi"]), "--api-key", key], folder / "key.log"
+    )
+    try:
+        browser.get(server.url + f"?auth_id={key}&autostart=chat")
+        wait_for(browser, "window.moshiPage.chat.stats.received > 0")
+        logs = console(browser)
+        browser.execute_script("window.moshiPage.chat.stop()")
+    finally:
+        server.stop()
+    assert_no_errors(logs)
+
+
 def test_the_page_and_its_files_are_served(server):
     import urllib.request
 
