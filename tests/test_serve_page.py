@@ -192,6 +192,12 @@ def test_chat_autostarts_hears_the_microphone_and_speaks(server, browser, folder
         "document.getElementById('stat-lag').textContent !== '–' && window.moshiPage.chat.stats",
     )
     assert stats["received"] >= 24000 and played > 1
+    # the model's badge: its name, the checkpoint in the tooltip
+    badge = browser.execute_script(
+        "const b = document.getElementById('model-name'); return [b.textContent, b.title]"
+    )
+    info = browser.execute_script("return fetch('api/info').then((r) => r.json())")["chat"]
+    assert badge == [info["model"], info["checkpoint"]] and info["checkpoint"]
     time.sleep(4)  # the microphone's speech (about 4 s) reaches the model
     screenshot(browser, folder / "chat.png")
     logs = console(browser)
@@ -359,6 +365,12 @@ def test_assistant_autostarts_hears_the_question_and_answers(folder, checkpoints
         driver.get(server.url + "?autostart=assistant")
         wait_for(driver, "document.getElementById('panel-assistant').dataset.state === 'listening'")
         assert not driver.find_element("id", "tab-assistant").get_attribute("hidden")
+        # the LLM's badge: the folder's name (as the OpenAI ids name a model), the path in its
+        # tooltip
+        badge = driver.execute_script(
+            "const b = document.getElementById('assistant-model'); return [b.textContent, b.title]"
+        )
+        assert badge == ["tiny_llm", str(llm)]
         user = wait_for(
             driver, "document.querySelector('#assistant-transcript .user .text')?.textContent"
         )

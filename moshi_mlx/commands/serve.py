@@ -178,6 +178,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     async def load() -> None:
         from ..serve.chat_service import ChatService
+        from ..serve.services import served_name
 
         if source is not None:
             services.chat = await thread.call(ChatService.load, args, source)
@@ -185,13 +186,13 @@ def _serve(args: argparse.Namespace) -> None:
             from ..serve.stt_service import SttService
 
             ckpt = await thread.call(options.load, stt_source)
-            services.stt = SttService(ckpt, _served_name(args.stt), thread)
+            services.stt = SttService(ckpt, served_name(args.stt), thread)
         if tts_source is not None:
             from ..jobs.tts import TextToSpeech
             from ..serve.tts_service import TtsService
 
             tts = await thread.call(lambda: TextToSpeech(options.load(tts_source)))
-            services.tts = TtsService(tts, _served_name(args.tts), thread)
+            services.tts = TtsService(tts, served_name(args.tts), thread)
         if assistant:
             services.assistant = await thread.call(_load_assistant, args)
 
@@ -223,15 +224,19 @@ def _load_assistant(args: argparse.Namespace):
     from ..jobs.llm import LlmSettings, MlxTextModel, ServerTextModel
     from ..jobs.tts import TtsSettings
     from ..serve.assistant_service import AssistantService
+    from ..serve.services import served_name
     from .assistant import DEFAULT_LLM, DEFAULT_SYSTEM, DEFAULT_TTS_TEMPERATURE
 
     settings = LlmSettings(max_tokens=args.max_tokens)
     if args.llm_url:
         llm = ServerTextModel(args.llm_url, settings, args.llm)
+        name = llm.name  # (the server's model name and its URL: no path)
     else:
         llm = MlxTextModel(args.llm or DEFAULT_LLM, settings)
+        name = served_name(llm.name)
     system = DEFAULT_SYSTEM if args.system is None else args.system or None
-    return AssistantService(llm, system, settings, TtsSettings(temperature=DEFAULT_TTS_TEMPERATURE))
+    tts = TtsSettings(temperature=DEFAULT_TTS_TEMPERATURE)
+    return AssistantService(llm, name, system, settings, tts)
 
 
 def _describe(services, base: str) -> list[str]:
@@ -273,11 +278,6 @@ def _speech_source(text: str, kind: str, flag: str) -> str:
         return text
     names = ", ".join(n for n, m in MODELS.items() if m.kind == kind)
     raise UsageError(f"{flag} {text}: not a folder, a hub repo or a known model ({names})")
-
-
-def _served_name(text: str) -> str:
-    """The id clients see: the known model's name, or the folder's or repo's last part."""
-    return Path(text.rstrip("/")).name or text
 
 
 def _page_folder(static: str | None) -> Path | None:

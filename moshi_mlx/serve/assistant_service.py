@@ -39,6 +39,7 @@ class AssistantService(SessionSlot):
 
     Args:
         llm: the loaded text model.
+        name: how clients and the page name it (`served_name` of a local model's source).
         system: the default system prompt (None: none).
         llm_defaults, tts_defaults: a session's settings when its query gives none.
     """
@@ -46,16 +47,17 @@ class AssistantService(SessionSlot):
     def __init__(
         self,
         llm: TextModel,
+        name: str,
         system: str | None,
         llm_defaults: LlmSettings,
         tts_defaults: TtsSettings,
     ):
-        self.llm, self.system = llm, system
+        self.llm, self.name, self.system = llm, name, system
         self.llm_defaults, self.tts_defaults = llm_defaults, tts_defaults
         super().__init__()
 
     def info(self) -> dict:
-        return {"llm": self.llm.name, "system": self.system}
+        return {"llm": self.name, "llm_source": self.llm.name, "system": self.system}
 
     def settings(self, query: Mapping[str, str]) -> AssistantSettings:
         """A session's settings from its query (QueryError names a bad parameter)."""

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from contextlib import AsyncExitStack
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from mimi_mlx.constants import SAMPLE_RATE
 from mimi_mlx.io.cli_support import one_line
@@ -38,10 +37,9 @@ from ..jobs.stt import SttStream
 from ..jobs.turns import TurnTaker, UserTurn
 from ..live.assistant import voiced
 from .assistant_service import AssistantSettings
-from .chat_ws import AUDIO, ERROR, HANDSHAKE, refuse, run_session
-from .codecs import CODECS, AudioFormatError, InputFrames
 from .query import QueryError
 from .services import Services
+from .session import AUDIO, Session, run_session
 from .stt_service import Busy
 
 ASSISTANT_PATH = "/api/assistant"
@@ -54,28 +52,19 @@ def add_routes(app: web.Application, services: Services) -> None:
 
 
 async def handle_assistant(request: web.Request) -> web.WebSocketResponse:
-    return await run_session(
-        request, "assistant", lambda service, query: service.settings(query), AssistantSession
-    )
+    return await run_session(request, AssistantSession)
 
 
-class AssistantSession:
-    """One client's conversation: receive, step (the model thread) and send, as three tasks."""
+class AssistantSession(Session):
+    """One client's conversation with the assistant: its turns heard, answered and spoken."""
 
+    kind = "assistant"
+    whose = "the assistant's"
     count = 0
 
     def __init__(self, ws, services: Services, settings: AssistantSettings, peer: str):
-        AssistantSession.count += 1
-        self.id = AssistantSession.count
-        self.ws, self.services, self.settings, self.peer = ws, services, settings, peer
-        self.thread = services.thread
-        decoder, encoder = CODECS[settings.format]
-        self.decoder, self.encoder = decoder(), encoder()
-        self.frames = InputFrames(services.options.max_lag_frames)
-        self.outbox: asyncio.Queue = asyncio.Queue()
-        self._input = asyncio.Event()
+        super().__init__(ws, services, settings, peer)
         self.ended = False  # the client sent `end`
-        self.reason: str | None = None
         self.stream: SttStream | None = None
         self.taker: TurnTaker | None = None
         self.assistant: Assistant | None = None
@@ -84,33 +73,22 @@ class AssistantSession:
         self.until = 0.0  # when the client will have played what was sent (perf_counter)
         self.turns = 0
         self._cancelling: asyncio.Future | None = None  # a barge-in's cancel, on the thread
-        self._tasks: list[asyncio.Task] = []
-        self._done = asyncio.Event()
+
+    @staticmethod
+    def settings_of(service, query) -> AssistantSettings:
+        return service.settings(query)
 
     # -- the session -----------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def _open(self, held: AsyncExitStack) -> str | None:
         stt, tts = self.services.stt, self.services.tts
-        async with AsyncExitStack() as held:
-            try:
-                checkpoint = await held.enter_async_context(stt.hold())
-                await held.enter_async_context(tts.slot())
-                voice = await tts.voice(self.settings.voice)
-                await self.thread.call(self._build, checkpoint, tts.tts, voice)
-            except (Busy, ValueError) as e:
-                await refuse(self.ws, f"the session could not start: {one_line(e)}")
-                self._done.set()
-                return
-            log(f"assistant {self.id}: {self.peer} connected ({self.settings.format})")
-            try:
-                await self.ws.send_bytes(HANDSHAKE)
-                self._tasks = [asyncio.ensure_future(t()) for t in (self._receive, self._send)]
-                self._tasks.append(asyncio.ensure_future(self._step()))
-                done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if not task.cancelled() and task.exception() is not None:
-                        self._fail(task.exception())
-            finally:
-                await self._end()
+        try:
+            checkpoint = await held.enter_async_context(stt.hold())
+            await held.enter_async_context(tts.slot())
+            voice = await tts.voice(self.settings.voice)
+            await self.thread.call(self._build, checkpoint, tts.tts, voice)
+        except (Busy, ValueError) as e:
+            return f"the session could not start: {one_line(e)}"
+        return None
 
     def _build(self, checkpoint, tts, voice) -> None:
         """(On the model thread) the session's STT stream and conversation."""
@@ -122,53 +100,29 @@ class AssistantSession:
         tts.mimi.reset_decoder()
         self.assistant = Assistant(llm, tts, [voice], s.tts, s.system)
 
-    async def close(self, message: str) -> None:
-        """End the session from the server's side (told `message`)."""
-        self.reason = self.reason or message
-        for task in self._tasks:
-            task.cancel()
-        await self._done.wait()
-
-    def _fail(self, error: BaseException) -> None:
-        if isinstance(error, AudioFormatError | QueryError):
-            self.reason = self.reason or str(error)
-        elif not isinstance(error, ConnectionError):
-            self.reason = self.reason or f"the server failed: {one_line(error)}"
-
-    async def _end(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def _release(self) -> None:
         if self.reply is not None:  # (the model thread is done with it: FIFO)
             await asyncio.shield(self.thread.call(self.reply.cancel, self._played()))
         if self.stream is not None:
             await asyncio.shield(self.thread.call(self.stream.reset))
-        if not self.ws.closed:
-            await refuse(self.ws, self.reason) if self.reason else await self.ws.close()
-        why = f" ({self.reason})" if self.reason else ""
-        log(f"assistant {self.id}: closed{why} after {self.turns} turn(s)")
-        self._done.set()
+
+    def _finish(self) -> str:
+        return f"after {self.turns} turn(s)"
 
     # -- receiving -------------------------------------------------------------------------------
-    async def _receive(self) -> None:
-        async for message in self.ws:
-            if message.type == WSMsgType.BINARY:
-                if message.data[:1] == AUDIO and not self.ended:
-                    pcm = self.decoder.decode(message.data[1:])
-                    if pcm.size:
-                        self.frames.push(pcm)
-                        self._input.set()
-            elif message.type == WSMsgType.TEXT:
-                try:
-                    kind = json.loads(message.data).get("type")
-                except (ValueError, AttributeError):
-                    kind = None
-                if kind != "end":
-                    raise QueryError('text messages are JSON events: {"type": "end"}')
-                self.ended = True
-                self._input.set()
-            elif message.type == WSMsgType.ERROR:
-                raise AudioFormatError(f"bad message: {one_line(self.ws.exception())}")
+    def _audio(self, payload: bytes) -> None:
+        if not self.ended:
+            super()._audio(payload)
+
+    def _text(self, data: str) -> None:
+        try:
+            kind = json.loads(data).get("type")
+        except (ValueError, AttributeError):
+            kind = None
+        if kind != "end":
+            raise QueryError('text messages are JSON events: {"type": "end"}')
+        self.ended = True
+        self._input.set()
 
     # -- stepping (the model thread) -------------------------------------------------------------
     async def _step(self) -> None:
@@ -198,7 +152,7 @@ class AssistantSession:
                     await self._start(turn)
             elif finishing:
                 self._event("end")
-                await self.outbox.join()
+                await self.outbox.sent()
                 return
             else:
                 self._input.clear()
@@ -275,27 +229,12 @@ class AssistantSession:
     def _send_audio(self, pcm: np.ndarray) -> None:
         data = self.encoder.encode(pcm)
         if data:
-            self.outbox.put_nowait(AUDIO + data)
+            self.outbox.put(AUDIO + data, audio=True)
         self.sent += len(pcm)
         self.until = max(self.until, time.perf_counter()) + len(pcm) / SAMPLE_RATE
 
     def _event(self, kind: str, **fields) -> None:
-        self.outbox.put_nowait(json.dumps({"type": kind, **fields}, ensure_ascii=False))
-
-    async def _send(self) -> None:
-        while True:
-            message = await self.outbox.get()
-            try:
-                if isinstance(message, str):
-                    await self.ws.send_str(message)
-                else:
-                    await self.ws.send_bytes(message)
-            finally:
-                self.outbox.task_done()
+        self.outbox.put(json.dumps({"type": kind, **fields}, ensure_ascii=False))
 
 
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-__all__ = ["ASSISTANT_PATH", "ERROR", "add_routes", "handle_assistant"]
+__all__ = ["ASSISTANT_PATH", "add_routes", "handle_assistant"]

@@ -34,6 +34,13 @@ class Unavailable(Exception):
     (the message says which, for the client)."""
 
 
+def served_name(source: str) -> str:
+    """How the server names a model from its source, for clients and the page (OpenAI's model
+    ids, the page's badges): a known model's name as it is, a folder's name, a hub repo's last
+    part. The full source is the page's tooltip."""
+    return Path(source.rstrip("/")).name or source
+
+
 def not_served(kind: str) -> str:
     """What a client of a route whose model is not served is told."""
     what, option = KINDS[kind]

@@ -4,7 +4,7 @@ import { Assistant } from "./assistant.js";
 import { Chat } from "./chat.js";
 import { Dictation } from "./dictation.js";
 import { Speech } from "./tts.js";
-import { $, notify, pageParam, serverFetch } from "./ui.js";
+import { $, notify, pageParam, serverFetch, showModel } from "./ui.js";
 
 const LOCAL = ["localhost", "127.0.0.1", "[::1]"];
 
@@ -61,7 +61,7 @@ async function main() {
   const names = [];
   if (info.chat) {
     page.chat = new Chat(info.chat);
-    $("model-name").textContent = info.chat.model || "";
+    showModel($("model-name"), info.chat.model, info.chat.checkpoint);
     names.push("chat");
   }
   if (info.stt) {

@@ -1,10 +1,10 @@
-// Talking with Moshi (PersonaPlex, Hibiki): Kyutai's chat protocol with raw 24 kHz int16 PCM.
-// Messages: a kind byte, then the payload. 0 ready, 1 audio, 2 text, 4 statistics (JSON), 5 error.
+// Talking with Moshi (PersonaPlex, Hibiki): Kyutai's chat protocol (`/api/chat`) with raw
+// 24 kHz int16 PCM, as `Conversation` speaks it; Moshi's text pieces and the statistics are the
+// chat's own kinds.
 
-import { microphoneError, openMicrophone, openPlayer, pcm16Message, pcm16Samples } from "./audio.js";
-import { $, askForTap, closeReason, dismiss, notify, socketUrl } from "./ui.js";
+import { Conversation, KIND, payloadText } from "./conversation.js";
+import { $ } from "./ui.js";
 
-const KIND = { ready: 0, audio: 1, text: 2, stats: 4, error: 5 };
 const PARAGRAPH_PAUSE = 1.6; // seconds of no text before Moshi's next words start a new line
 const LABELS = {
   idle: "Ready",
@@ -22,14 +22,10 @@ export function speakerName(model = "") {
   return "Moshi";
 }
 
-export class Chat {
+export class Chat extends Conversation {
   constructor(info) {
-    this.info = info;
-    this.panel = $("panel-chat");
+    super(info, { name: "chat", path: "api/chat", labels: LABELS, player: { limit: 0.5 } });
     this.stats = { received: 0, textPieces: 0, sent: 0, playedSeconds: 0, lagMs: 0, skipped: 0 };
-    this.session = null;
-    $("chat-toggle").onclick = () => (this.session ? this.stop() : this.start());
-    $("chat-clear").onclick = () => ($("chat-transcript").textContent = "");
     this.configure(info);
   }
 
@@ -56,7 +52,6 @@ export class Chat {
 
   query() {
     return {
-      format: "pcm16",
       text_temperature: $("text-temperature").value,
       audio_temperature: $("audio-temperature").value,
       seed: $("seed").value,
@@ -65,65 +60,32 @@ export class Chat {
     };
   }
 
-  setState(state) {
-    this.panel.dataset.state = state;
-    $("chat-state").textContent = LABELS[state] || state;
-    $("chat-toggle").textContent = this.session ? "Stop" : "Start talking";
-    $("chat-toggle").classList.toggle("stop", Boolean(this.session));
+  newSession() {
+    return { lastText: 0 };
   }
 
-  async start() {
-    ["chat", "mic"].forEach(dismiss);
-    const session = { socket: null, mic: null, player: null, ready: false, lastText: 0, ended: false };
-    this.session = session;
-    this.setState("connecting");
-    try {
-      session.player = await openPlayer({ limit: 0.5, onStats: (s) => this.onPlayer(s), onSuspended: askForTap });
-      session.mic = await openMicrophone((pcm, level) => this.onMicrophone(session, pcm, level));
-    } catch (error) {
-      const text = error && error.name ? microphoneError(error) : String(error);
-      notify("mic", text, "error", { label: "Try again", run: () => this.start() });
-      this.end(session, "idle");
-      return;
-    }
-    if (session.ended) return;
-    const socket = new WebSocket(socketUrl("api/chat", this.query()));
-    socket.binaryType = "arraybuffer";
-    session.socket = socket;
-    socket.onopen = () => session === this.session && this.setState("loading");
-    socket.onmessage = (event) => this.onMessage(session, event.data);
-    socket.onclose = (event) => {
-      if (session.ended) return;
-      if (!session.error) {
-        notify("chat", closeReason(event), "error", { label: "Reconnect", run: () => this.start() });
-      }
-      this.end(session, "idle");
-    };
+  onOpen() {
+    this.setState("loading");
   }
 
-  stop() {
-    if (this.session) this.end(this.session, "ended");
+  onReady() {
+    this.newParagraph();
+    this.setState("listening");
   }
 
-  end(session, state) {
-    if (session.ended) return;
-    session.ended = true;
-    if (session.mic) session.mic.stop();
-    if (session.player) session.player.close();
-    if (session.socket && session.socket.readyState <= WebSocket.OPEN) session.socket.close(1000);
-    if (this.session === session) {
-      this.session = null;
-      this.setState(state);
-      ["--mic-level", "--moshi-level"].forEach((name) => this.panel.style.removeProperty(name));
-      $("stat-buffer").textContent = "–";
-    }
+  onKind(session, kind, data) {
+    if (kind === KIND.text) this.addText(session, payloadText(data));
+    else if (kind === KIND.stats) this.showStats(JSON.parse(payloadText(data)));
+  }
+
+  onEnded() {
+    ["--mic-level", "--moshi-level"].forEach((name) => this.panel.style.removeProperty(name));
+    $("stat-buffer").textContent = "–";
   }
 
   onMicrophone(session, pcm, level) {
     this.panel.style.setProperty("--mic-level", Math.min(1, level * 8).toFixed(3));
-    if (!session.ready || session.socket.readyState !== WebSocket.OPEN) return;
-    session.socket.send(pcm16Message(KIND.audio, pcm));
-    this.stats.sent += pcm.length;
+    super.onMicrophone(session, pcm);
   }
 
   onPlayer(stats) {
@@ -132,29 +94,6 @@ export class Chat {
     $("stat-buffer").textContent = `${Math.round(stats.bufferedMs)} ms`;
     if (this.session && this.session.ready) {
       this.setState(stats.level > 0.02 ? "speaking" : "listening");
-    }
-  }
-
-  onMessage(session, data) {
-    if (!(data instanceof ArrayBuffer) || data.byteLength === 0 || session.ended) return;
-    const kind = new Uint8Array(data, 0, 1)[0];
-    if (kind === KIND.ready) {
-      session.ready = true;
-      this.newParagraph();
-      this.setState("listening");
-    } else if (kind === KIND.audio) {
-      const pcm = pcm16Samples(data, 1);
-      this.stats.received += pcm.length;
-      session.player.push(pcm);
-    } else if (kind === KIND.text) {
-      this.addText(session, new TextDecoder().decode(new Uint8Array(data, 1)));
-    } else if (kind === KIND.stats) {
-      this.showStats(JSON.parse(new TextDecoder().decode(new Uint8Array(data, 1))));
-    } else if (kind === KIND.error) {
-      session.error = new TextDecoder().decode(new Uint8Array(data, 1));
-      const busy = /busy/i.test(session.error);
-      const text = busy ? `The server is busy: ${session.error.replace(/^busy:\s*/i, "")}` : session.error;
-      notify("chat", text, busy ? "warn" : "error", { label: "Try again", run: () => this.start() });
     }
   }
 

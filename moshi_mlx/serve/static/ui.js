@@ -75,6 +75,13 @@ export function askForTap(resumed) {
   document.addEventListener("pointerdown", resume);
 }
 
+// A model's badge: the short name the server gives it, its full source (a folder, a hub repo)
+// in the tooltip.
+export function showModel(badge, name, source) {
+  badge.textContent = name || "";
+  badge.title = source && source !== name ? source : "";
+}
+
 // Why a WebSocket closed, for the user.
 export function closeReason(event) {
   if (event.code === 1008 || event.code === 4001) return "The server refused the key (--api-key).";
