@@ -96,3 +96,56 @@ def test_reset_forgets_the_restarts(monkeypatch):
     assert model._starts is not None
     model.reset()
     assert model._starts is None
+
+
+FRAME = 1920
+
+
+def encode_stream(mimi, audio: np.ndarray, n_q: int = 8) -> np.ndarray:
+    """Codes of a fresh stream through audio (B, 1, n * FRAME), frame by frame."""
+    mimi.reset()
+    n = audio.shape[-1] // FRAME
+    f = [np.array(mimi.encode_step(audio[..., i * FRAME : (i + 1) * FRAME], n_q)) for i in range(n)]
+    return np.concatenate(f, -1)
+
+
+def test_mimi_row_restarted_mid_stream_gives_a_fresh_streams_codes(tiny_refs, tiny_mimi):
+    speech = tiny_refs.speech
+    first, second = speech[: 20 * FRAME], speech[20 * FRAME : 33 * FRAME][::-1].copy()
+    noise = np.random.default_rng(3).uniform(-0.5, 0.5, 7 * FRAME).astype(np.float32)
+    row1 = np.concatenate([noise, second])  # 7 frames of another stream, then the new one
+    audio = np.stack([first, row1])[:, None]
+    tiny_mimi.reset()
+    codes = []
+    for i in range(20):
+        if i == 7:
+            tiny_mimi.restart_encoder_rows([1])
+        codes.append(np.array(tiny_mimi.encode_step(audio[..., i * FRAME : (i + 1) * FRAME], 8)))
+    codes = np.concatenate(codes, -1)
+    alone = encode_stream(tiny_mimi, second[None, None])
+    np.testing.assert_array_equal(codes[1, :, 7:], alone[0])
+    np.testing.assert_array_equal(codes[1, :, 7:], np.array(tiny_mimi.encode(second, 8))[0])
+    np.testing.assert_array_equal(codes[0], encode_stream(tiny_mimi, first[None, None])[0])
+    assert (codes[1, :, 7:] != encode_stream(tiny_mimi, row1[None, None])[0, :, 7:]).any()
+
+
+def test_mimi_rows_added_and_dropped(tiny_refs, tiny_mimi):
+    speech = tiny_refs.speech
+    a, b = speech[: 16 * FRAME], speech[16 * FRAME : 26 * FRAME][::-1].copy()
+    tiny_mimi.reset()
+    got_a, got_b = [], []
+    for i in range(16):
+        if i == 5:
+            tiny_mimi.resize_encoder_batch(2)
+        if i == 13:
+            tiny_mimi.resize_encoder_batch(1)
+        rows = [a[i * FRAME : (i + 1) * FRAME]]
+        if 5 <= i < 13:
+            rows.append(b[(i - 5) * FRAME : (i - 4) * FRAME])
+        c = np.array(tiny_mimi.encode_step(np.stack(rows)[:, None], 8))
+        got_a.append(c[0])
+        if len(rows) == 2:
+            got_b.append(c[1])
+    np.testing.assert_array_equal(np.concatenate(got_a, -1), encode_stream(tiny_mimi, a[None, None])[0])
+    want_b = encode_stream(tiny_mimi, b[None, None, : 8 * FRAME])[0]
+    np.testing.assert_array_equal(np.concatenate(got_b, -1), want_b)
