@@ -21,9 +21,7 @@ def transformer(monkeypatch, compiled: bool, embedding: str) -> Transformer:
     )  # fmt: skip
     model = Transformer(cfg, compile_steps=True)
     mx.random.seed(1)
-    model.update(
-        {k: v for k, v in _random_like(model.parameters()).items()}  # not the init's zeros
-    )
+    model.update(_random_like(model.parameters()))  # not the init's zeros and ones
     return model
 
 
@@ -146,6 +144,7 @@ def test_mimi_rows_added_and_dropped(tiny_refs, tiny_mimi):
         got_a.append(c[0])
         if len(rows) == 2:
             got_b.append(c[1])
-    np.testing.assert_array_equal(np.concatenate(got_a, -1), encode_stream(tiny_mimi, a[None, None])[0])
+    want_a = encode_stream(tiny_mimi, a[None, None])[0]
+    np.testing.assert_array_equal(np.concatenate(got_a, -1), want_a)
     want_b = encode_stream(tiny_mimi, b[None, None, : 8 * FRAME])[0]
     np.testing.assert_array_equal(np.concatenate(got_b, -1), want_b)
