@@ -310,6 +310,8 @@ class SttStream:
             return
         self.lm.resize_batch(batch)
         self.mimi.resize_encoder_batch(batch)
+        for job in self._pending:  # steps of dropped rows are forgotten
+            job.indices = job.indices[:batch]
         keep = min(batch, old)
         more = batch - keep
         if self._text is not None:
