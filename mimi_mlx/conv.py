@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 
 from .nn.streaming import StreamingModule
 
@@ -40,6 +41,7 @@ class StreamingConv1d(StreamingModule):
         self.pad_mode = pad_mode
         self.history = (kernel_size - 1) * dilation + 1 - stride  # samples carried between steps
         self._previous: mx.array | None = None
+        self._fresh: np.ndarray | None = None  # (B,) bool: rows whose history restarts
 
     def _initial_history(self, x: mx.array) -> mx.array:
         B, _, C = x.shape
@@ -67,11 +69,35 @@ class StreamingConv1d(StreamingModule):
         """The next piece of a stream, T a multiple of the stride."""
         if self._previous is None and self.history > 0:
             self._previous = self._initial_history(x)
+        elif self._fresh is not None:  # restarted rows: the history a fresh stream starts with
+            fresh = mx.array(self._fresh)[:, None, None]
+            self._previous = mx.where(fresh, self._initial_history(x), self._previous)
+        self._fresh = None
         y, self._previous = self._forward(x, self._previous)
         return y
 
     def reset_state(self) -> None:
         self._previous = None
+        self._fresh = None
+
+    def restart_rows_state(self, rows: list[int]) -> None:
+        # (lazy: a replicated history is the first sample of the row's next input)
+        if self._previous is not None and rows:
+            if self._fresh is None:
+                self._fresh = np.zeros(self._previous.shape[0], bool)
+            self._fresh[rows] = True
+
+    def resize_batch_state(self, batch: int) -> None:
+        if self._previous is None or self._previous.shape[0] == batch:
+            return
+        B, H, C = self._previous.shape
+        fresh = np.zeros(B, bool) if self._fresh is None else self._fresh
+        if batch < B:
+            self._previous, self._fresh = self._previous[:batch], fresh[:batch]
+            return
+        more = mx.zeros((batch - B, H, C), dtype=self._previous.dtype)
+        self._previous = mx.concatenate([self._previous, more], axis=0)
+        self._fresh = np.concatenate([fresh, np.ones(batch - B, bool)])
 
 
 class StreamingConvTranspose1d(StreamingModule):
@@ -139,3 +165,19 @@ class StreamingConvTranspose1d(StreamingModule):
 
     def reset_state(self) -> None:
         self._partial = None
+
+    def restart_rows_state(self, rows: list[int]) -> None:
+        if self._partial is not None and rows:  # a fresh stream has nothing to add
+            keep = np.ones(self._partial.shape[0], bool)
+            keep[rows] = False
+            self._partial = self._partial * mx.array(keep)[:, None, None, None]
+
+    def resize_batch_state(self, batch: int) -> None:
+        if self._partial is None or self._partial.shape[0] == batch:
+            return
+        B = self._partial.shape[0]
+        if batch < B:
+            self._partial = self._partial[:batch]
+            return
+        more = mx.zeros((batch - B, *self._partial.shape[1:]), dtype=self._partial.dtype)
+        self._partial = mx.concatenate([self._partial, more], axis=0)

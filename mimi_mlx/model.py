@@ -177,6 +177,18 @@ class Mimi(StreamingModule):
         for module in (self.encoder, self.encoder_transformer, self.downsample):
             module.reset()
 
+    def restart_encoder_rows(self, rows: list[int]) -> None:
+        """Start new encoding streams on some rows of the batch (the others go on): from the
+        next `encode_step`, each of those rows gives the codes a fresh stream gives."""
+        for module in (self.encoder, self.encoder_transformer, self.downsample):
+            module.restart_rows(rows)
+
+    def resize_encoder_batch(self, batch: int) -> None:
+        """Encode `batch` rows from the next `encode_step`: rows added at the end start fresh
+        streams, rows beyond `batch` are dropped."""
+        for module in (self.encoder, self.encoder_transformer, self.downsample):
+            module.resize_batch(batch)
+
     def reset_decoder(self) -> None:
         """Forget the decoding stream only."""
         for module in (self.upsample, self.decoder_transformer, self.decoder):

@@ -285,3 +285,101 @@ def test_openai_sdk_transcriptions_speech_and_load(server, checkpoints, tmp_path
         answers = list(pool.map(one, range(20)))
     assert all(a == expected.text or a == 503 for a in answers), answers
     assert answers.count(expected.text) >= 1
+
+
+class Client:
+    """A protocol client (aiohttp, as Kyutai's scripts speak): its audio paced at `pace` seconds
+    a frame, then a Marker and silence until the Marker comes back; what it got and when."""
+
+    def __init__(self, url: str, audio: np.ndarray, pace: float = 0.02):
+        self.url, self.audio, self.pace = url, audio, pace
+        self.connected = self.ready = self.marker = None  # times (monotonic)
+        self.steps: list[float] = []  # each Step's time
+        self.words: list[tuple[float, str]] = []
+        self.started = __import__("asyncio").Event()  # `steps_seen` Steps came
+
+    async def run(self, steps_seen: int = 10) -> None:
+        import asyncio
+        import time
+
+        import aiohttp
+
+        frame = 1920
+        async with aiohttp.ClientSession() as s, s.ws_connect(self.url) as ws:
+            self.connected = time.monotonic()
+
+            async def send():
+                for i in range(0, len(self.audio), frame):
+                    chunk = self.audio[i : i + frame].tolist()
+                    await ws.send_bytes(msgpack.packb({"type": "Audio", "pcm": chunk}))
+                    await asyncio.sleep(self.pace)
+                await ws.send_bytes(msgpack.packb({"type": "Marker", "id": 7}))
+                while self.marker is None:
+                    silence = {"type": "Audio", "pcm": [0.0] * frame}
+                    await ws.send_bytes(msgpack.packb(silence, use_single_float=True))
+                    await asyncio.sleep(self.pace)
+
+            sender = asyncio.create_task(send())
+            while self.marker is None:
+                m = msgpack.unpackb((await ws.receive(timeout=60)).data)
+                now = time.monotonic()
+                if m["type"] == "Ready":
+                    self.ready = now
+                elif m["type"] == "Step":
+                    self.steps.append(now)
+                    if len(self.steps) == steps_seen:
+                        self.started.set()
+                elif m["type"] == "Word":
+                    self.words.append((round(m["start_time"], 2), m["text"]))
+                elif m["type"] == "Marker":
+                    self.marker = now
+                else:
+                    assert m["type"] == "EndWord", m
+            await sender
+
+    def steps_before(self, t: float) -> int:
+        return sum(s < t for s in self.steps)
+
+
+def test_a_stream_that_arrives_mid_stream_joins_the_running_batch_at_once(
+    server, checkpoints, tmp_path
+):
+    """B connects while A is mid-stream, C once B has left (its free row): each is served at
+    once (its Ready and Steps come while A's stream runs, within a few of A's steps), and each
+    one's words are `transcribe`'s on the audio it sent."""
+    import asyncio
+
+    texts = [
+        "This is the first and longest stream, it goes on while the others come and go.",
+        "The second one joins.",
+        "Then a third.",
+    ]
+    audios = []
+    for i, text in enumerate(texts):
+        speech, _ = sf.read(str(make_speech(tmp_path / f"{i}.wav", text)), dtype="float32")
+        tail = 8 if i == 0 else 2  # seconds of silence: A outlasts B and C (a step waits for all)
+        audios.append(np.concatenate([speech, np.zeros(tail * RATE, np.float32)]))
+    url = server.replace("http", "ws") + "/api/asr-streaming"
+    a, b, c = Client(url, audios[0], pace=0.05), Client(url, audios[1]), Client(url, audios[2])
+
+    async def main():
+        first = asyncio.create_task(a.run())
+        await a.started.wait()
+        await b.run()
+        await c.run(steps_seen=1)
+        await first
+
+    asyncio.run(main())
+    for late in (b, c):
+        assert late.marker < a.marker, ("it ran inside A's stream", late is b)
+        assert a.steps_before(late.ready) - a.steps_before(late.connected) <= 3
+        assert late.steps[0] < late.connected + 1.0 and len(late.steps) > 20
+    ckpt = load_checkpoint(checkpoints[0])
+    for i, (client, audio) in enumerate(zip((a, b, c), audios, strict=True)):
+        sent = tmp_path / f"sent{i}.wav"
+        sf.write(str(sent), audio, RATE, subtype="FLOAT")
+        (expected,) = transcribe_files(ckpt.lm, ckpt.mimi, ckpt.tokenizer, [sent])
+        want = [(round(w.start, 2), w.text) for w in expected.words]
+        assert want and client.words == want[: len(client.words)], (i, client.words, want)
+        missing = expected.words[len(client.words) :]  # after the Marker's step: not waited for
+        assert all(w.end > expected.duration for w in missing), (i, missing, expected.duration)

@@ -30,6 +30,15 @@ def attention_mask(
     return mask
 
 
+def row_start_mask(mask: mx.array | None, key_positions: mx.array, starts: mx.array) -> mx.array:
+    """A (T, S) mask (or None: every filled key) narrowed for rows whose streams started at
+    `starts` (B,): a row sees only its own stream's keys. -> (B, 1, T, S)."""
+    own = key_positions[None, None, None, :] >= starts[:, None, None, None]  # (B, 1, 1, S)
+    if mask is None:
+        return own
+    return own & mask[None, None]
+
+
 def attend(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
     """Scaled dot-product attention of q (B, H, T, D) over k, v (B, H, S, D) -> (B, T, H * D)."""
     B, H, T, D = q.shape
@@ -55,8 +64,16 @@ class Attention(nn.Module):
         self.rope_interleaved = cfg.positional_embedding != "rope_concat"
         self.max_period = cfg.max_period
 
-    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None) -> mx.array:
-        """x (B, T, d_model); `mask` (T, S) says which of the cache's keys each query sees."""
+    def __call__(
+        self,
+        x: mx.array,
+        cache: RingKVCache,
+        mask: mx.array | None,
+        offsets: mx.array | None = None,
+    ) -> mx.array:
+        """x (B, T, d_model); `mask` (T, S) or (B, 1, T, S) says which of the cache's keys each
+        query sees; `offsets` (B,): each row's position of its first token here (streams that
+        started at different positions), else the cache's offset for all."""
         B, T, _ = x.shape
         H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.in_proj(x)
@@ -70,7 +87,7 @@ class Attention(nn.Module):
                 traditional=self.rope_interleaved,
                 base=self.max_period,
                 scale=1.0,
-                offset=cache.offset,
+                offset=cache.offset if offsets is None else offsets,
             )
         q, k = qk[:, :H], qk[:, H:]
         keys, values = cache.update_and_fetch(k, v)
@@ -117,8 +134,8 @@ class CrossAttention(nn.Module):
 
 
 def sin_embedding(positions: mx.array, dim: int, max_period: float) -> mx.array:
-    """Kyutai's sinusoidal embedding: (T,) positions -> (T, dim) `[cos, sin]`."""
+    """Kyutai's sinusoidal embedding: (..., T) positions -> (..., T, dim) `[cos, sin]`."""
     half = dim // 2
     adim = mx.arange(half, dtype=mx.float32)
-    phase = positions.astype(mx.float32)[:, None] / (max_period ** (adim / (half - 1)))
+    phase = positions.astype(mx.float32)[..., None] / (max_period ** (adim / (half - 1)))
     return mx.concatenate([mx.cos(phase), mx.sin(phase)], axis=-1)

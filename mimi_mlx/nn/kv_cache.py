@@ -69,6 +69,19 @@ class RingKVCache:
         self.offset = 0
         self.keys = self.values = None
 
+    def resize_batch(self, batch: int) -> None:
+        """Hold `batch` rows: zero rows added at the end (a mask must hide them), or the last
+        rows dropped."""
+        if self.keys is None or self.keys.shape[0] == batch:
+            return
+        B, H, S, D = self.keys.shape
+        if batch < B:
+            self.keys, self.values = self.keys[:batch], self.values[:batch]
+            return
+        more = mx.zeros((batch - B, H, S, D), dtype=self.keys.dtype)
+        self.keys = mx.concatenate([self.keys, more], axis=0)
+        self.values = mx.concatenate([self.values, more], axis=0)
+
     def _writes_first(self, T: int) -> bool:
         return T <= self.capacity - self.context + 1
 

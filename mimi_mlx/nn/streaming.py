@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mlx.nn as nn
 
 
@@ -21,3 +23,23 @@ class StreamingModule(nn.Module):
 
     def reset_state(self) -> None:
         """Clear this module's own state (not its children's). Stateless containers do nothing."""
+
+    def restart_rows(self, rows: Sequence[int]) -> None:
+        """Start new streams on some rows of the batch: from the next `step` each of those rows
+        gives what a fresh stream gives, while the other rows go on."""
+        for module in self.modules():
+            if isinstance(module, StreamingModule):
+                module.restart_rows_state(list(rows))
+
+    def resize_batch(self, batch: int) -> None:
+        """Stream `batch` rows from the next `step`: rows added at the end start fresh streams,
+        rows beyond `batch` are dropped (their streams forgotten)."""
+        for module in self.modules():
+            if isinstance(module, StreamingModule):
+                module.resize_batch_state(batch)
+
+    def restart_rows_state(self, rows: list[int]) -> None:
+        """`restart_rows` for this module's own state. Stateless containers do nothing."""
+
+    def resize_batch_state(self, batch: int) -> None:
+        """`resize_batch` for this module's own state. Stateless containers do nothing."""

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field, fields
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .attention import (
     POSITIONAL_EMBEDDINGS,
     Attention,
     CrossAttention,
     attention_mask,
+    row_start_mask,
     sin_embedding,
 )
 from .compiled import compile_enabled, compiled_step
@@ -86,9 +88,11 @@ class TransformerLayer(nn.Module):
         cache: RingKVCache,
         mask: mx.array | None,
         cross: tuple[mx.array, mx.array] | None = None,
+        offsets: mx.array | None = None,
     ) -> mx.array:
-        """x (B, T, d); `cross`: this layer's keys and values of the conditioning source."""
-        update = self.self_attn(self.norm1(x), cache, mask)
+        """x (B, T, d); `cross`: this layer's keys and values of the conditioning source;
+        `offsets` (B,): each row's own position (rows restarted apart, see `Attention`)."""
+        update = self.self_attn(self.norm1(x), cache, mask, offsets)
         x = x + (self.layer_scale_1(update) if self.has_layer_scale else update)
         if "cross_attention" in self:
             if cross is None:
@@ -105,6 +109,11 @@ class Transformer(StreamingModule):
     The batch call never touches the streaming state. It processes the sequence in chunks through
     fresh caches, so long inputs cost memory linear in their length, and gives the same result as
     streaming the same tokens.
+
+    Rows of a streaming batch can start new streams apart (`restart_rows`, `resize_batch`): the
+    ring keeps one offset for all, and each row remembers where its stream started; it then sees
+    only its own keys, at positions counted from its start (RoPE, sinusoids). Until a row is
+    restarted, every row starts at 0 and the steps are those of one plain batch.
     """
 
     def __init__(self, cfg: TransformerConfig, step_tokens: int = 1, compile_steps: bool = False):
@@ -122,6 +131,8 @@ class Transformer(StreamingModule):
         self._caches: list[RingKVCache] | None = None
         self._compile_steps = compile_steps and compile_enabled()
         self._compiled: list | None = None
+        self._compiled_rows: list | None = None
+        self._starts: mx.array | None = None  # (B,) int32: where each row's stream started
 
     def make_caches(self) -> list[RingKVCache]:
         """Fresh caches, one a layer, each holding the attention context."""
@@ -135,7 +146,15 @@ class Transformer(StreamingModule):
         once per conditioning and given to each `__call__` / `step`."""
         return [layer.cross_attention.keys_values(source) for layer in self.layers]
 
-    def _run(self, x: mx.array, caches: list[RingKVCache], cross: list | None = None) -> mx.array:
+    def _run(
+        self,
+        x: mx.array,
+        caches: list[RingKVCache],
+        cross: list | None = None,
+        starts: mx.array | None = None,
+    ) -> mx.array:
+        if starts is not None:
+            return self._run_rows(x, caches, cross, starts)
         T = x.shape[1]
         offset = caches[0].offset  # every layer's cache is at the same position
         if self.cfg.positional_embedding in ("sin", "sin_rope"):
@@ -152,6 +171,45 @@ class Transformer(StreamingModule):
         for i, (layer, cache) in enumerate(zip(self.layers, caches, strict=True)):
             x = layer(x, cache, mask, None if cross is None else cross[i])
         return x
+
+    def _run_rows(
+        self, x: mx.array, caches: list[RingKVCache], cross: list | None, starts: mx.array
+    ) -> mx.array:
+        """`_run` for rows whose streams started at positions `starts` (B,)."""
+        T = x.shape[1]
+        offset = caches[0].offset
+        offsets = offset - starts  # (B,) each row's own position of its first token here
+        if self.cfg.positional_embedding in ("sin", "sin_rope"):
+            positions = offsets[:, None] + mx.arange(T, dtype=mx.int32)  # (B, T)
+            pos = sin_embedding(positions, x.shape[-1], self.cfg.max_period)
+            x = x + self.cfg.positional_scale * pos.astype(x.dtype)
+        keys = caches[0].key_positions(T)
+        mask = None
+        if self.cfg.causal:
+            queries = mx.arange(offset, offset + T, dtype=mx.int32)
+            mask = attention_mask(queries, keys, self.cfg.context)
+        mask = row_start_mask(mask, keys, starts)  # (B, 1, T, S)
+        if self._compile_steps and T == 1 and cross is None:
+            for step, cache in zip(self._compiled_row_layers(), caches, strict=True):
+                x = step(x, mask, offsets, [cache])
+            return x
+        for i, (layer, cache) in enumerate(zip(self.layers, caches, strict=True)):
+            x = layer(x, cache, mask, None if cross is None else cross[i], offsets)
+        return x
+
+    def _compiled_row_layers(self) -> list:
+        """`_compiled_layers` for restarted rows: `(x, mask, offsets, [cache]) -> x`."""
+        if self._compiled_rows is None:
+            self._compiled_rows = [
+                compiled_step(
+                    lambda x, mask, offsets, caches, layer=layer: layer(
+                        x, caches[0], mask, None, offsets
+                    ),
+                    layer,
+                )
+                for layer in self.layers
+            ]
+        return self._compiled_rows
 
     def _compiled_layers(self) -> list:
         """Each layer's one-token step `(x, mask, [cache]) -> x`, compiled at any position."""
@@ -196,10 +254,35 @@ class Transformer(StreamingModule):
             return self._run(x, caches, cross)
         if self._caches is None:
             self._caches = self.make_caches()
-        return self._run(x, self._caches, cross)
+        return self._run(x, self._caches, cross, self._starts)
 
     def reset_state(self) -> None:
         self._caches = None
+        self._starts = None
+
+    def _rows(self) -> int | None:
+        """Rows of the streaming state, None before the first step."""
+        if self._caches is None or self._caches[0].keys is None:
+            return None
+        return self._caches[0].keys.shape[0]
+
+    def restart_rows_state(self, rows: list[int]) -> None:
+        B = self._rows()
+        if B is None or not rows:
+            return  # nothing streamed yet: every row starts at the next step anyway
+        starts = np.zeros(B, np.int32) if self._starts is None else np.array(self._starts)
+        starts[rows] = self.offset
+        self._starts = mx.array(starts)
+
+    def resize_batch_state(self, batch: int) -> None:
+        B = self._rows()
+        if B is None or batch == B:
+            return
+        for cache in self._caches:
+            cache.resize_batch(batch)
+        starts = np.zeros(B, np.int32) if self._starts is None else np.array(self._starts)
+        starts = np.concatenate([starts, np.full(max(0, batch - B), self.offset, np.int32)])
+        self._starts = mx.array(starts[:batch])
 
     @property
     def offset(self) -> int:

@@ -14,6 +14,10 @@ file mode and the live mode share:
   (greedy by default).
 - Each token is turned into words with start and end times (`words.py`); with `vad`, the
   end-of-turn probability is that of Kyutai's voice-activity head 2, class 0.
+- A row can start a new stream while the others go on (`restart_row`), and rows can be added or
+  dropped (`resize`): the row follows the same alignment on its own (its start-tokens step, then
+  its frames), and gives the tokens and words the same audio gives alone (greedy decoding: a
+  sampling checkpoint draws from one generator for the whole batch).
 
 Every cache is a ring (the language model's context, Mimi's), so a stream can run for hours.
 One thread owns a stream and its MLX objects.
@@ -119,7 +123,7 @@ class SttStep:
 
 @dataclass
 class _Pending:
-    index: int
+    indices: list[int | None]  # each row's token index; None: a start step or a row restarted
     text: mx.array  # (B,)
     heads: mx.array | None  # (B, num_heads, 6)
 
@@ -140,7 +144,8 @@ class SttStream:
         ValueError: `vad` without the voice-activity heads; no tokenizer.
 
     Use `feed` (any number of samples, single stream; the silence prefix is added for you) or
-    `step` (one whole frame per row, prefix included by the caller), then `finish`.
+    `step` (one whole frame per row, prefix included by the caller), then `finish`. A batch
+    that runs on takes new streams with `restart_row` and `resize`.
     """
 
     def __init__(
@@ -185,6 +190,10 @@ class SttStream:
         self._samples = np.zeros((self.batch_size, self.settings.prefix_samples), np.float32)
         self.builders = [self._builder() for _ in range(self.batch_size)]
         self._in_turn = [False] * self.batch_size  # words since the last end of turn
+        self._index = [0] * self.batch_size  # each row's frames submitted (its next index)
+        self._read = [0] * self.batch_size  # each row's frames read back
+        self._starting: list[int] = []  # rows whose next step is their start-tokens step
+        self._mimi_restart: list[int] = []  # rows whose encoder restarts at the next frame
 
     def _builder(self) -> WordBuilder:
         return WordBuilder(self.tokenizer, self.settings.word_offset, FRAME_SECONDS)
@@ -200,10 +209,15 @@ class SttStream:
         return out, self.sampler(text_logits[:, 0], self.rng)
 
     def submit(self, frames: np.ndarray) -> None:
-        """Start the step of the next frame of every row without waiting: (B, FRAME_SIZE)."""
+        """Start the step of the next frame of every row without waiting: (B, FRAME_SIZE).
+
+        A row in its start-tokens step (`starting`) ignores its frame."""
         frames = np.asarray(frames, np.float32).reshape(self.batch_size, -1)
         if frames.shape[1] != FRAME_SIZE:
             raise ValueError(f"a frame is {FRAME_SIZE} samples, got {frames.shape[1]}")
+        if self._mimi_restart:  # their first frame: the codes a fresh encoder gives
+            self.mimi.restart_encoder_rows(self._mimi_restart)
+            self._mimi_restart = []
         self.submit_codes(self.mimi.encode_step(mx.array(frames)[:, None], self.lm.cfg.n_q))
 
     def submit_codes(self, codes: mx.array) -> None:
@@ -217,33 +231,105 @@ class SttStream:
                 mx.broadcast_to(self.lm.initial_tokens[None, :, None], (B, 1 + n_q, 1))
             )
         tokens = mx.concatenate([self._text[:, None, None], codes.astype(mx.int32)], axis=1)
+        starting, self._starting = self._starting, []
+        if starting:  # their start tokens: the first step of a stream, as at a reset
+            first = np.zeros((B, 1, 1), bool)
+            first[starting] = True
+            tokens = mx.where(mx.array(first), self.lm.initial_tokens[None, :, None], tokens)
         out, self._text = self._model_step(tokens)
         heads = self.lm.extra_head_probs(out)[:, 0] if self.vad else None
         mx.async_eval(self._text, *([heads] if heads is not None else []))
-        self._pending.append(_Pending(self._submitted, self._text, heads))
+        # a start step's token is dropped; the row's first frame goes in at the next step
+        indices = [None if b in starting else i for b, i in enumerate(self._index)]
+        self._index = [i if b in starting else i + 1 for b, i in enumerate(self._index)]
+        self._mimi_restart = starting
+        self._pending.append(_Pending(indices, self._text, heads))
         self._submitted += 1
 
-    def collect(self) -> list[SttStep]:
-        """Wait for the oldest submitted step; its result for every row."""
+    def collect(self) -> list[SttStep | None]:
+        """Wait for the oldest submitted step; its result for every row (None for a row in its
+        start-tokens step, or restarted or added since)."""
         job = self._pending.popleft()
         tokens = np.array(job.text).tolist()
-        heads = np.array(job.heads) if job.heads is not None else [None] * self.batch_size
-        audio_time = (job.index + 1) * FRAME_SECONDS  # end of the consumed frame
-        heard = audio_time - self.settings.prefix_samples / SAMPLE_RATE
-        steps = []
-        for b, (token, probs) in enumerate(zip(tokens, heads, strict=True)):
-            words = self.builders[b].add(token, audio_time)
-            piece = self.tokenizer.piece(token)
-            eot = None if probs is None else float(probs[VAD_HEAD, VAD_CLASS])
-            ended = eot is not None and eot > VAD_THRESHOLD and self._in_turn[b]
-            if ended:
-                self._in_turn[b] = False
-            if piece is not None:
-                self._in_turn[b] = True
-            steps.append(SttStep(job.index, token, piece, heard, words, eot, probs, ended))
+        heads = np.array(job.heads) if job.heads is not None else [None] * len(tokens)
+        steps: list[SttStep | None] = []
+        for b in range(self.batch_size):
+            index = job.indices[b] if b < len(job.indices) else None
+            steps.append(None if index is None else self._row_step(b, index, tokens[b], heads[b]))
         return steps
 
-    def step(self, frames: np.ndarray) -> list[list[SttStep]]:
+    def _row_step(self, b: int, index: int, token: int, probs: np.ndarray | None) -> SttStep:
+        audio_time = (index + 1) * FRAME_SECONDS  # end of the consumed frame
+        heard = audio_time - self.settings.prefix_samples / SAMPLE_RATE
+        self._read[b] = index + 1
+        words = self.builders[b].add(token, audio_time)
+        piece = self.tokenizer.piece(token)
+        eot = None if probs is None else float(probs[VAD_HEAD, VAD_CLASS])
+        ended = eot is not None and eot > VAD_THRESHOLD and self._in_turn[b]
+        if ended:
+            self._in_turn[b] = False
+        if piece is not None:
+            self._in_turn[b] = True
+        return SttStep(index, token, piece, heard, words, eot, probs, ended)
+
+    # -- rows that start apart ----------------------------------------------------------------
+    def restart_row(self, row: int) -> None:
+        """Start a new stream on row `row` while the other rows go on.
+
+        Its next step is its start-tokens step (the frame given for it there is ignored and its
+        result is None), the one after consumes its first frame (index 0): its tokens and words
+        are those of the same frames stepped alone from a reset. Steps of its old stream not yet
+        read back are dropped."""
+        if not 0 <= row < self.batch_size:
+            raise ValueError(f"row {row} is not in this batch of {self.batch_size}")
+        for job in self._pending:
+            if row < len(job.indices):
+                job.indices[row] = None
+        self.builders[row] = self._builder()
+        self._in_turn[row] = False
+        self._index[row] = self._read[row] = 0
+        if self._text is None:
+            return  # nothing stepped yet: the first step starts every row
+        self.lm.restart_rows([row])
+        self._mimi_restart = [b for b in self._mimi_restart if b != row]
+        if row not in self._starting:
+            self._starting.append(row)
+
+    @property
+    def starting(self) -> list[int]:
+        """Rows whose next step is their start-tokens step (it ignores their frames)."""
+        return list(self._starting)
+
+    def resize(self, batch: int) -> None:
+        """Step `batch` rows: rows added at the end start new streams (as `restart_row`), rows
+        beyond `batch` are dropped with their streams."""
+        if batch < 1:
+            raise ValueError(f"a batch has at least one row, not {batch}")
+        old = self.batch_size
+        if batch == old:
+            return
+        self.lm.resize_batch(batch)
+        self.mimi.resize_encoder_batch(batch)
+        for job in self._pending:  # steps of dropped rows are forgotten
+            job.indices = job.indices[:batch]
+        keep = min(batch, old)
+        more = batch - keep
+        if self._text is not None:
+            self._text = mx.concatenate([self._text[:keep], mx.zeros(more, self._text.dtype)])
+        self._samples = np.concatenate(
+            [self._samples[:keep], np.zeros((more, self._samples.shape[1]), np.float32)]
+        )
+        self.builders = self.builders[:keep] + [self._builder() for _ in range(more)]
+        self._in_turn = self._in_turn[:keep] + [False] * more
+        self._index = self._index[:keep] + [0] * more
+        self._read = self._read[:keep] + [0] * more
+        self._mimi_restart = [b for b in self._mimi_restart if b < batch]
+        self._starting = [b for b in self._starting if b < batch]
+        self.batch_size = batch
+        if self._text is not None:
+            self._starting += list(range(old, batch))
+
+    def step(self, frames: np.ndarray) -> list[list[SttStep | None]]:
         """Submit one frame per row (B, FRAME_SIZE); returns the steps read back meanwhile
         (each a list over rows; they lag the submitted frames by up to `LOOKAHEAD`)."""
         self.submit(frames)
@@ -252,7 +338,7 @@ class SttStream:
             done.append(self.collect())
         return done
 
-    def flush(self) -> list[list[SttStep]]:
+    def flush(self) -> list[list[SttStep | None]]:
         """Read back every submitted step."""
         return [self.collect() for _ in range(len(self._pending))]
 
@@ -277,8 +363,8 @@ class SttStream:
         return done, [self.close_row(b) for b in range(self.batch_size)]
 
     def close_row(self, row: int) -> list[Word]:
-        """Close row `row`'s open word at the last step read back (a file that ended)."""
-        audio_time = (self._submitted - len(self._pending)) * FRAME_SECONDS
+        """Close row `row`'s open word at its last step read back (a file that ended)."""
+        audio_time = self._read[row] * FRAME_SECONDS
         words = self.builders[row].finish(audio_time)
         self.builders[row] = self._builder()
         self._in_turn[row] = False

@@ -24,11 +24,12 @@ from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 from ..jobs.stt import VAD_CLASS, SttStep
 from .codecs import AudioFormatError, OpusDecoder
 from .services import SERVICES, Services, Unavailable, accept
-from .stt_service import Busy, LiveStream
+from .stt_live import LiveStream
+from .stt_service import Busy
 
 ASR_PATH = "/api/asr-streaming"
 MAX_MESSAGE = 4 << 20  # bytes of one message (an Audio message of about 8 s)
-MAX_WAITING_SECONDS = 60.0  # audio a stream may send before its round starts
+MAX_WAITING_SECONDS = 60.0  # audio a stream may have waiting to be transcribed
 
 
 def add_routes(app: web.Application, services: Services) -> None:
