@@ -285,9 +285,16 @@ def test_dictation_and_speech_from_the_page(speech_server, browser, folder):
     assert sent > 5 * 24000
     browser.execute_script("window.moshiPage.dictation.stop()")
     wait_for(browser, "document.getElementById('panel-dictation').dataset.state === 'idle'")
-    words = browser.execute_script("return window.moshiPage.dictation.stats.words")
+    stats = browser.execute_script("return window.moshiPage.dictation.stats")
+    assert stats["marker"], stats  # every word heard before Stop has come
+    words = stats["words"]
     text = browser.execute_script("return document.getElementById('dictation-text').textContent")
-    assert len(text.split()) == words
+    spans = browser.execute_script(
+        "return [...document.querySelectorAll('#dictation-text .word')].map(w => w.textContent)"
+    )
+    # one span per Word received; a word is spaced from the last unless it starts with punctuation
+    assert words > 0 and len(spans) == words and "".join(spans) == text
+    assert all(s.startswith(" ") or s[0] in ".,!?;:" for s in spans[1:]), spans
     screenshot(browser, folder / "dictation.png")
 
     browser.find_element("id", "tab-tts").click()

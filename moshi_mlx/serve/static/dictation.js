@@ -4,14 +4,15 @@ import { microphoneError, openMicrophone } from "./audio.js";
 import * as msgpack from "./msgpack.js";
 import { $, askForTap, closeReason, dismiss, notify, socketUrl } from "./ui.js";
 
-const FLUSH_SECONDS = 6; // at most this long waiting for the last words after Stop
+const FLUSH_SECONDS = 6; // silence sent after Stop: more than the model's delay, to bring out the last words
+const IDLE_SECONDS = 10; // after Stop, give up on the marker when the server has sent nothing for this long
 const LABELS = { idle: "Ready", connecting: "Connecting…", listening: "Listening", finishing: "Finishing…" };
 
 export class Dictation {
   constructor(info) {
     this.info = info;
     this.panel = $("panel-dictation");
-    this.stats = { words: 0, sent: 0 };
+    this.stats = { words: 0, sent: 0, steps: 0, marker: false };
     this.session = null;
     $("dictation-toggle").onclick = () => (this.session ? this.stop() : this.start());
     $("dictation-clear").onclick = () => ($("dictation-text").textContent = "");
@@ -62,12 +63,14 @@ export class Dictation {
     session.socket.send(msgpack.encode({ type: "Marker", id: 1 }));
     const silence = new Float32Array(1920);
     let sent = 0;
+    session.heardAt = performance.now();
     session.flush = setInterval(() => {
-      if (session.socket.readyState !== WebSocket.OPEN || sent > (FLUSH_SECONDS * 24000) / 1920) {
-        return this.end(session);
+      const idle = (performance.now() - session.heardAt) / 1000;
+      if (session.socket.readyState !== WebSocket.OPEN || idle > IDLE_SECONDS) return this.end(session);
+      if (sent < (FLUSH_SECONDS * 24000) / 1920) {
+        session.socket.send(msgpack.encode({ type: "Audio", pcm: silence }));
+        sent += 1;
       }
-      session.socket.send(msgpack.encode({ type: "Audio", pcm: silence }));
-      sent += 1;
     }, 20);
   }
 
@@ -93,11 +96,14 @@ export class Dictation {
   onMessage(session, data) {
     if (!(data instanceof ArrayBuffer)) return;
     const message = msgpack.decode(data);
+    session.heardAt = performance.now();
     if (message.type === "Word") {
       this.addWord(message.text);
-    } else if (message.type === "Step" && message.prs && message.prs.length > 2) {
-      this.panel.classList.toggle("pausing", message.prs[2] > 0.5);
+    } else if (message.type === "Step") {
+      this.stats.steps += 1;
+      if (message.prs && message.prs.length > 2) this.panel.classList.toggle("pausing", message.prs[2] > 0.5);
     } else if (message.type === "Marker") {
+      this.stats.marker = true;
       this.end(session);
     } else if (message.type === "Error") {
       session.error = message.message;
