@@ -6,8 +6,9 @@ frame through the STT, or one unit of the reply (an LLM piece, a frame of speech
 `AHEAD_FRAMES` ahead of the speaker), so listening never stops while the assistant talks.
 
 The microphone's level also guides the turns (`TurnTaker.hear`): a frame (after echo
-cancellation) louder than `VOICE_DB` is the user's voice; a turn needs it, and ends after a
-second of quiet as well as on the STT's rule.
+cancellation) louder than `VOICE_DB` is the user's voice (`voice`; with echo cancelling, unless
+the speaker's output explains it: `EchoGuard`); a turn needs it, and ends after a second of
+quiet as well as on the STT's rule.
 
 Barge-in: while the assistant talks, a frame with the user's voice stops the playback at once
 (the jitter buffer is flushed: silence within one device block), cancels the LLM, and the
@@ -34,21 +35,14 @@ from ..jobs.turns import TurnTaker
 from .audio_io import AudioIO, InputFrame
 from .chat import NO_INPUT_TIMEOUT, POLL, SessionError
 from .devices import choose_device
-from .echo import power_db
 from .recording import Recorder, check_record_dir
 from .signals import StopOnSignals
+from .voice import EchoGuard, voiced
 
-VOICE_DB = -35.0  # frame power (dBFS) above which the microphone hears the user's voice
 AHEAD_FRAMES = 8  # speech frames generated ahead of the speaker at most (a barge-in drops them)
 PREFILL_FRAMES = 2  # the speaker's jitter buffer before playback starts
 CAPACITY_FRAMES = 250  # never trimmed in practice: the reply is paced by AHEAD_FRAMES
 MAX_LAG_FRAMES = 3  # microphone frames allowed to wait before the oldest are skipped
-
-
-def voiced(frame) -> bool:
-    """The frame holds the user's voice: its loudest 20 ms above `VOICE_DB` (a voice that
-    starts late in the frame counts)."""
-    return max(power_db(part) for part in frame.reshape(4, -1)) > VOICE_DB
 
 
 def run_live(args, load) -> dict:
@@ -83,6 +77,7 @@ class _Session:
     def __init__(self, assistant, stream, audio: AudioIO, record):
         self.assistant, self.stream, self.audio = assistant, stream, audio
         self.taker = TurnTaker(stream)
+        self.guard = EchoGuard() if audio.echo is not None else None
         self.recorder = Recorder(record, audio.output_device.rate) if record else None
         self.reply: Reply | None = None
         self.turn = None  # the user's turn being answered
@@ -152,7 +147,7 @@ class _Session:
         user's voice at once (cheap): a barge-in does not wait for the STT to get there."""
         self.audio.pull()  # (runs the echo canceller)
         while (frame := self.audio.read_frame()) is not None:
-            voice = voiced(frame.heard)
+            voice = self._voice(frame)
             if voice and self.reply is not None:
                 self._interrupt()
             self.pending.append((frame, voice))
@@ -160,6 +155,11 @@ class _Session:
             voice = any(v for _, v in self.pending)
             self.skipped += len(self.pending) - 1
             self.pending = [(self.pending[-1][0], voice)]
+
+    def _voice(self, frame: InputFrame) -> bool:
+        if self.guard is None:
+            return voiced(frame.heard)
+        return self.guard.hear(frame.heard, frame.mic, frame.reference, self.audio.echo_delay)
 
     def _listen(self) -> bool:
         self._take()
@@ -243,6 +243,7 @@ class _Session:
             "system": self.assistant.system,
             "heard_seconds": round(self.heard / SAMPLE_RATE, 3),
             "skipped_frames": self.skipped,
+            "echo_frames": None if self.guard is None else self.guard.echo_frames,
             "turns": self.exchanges,
             "audio": self.audio.stats(),
         }

@@ -4,7 +4,8 @@ the echo canceller between them.
 The callbacks only move NumPy blocks (`streams`); everything else runs on the caller's thread,
 explicitly: `pull()` takes what the callbacks captured and played (and, with `echo_cancel`, pairs
 the microphone with the speaker's output and cancels the echo: `echo_path`), `read_frame()` then
-returns the oldest frame, both as heard (echo cancelled) and as the microphone caught it.
+returns the oldest frame, both as heard (echo cancelled) and as the microphone caught it, with
+what the speaker played at that time (the canceller's reference).
 
 Separate input and output streams (not one duplex stream), mono, 24 kHz and 1920-sample blocks
 when the device supports it; otherwise the device's own rate, resampled with soxr.
@@ -28,6 +29,7 @@ class InputFrame(NamedTuple):
 
     heard: np.ndarray  # what the model hears: the microphone without the speaker's echo
     mic: np.ndarray  # the microphone as it was caught (`heard` itself without echo cancelling)
+    reference: np.ndarray | None = None  # the speaker's output then (None: no echo cancelling)
 
 
 class AudioIO:
@@ -73,9 +75,10 @@ class AudioIO:
             raise
         self.echo: EchoPath | None = None
         self._raw: FrameQueue | None = None  # with the echo canceller: the frames before it
+        self._reference: FrameQueue | None = None  # and its reference
         if echo_cancel:
             self.echo = EchoPath(Canceller(), input_device.rate, output_device.rate)
-            self._raw = FrameQueue()
+            self._raw, self._reference = FrameQueue(), FrameQueue()
 
     def __enter__(self) -> AudioIO:
         # The speaker first: some devices take a second to start, and Moshi's answers to a
@@ -102,8 +105,9 @@ class AudioIO:
         for adc_time, block in self.microphone.take_blocks():
             self.echo.add_mic(adc_time, block)
         frames = self.echo.frames()
-        self._raw.add([raw for raw, _ in frames])
-        self.microphone.frames.add([out for _, out in frames])
+        self._raw.add([f.mic for f in frames])
+        self._reference.add([f.reference for f in frames])
+        self.microphone.frames.add([f.heard for f in frames])
         return len(self.microphone.frames)
 
     def read_frame(self) -> InputFrame | None:
@@ -111,12 +115,21 @@ class AudioIO:
         heard = self.microphone.frames.read()
         if heard is None:
             return None
-        return InputFrame(heard, heard if self._raw is None else self._raw.read())
+        if self._raw is None:
+            return InputFrame(heard, heard)
+        return InputFrame(heard, self._raw.read(), self._reference.read())
+
+    @property
+    def echo_delay(self) -> float | None:
+        """Seconds the speaker's echo comes after the reference (None: not found, or no
+        echo cancelling)."""
+        return None if self.echo is None else self.echo.canceller.echo_delay
 
     def drop_frames(self, keep: int = 1) -> int:
         """Skip the oldest waiting input frames, keeping the newest `keep`; returns how many."""
         if self._raw is not None:
             self._raw.drop_oldest(keep)
+            self._reference.drop_oldest(keep)
         return self.microphone.frames.drop_oldest(keep)
 
     def play(self, frame: np.ndarray) -> None:

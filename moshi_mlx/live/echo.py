@@ -161,14 +161,19 @@ class Canceller:
 
     def _estimate_delay(self) -> None:
         # on 8 kHz copies (3-sample means): enough for a delay, a tenth of the cost
-        ref, mic = _decimate(np.concatenate(self._ref)), _decimate(np.concatenate(self._mic))
+        ref, mic = decimate(np.concatenate(self._ref)), decimate(np.concatenate(self._mic))
         if power_db(ref) < ACTIVE_DB or power_db(mic) < ACTIVE_DB:
             return
-        reach = round(MAX_DELAY * self.rate / 3)
+        reach = round(MAX_DELAY * self.rate / DECIMATION)
         lag, significance = find_delay(ref, mic, reach, -reach)
         if significance > SIGNIFICANT:
-            self.delay_ms = 1000 * 3 * lag / self.rate - 1000 * self.lead
+            self.delay_ms = 1000 * DECIMATION * lag / self.rate - 1000 * self.lead
             self.estimates += 1
+
+    @property
+    def echo_delay(self) -> float | None:
+        """Seconds the echo comes after the reference in the microphone (None: not found)."""
+        return None if self.delay_ms is None else self.delay_ms / 1000 + self.lead
 
     @property
     def reduction_db(self) -> float | None:
@@ -185,9 +190,13 @@ class Canceller:
         }
 
 
-def _decimate(x: np.ndarray) -> np.ndarray:
-    n = len(x) // 3
-    return x[: 3 * n].reshape(n, 3).mean(axis=1)
+DECIMATION = 3  # the delay searches run on 8 kHz copies
+
+
+def decimate(x: np.ndarray) -> np.ndarray:
+    """`x` at a third of its rate (means of 3 samples: enough for a delay search)."""
+    n = len(x) // DECIMATION
+    return x[: DECIMATION * n].reshape(n, DECIMATION).mean(axis=1)
 
 
 OFFLINE_SEARCH = 120.0  # seconds of each file the offline delay search looks at
@@ -214,9 +223,9 @@ def cancel_recording(mic: np.ndarray, played: np.ndarray, lead: float = LEAD) ->
     """
     rate = SAMPLE_RATE
     n = round(OFFLINE_SEARCH * rate)
-    a, b = _decimate(played[:n]), _decimate(mic[:n])
+    a, b = decimate(played[:n]), decimate(mic[:n])
     lag, significance = find_delay(a, b, len(b) - 1, -(len(a) - 1))
-    lag *= 3
+    lag *= DECIMATION
     found = (
         significance > SIGNIFICANT and overlap_seconds(played, len(mic), lag, rate) >= MIN_OVERLAP
     )

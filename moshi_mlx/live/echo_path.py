@@ -22,6 +22,7 @@ Within that window AEC3 follows delay changes itself.
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,14 @@ from mimi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 from mimi_mlx.io.audio import Resampler
 
 from .echo import LEAD, MAX_ALIGNED, REALIGN_MARGIN, Canceller
+
+
+class EchoFrame(NamedTuple):
+    """One 80 ms frame (FRAME_SIZE,) at 24 kHz on the microphone's timeline."""
+
+    mic: np.ndarray  # the microphone as caught
+    heard: np.ndarray  # the microphone without the echo (the canceller's output)
+    reference: np.ndarray  # what the speaker played, as the canceller was given it
 
 
 class EchoPath:
@@ -96,8 +105,8 @@ class EchoPath:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def frames(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The (raw microphone, echo cancelled) 24 kHz frames (FRAME_SIZE,) now complete."""
+    def frames(self) -> list[EchoFrame]:
+        """The frames now complete."""
         while self._mic:
             adc_time, block = self._mic[0]
             raw = self._raw_offset(adc_time)
@@ -119,7 +128,7 @@ class EchoPath:
         for i in range(n):
             mic = self._mic24[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]
             ref = self._ref24[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]
-            out.append((mic, self.canceller.process(mic, ref)))
+            out.append(EchoFrame(mic, self.canceller.process(mic, ref), ref))
         self._mic24 = self._mic24[n * FRAME_SIZE :]
         self._ref24 = self._ref24[n * FRAME_SIZE :]
         self._check_delay()

@@ -35,7 +35,7 @@ from mimi_mlx.io.cli_support import one_line
 from ..jobs.assistant import Assistant, Reply
 from ..jobs.stt import SttStream
 from ..jobs.turns import TurnTaker, UserTurn
-from ..live.assistant import voiced
+from ..live.voice import voiced
 from .assistant_service import AssistantSettings
 from .query import QueryError
 from .services import Services
