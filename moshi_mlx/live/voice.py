@@ -6,14 +6,18 @@ headphones) that is the whole rule.
 With echo cancelling, AEC3 does not always take the whole echo out: on a loaded machine it at
 times lets it through almost whole (a delay jump, its suppressor releasing after a stall), and
 the residual is far above `VOICE_DB`. `EchoGuard` asks whether the speaker's output explains
-what is left: GCC-PHAT between the last `HEARD_SECONDS` of the canceller's output and the last
-`REFERENCE_SECONDS` of the reference (8 kHz copies). A leaked echo is the reference delayed and
-filtered by the room, so a correlation peak stands out (significance 2.2-5.0 measured in the
-live test's room); the user's own voice gives none (about 1.0, at most 1.3). Above
-`ECHO_SIGNIFICANCE` the frame is echo, not the user. The first frame of a leak and the room's
-reverberation tail correlate less (0.96-1.43 measured): so while the speaker played within
-`REFERENCE_SECONDS`, the user's voice needs `CONFIRM_FRAMES` loud unexplained frames in a row
-(80 ms more before a barge-in); with nothing played, one frame, as without the guard.
+what is left, by GCC-PHAT between the last `HEARD_SECONDS` of a signal and the last
+`REFERENCE_SECONDS` of the reference (8 kHz copies):
+- a leak: the canceller's output correlates with the reference (above `ECHO_SIGNIFICANCE`; a
+  leaked echo measured 3-7 on the test room, espeak voices against each other about 1.5-1.8)
+  at the echo's delay (the canceller's estimate, plus AEC3's `CANCELLER_DELAY`); a voice that
+  correlates by chance does so at a delay of its own;
+- a residual: the echo is in the canceller's input at its delay and the output is `RESIDUAL_DB`
+  below it (at the end of a reply AEC3's output rises while the echo's tail still arrives, and
+  correlates less).
+The first frame of a leak and the reverberation's tail correlate less: so while the speaker
+played within `REFERENCE_SECONDS`, the user's voice needs `CONFIRM_FRAMES` loud unexplained
+frames in a row (80 ms more before a barge-in); with nothing played, one frame, as without it.
 """
 
 from __future__ import annotations
@@ -98,11 +102,12 @@ class EchoGuard:
         voice correlating by chance does so at a delay of its own), or a residual (the echo is
         in the canceller's input, and the output is `RESIDUAL_DB` below it)."""
         reference = decimate(np.concatenate(self._reference))
-        mic_delay, mic_significance = self._peak(self._mic, reference)
+        mic = None  # (delay, significance) of the echo in the canceller's input, when needed
         if echo_delay is None:
-            if mic_significance <= ECHO_SIGNIFICANCE:
+            mic = self._peak(self._mic, reference)
+            if mic[1] <= ECHO_SIGNIFICANCE:
                 return False
-            echo_delay = mic_delay
+            echo_delay = mic[0]
         delay, significance = self._peak(self._heard, reference)
         after = delay - echo_delay
         if (
@@ -110,11 +115,13 @@ class EchoGuard:
             and -DELAY_TOLERANCE <= after <= CANCELLER_DELAY + DELAY_TOLERANCE
         ):
             return True
-        echo_in_mic = (
+        reduced = power_db(np.concatenate(self._mic)) - power_db(np.concatenate(self._heard))
+        if reduced <= RESIDUAL_DB:
+            return False
+        mic_delay, mic_significance = mic or self._peak(self._mic, reference)
+        return (
             mic_significance > ECHO_SIGNIFICANCE and abs(mic_delay - echo_delay) <= DELAY_TOLERANCE
         )
-        reduced = power_db(np.concatenate(self._mic)) - power_db(np.concatenate(self._heard))
-        return echo_in_mic and reduced > RESIDUAL_DB
 
     @staticmethod
     def _peak(frames: deque[np.ndarray], reference: np.ndarray) -> tuple[float, float]:
